@@ -1,0 +1,261 @@
+"""Typed configuration: one dataclass per section, filled from ``config/*.yaml``.
+
+A YAML file holds any of the sections ``model``, ``lidar``, ``map``, ``retrieval``,
+``training``, ``nodes`` (and ``camera``).  Unknown sections or keys, and values of the wrong
+type, are refused with the key and the file named.  ROS parameter names equal these keys.
+
+    cfg = load_config("config/scmpr.yaml")            # defaults + file
+    cfg = load_config("config/scmpr.yaml", "config/train_nano.yaml")  # later files override
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scmpr_ros.errors import ScmprError
+
+
+class ConfigError(ScmprError, ValueError):
+    """A configuration file or value the user must fix."""
+
+
+@dataclass
+class ModelConfig:
+    """The SCM-PR image + LiDAR encoders (scmpr_ros/model)."""
+
+    backbone: str = "nano"  # VMamba size: tiny | micro | nano
+    image_height: int = 160  # encoder input size; camera images are resized to it
+    image_width: int = 512
+    d_state: int = 1
+    ssm_ratio: float = 2.0
+    scan_backend: str = "auto"  # auto | cuda | cpu | torch | reference
+    feature_dim: int = 128  # SAFF output channels fed to NetVLAD
+    netvlad_clusters: int = 16
+    descriptor_dim: int = 256  # projection after NetVLAD; 0 keeps K*C
+    lidar_dims: list[int] = field(default_factory=lambda: [32, 64, 128])
+    label_embedding_dim: int = 8
+    use_semantics: bool = True  # False removes SAFF, CSA and L_sem together (ablation base)
+    use_saff: bool = True
+    use_csa: bool = True
+    use_lsem: bool = True
+
+
+@dataclass
+class CameraConfig:
+    """Reference camera used to crop LiDAR range images and bin the frustum semantic grid."""
+
+    width: int = 1241
+    height: int = 376
+    fx: float = 718.856
+    fy: float = 718.856
+    cx: float = 607.1928
+    cy: float = 185.2157
+
+
+@dataclass
+class LidarConfig:
+    """Range-image projection (scmpr_ros/lidar/range_image.py)."""
+
+    range_height: int = 64
+    range_width: int = 1024
+    fov_up_deg: float = 2.0
+    fov_down_deg: float = -24.8
+    min_range_m: float = 1.0
+    max_range_m: float = 80.0
+    crop_to_camera_fov: bool = True
+    segmentation: str = "ground_truth"  # ground_truth | learned
+    segmenter_weights: str = ""
+
+
+@dataclass
+class MapConfig:
+    """Viewpoint generation for ``scmpr build-map`` (scmpr_ros/lidar/viewpoints.py)."""
+
+    place_spacing_m: float = 2.0
+    yaw_offsets_deg: list[float] = field(default_factory=lambda: [0.0])
+    lateral_offsets_m: list[float] = field(default_factory=lambda: [0.0])
+    voxel_size_m: float = 0.2
+    render_radius_m: float = 60.0
+    grid_rows: int = 4
+    grid_cols: int = 8
+    descriptor_dtype: str = "float16"  # float16 | float32
+    batch_size: int = 32
+
+
+@dataclass
+class RetrievalConfig:
+    """Vector search + semantic re-rank (scmpr_ros/retrieval)."""
+
+    top_k: int = 10  # hypotheses returned
+    rerank_k: int = 50  # candidates from the vector index that are re-ranked
+    alpha: float = 1.0  # weight of the descriptor cosine
+    beta: float = 0.1  # weight of the semantic overlap psi
+    ann_threshold: int = 200_000  # above this many viewpoints an ANN index is used
+    ann_type: str = "hnsw"  # hnsw | ivf
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    hnsw_ef_construction: int = 80
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 32
+
+
+@dataclass
+class TrainingConfig:
+    """``scmpr train`` (scmpr_ros/training)."""
+
+    epochs: int = 10
+    steps_per_epoch: int = 0  # 0 = one pass over the pairs
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    temperature: float = 0.07
+    learn_temperature: bool = True
+    contrastive: str = "infonce"  # infonce | triplet
+    triplet_margin: float = 0.3
+    lambda_sem: float = 0.1
+    mu_seg: float = 1.0
+    positive_radius_m: float = 3.0
+    negative_radius_m: float = 25.0
+    augment: bool = True
+    amp: bool = True  # only used on CUDA
+    num_workers: int = 0
+    seed: int = 0
+    threads: int = 0  # 0 = torch default
+    val_every: int = 1
+
+
+@dataclass
+class NodesConfig:
+    """ROS 2 node parameters (scmpr_ros/nodes); the names are the ROS parameter names."""
+
+    map_file: str = ""
+    model: str = ""
+    device: str = "auto"  # auto | cpu | cuda
+    image_topic: str = "/camera/image_raw"
+    camera_info_topic: str = "/camera/camera_info"
+    top_k: int = 5
+    alpha: float = 1.0
+    beta: float = 0.1
+    frame_id: str = "map"
+    publish_initialpose: bool = False
+    min_confidence: float = 0.02
+    consistent_frames: int = 3
+    consistency_radius_m: float = 5.0
+    diagnostics_period_s: float = 1.0
+    threads: int = 2
+
+
+@dataclass
+class ScmprConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    lidar: LidarConfig = field(default_factory=LidarConfig)
+    map: MapConfig = field(default_factory=MapConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    nodes: NodesConfig = field(default_factory=NodesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> Any:
+    """Return ``value`` converted to ``annotation`` or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_value(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {annotation!r}")
+
+
+def update_section(section: Any, values: dict[str, Any], where: str) -> Any:
+    """Return a copy of dataclass ``section`` with ``values`` applied, strictly checked."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(values).__name__}")
+    hints = typing.get_type_hints(type(section))
+    known = {f.name for f in dataclasses.fields(section)}
+    changes = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+        changes[key] = _check_value(value, hints[key], f"{where}.{key}")
+    return dataclasses.replace(section, **changes)
+
+
+def config_from_dict(data: dict[str, Any], base: ScmprConfig | None = None, source: str = "<dict>") -> ScmprConfig:
+    cfg = base if base is not None else ScmprConfig()
+    if data is None:
+        return cfg
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section '{name}' (known: {', '.join(sorted(sections))})")
+        changes[name] = update_section(getattr(cfg, name), values or {}, f"{source}: {name}")
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_config(*paths: str | Path, base: ScmprConfig | None = None) -> ScmprConfig:
+    """Defaults overridden by each YAML file in order."""
+    cfg = base if base is not None else ScmprConfig()
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        cfg = config_from_dict(data, cfg, str(path))
+    return cfg
+
+
+def default_config_dir() -> Path:
+    """config/ of the source tree, or share/scmpr_ros/config of an installed package."""
+    here = Path(__file__).resolve().parent.parent / "config"
+    if here.is_dir():
+        return here
+    try:  # installed with colcon / ament
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("scmpr_ros")) / "config"
+    except Exception:  # noqa: BLE001 - fall through to a clear error at use
+        return here
+
+
+def default_models_dir() -> Path:
+    here = Path(__file__).resolve().parent.parent / "models"
+    if here.is_dir():
+        return here
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("scmpr_ros")) / "models"
+    except Exception:  # noqa: BLE001
+        return here

@@ -1,0 +1,1 @@
+"""scmpr_ros.nodes."""
