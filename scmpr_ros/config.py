@@ -128,6 +128,19 @@ class TrainingConfig:
     seed: int = 0
     threads: int = 0  # 0 = torch default
     val_every: int = 1
+    augment_strength: float = 1.0  # scale of the photometric augmentation ranges
+    frame_stride: int = 1  # use every n-th frame of each pass as a training place
+    sequences: list[str] = field(default_factory=list)  # empty: all passes (synthetic manifest) / all usable
+    val_data: str = ""  # dataset dir held out for validation R@1 ("" = a split of the training data)
+    val_fraction: float = 0.15  # without val_data: share of the places (spatial split) held out
+    val_max_queries: int = 300  # per condition; 0 = all
+    kmeans_batches: int = 4  # batches of features for the NetVLAD k-means initialisation
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    min_lr_ratio: float = 0.02  # cosine schedule ends at lr * min_lr_ratio
+    amp_dtype: str = "bfloat16"  # bfloat16 | float16 (CUDA only)
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
+    log_every: int = 10  # steps between JSONL metric lines
+    prototype_momentum: float = 0.9  # EMA of the LiDAR class prototypes fed to CSA while training
 
 
 @dataclass
@@ -149,6 +162,12 @@ class NodesConfig:
     consistency_radius_m: float = 5.0
     diagnostics_period_s: float = 1.0
     threads: int = 2
+    rerank_k: int = 50  # candidates from the vector index re-ranked per image
+    verify_map_checksum: bool = True  # localizer re-hashes the announced map file before use
+    max_published_poses: int = 20000  # map_server decimates the viewpoint PoseArray/markers to this many
+    covariance_temperature: float = 0.05  # score units: hypothesis weight exp(-(s_best - s_i) / T)
+    position_sigma_floor_m: float = 2.0  # added to the position std-dev (viewpoint spacing)
+    yaw_sigma_floor_deg: float = 10.0  # added to the heading std-dev
 
 
 @dataclass

@@ -1,0 +1,233 @@
+"""KITTI-layout sequence (real KITTI, KITTI-360 or the synthetic town) -> rosbag2 (sqlite3 | mcap), no rclpy.
+
+Per frame i, all stamped t_i = start_time + times.txt[i]: sensor_msgs/Image (rgb8, image_2),
+sensor_msgs/CameraInfo (K from P2, P = [K | 0] because the ``camera`` frame is image_2 itself:
+KITTI's P2 baseline column is already in T_cam_velo), sensor_msgs/PointCloud2 (x y z intensity
+float32 + label uint8 when labels exist, point_step 20), ground truth nav_msgs/Odometry
+(T_world_velo, twist by central differences in the child frame) and /tf map->velodyne;
+/tf_static velodyne->camera once (latched QoS in the bag metadata).
+The bag is written to a temporary directory and renamed into place (never half-written).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from scmpr_ros.bags.reader import BagError
+from scmpr_ros.nodes.conversions import cloud_fields, image_fields, ns_to_sec_nanosec
+from scmpr_ros.nodes.transforms import quat_from_matrix
+
+# Default topic and frame names (the localizer's defaults in scmpr_ros.config.NodesConfig match).
+IMAGE_TOPIC = "/camera/image_raw"
+CAMERA_INFO_TOPIC = "/camera/camera_info"
+CLOUD_TOPIC = "/velodyne_points"
+ODOM_TOPIC = "/ground_truth/odometry"
+TF_TOPIC = "/tf"
+TF_STATIC_TOPIC = "/tf_static"
+MAP_FRAME = "map"
+VELO_FRAME = "velodyne"
+CAMERA_FRAME = "camera"
+
+CLOUD_DTYPE = np.dtype(
+    {
+        "names": ["x", "y", "z", "intensity"],
+        "formats": ["<f4"] * 4,
+        "offsets": [0, 4, 8, 12],
+        "itemsize": 16,
+    }
+)
+LABELLED_CLOUD_DTYPE = np.dtype(
+    {
+        "names": ["x", "y", "z", "intensity", "label"],
+        "formats": ["<f4", "<f4", "<f4", "<f4", "u1"],
+        "offsets": [0, 4, 8, 12, 16],
+        "itemsize": 20,
+    }
+)
+
+
+@dataclass(frozen=True)
+class BagSummary:
+    path: Path
+    storage: str
+    frames: int
+    topics: dict[str, tuple[str, int]]  # topic -> (msgtype, message count)
+    start_ns: int
+    end_ns: int
+
+
+def _header(ts, stamp_ns: int, frame: str):
+    sec, nsec = ns_to_sec_nanosec(stamp_ns)
+    return ts.types["std_msgs/msg/Header"](stamp=ts.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=frame)
+
+
+def _transform_msg(ts, T: np.ndarray, stamp_ns: int, parent: str, child: str):
+    t = ts.types
+    q = quat_from_matrix(T)
+    return t["geometry_msgs/msg/TransformStamped"](
+        header=_header(ts, stamp_ns, parent),
+        child_frame_id=child,
+        transform=t["geometry_msgs/msg/Transform"](
+            translation=t["geometry_msgs/msg/Vector3"](x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
+            rotation=t["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
+        ),
+    )
+
+
+def _twist(poses: np.ndarray, times: np.ndarray, valid: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear and angular velocity of frame i in its own (child) frame, by central differences."""
+    n = len(poses)
+    a, b = max(0, i - 1), min(n - 1, i + 1)
+    if a == b or not (valid[a] and valid[b]) or times[b] <= times[a]:
+        return np.zeros(3), np.zeros(3)
+    dt = float(times[b] - times[a])
+    R = poses[i, :3, :3]
+    v = R.T @ (poses[b, :3, 3] - poses[a, :3, 3]) / dt
+    rel = poses[a, :3, :3].T @ poses[b, :3, :3]
+    q = quat_from_matrix(rel)
+    s = float(np.linalg.norm(q[:3]))
+    angle = 2.0 * np.arctan2(s, q[3])
+    w = (q[:3] / s * angle / dt) if s > 1e-12 else np.zeros(3)
+    return v, w
+
+
+def kitti_to_bag(
+    dataset_root: str | Path,
+    sequence: str,
+    out: str | Path,
+    storage: str = "sqlite3",
+    *,
+    max_frames: int | None = None,
+    include_lidar: bool = True,
+    start_time_ns: int = 0,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> BagSummary:
+    """Convert one sequence; return what was written.  ``storage`` is sqlite3 or mcap."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from scmpr_ros.datasets import open_sequence
+
+    plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+    if storage not in plugins:
+        raise BagError(f"--storage {storage!r} is not supported; use sqlite3 or mcap")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BagError(f"{out} already exists; choose another --out or remove it")
+    if start_time_ns < 0:
+        raise BagError(f"start time {start_time_ns} ns is negative")
+
+    seq = open_sequence(dataset_root, sequence)
+    if not seq.has_images:
+        raise BagError(f"{dataset_root} sequence {sequence} has no images (image_2); nothing to localize")
+    n = seq.num_frames if max_frames is None else min(seq.num_frames, int(max_frames))
+    if n <= 0:
+        raise BagError(f"{dataset_root} sequence {sequence}: no frames to convert (max_frames={max_frames})")
+    times = np.asarray(seq.times, dtype=np.float64)
+    stamps = start_time_ns + np.round(times * 1e9).astype(np.int64)
+    if np.any(np.diff(stamps[:n]) < 0):
+        raise BagError(f"{dataset_root} sequence {sequence}: times.txt is not increasing")
+    has_poses = bool(seq.has_poses)
+    poses = np.asarray(seq.poses_velo) if has_poses else None
+    valid = np.asarray(seq.pose_valid, dtype=bool) if has_poses else np.zeros(seq.num_frames, bool)
+    calib = seq.calib
+    ts = get_typestore(Stores.ROS2_KILTED)
+    T = ts.types
+
+    tmp_root = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    tmp_root.mkdir(parents=True)
+    tmp = tmp_root / out.name
+    counts: dict[str, list] = {}
+    zero = QosTime(sec=0, nsec=0)
+    latched = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, zero, zero,
+                  QosLiveliness.AUTOMATIC, zero, False)
+    try:
+        with Writer(tmp, version=9, storage_plugin=plugins[storage]) as writer:
+            conns = {}
+
+            def add(topic, msgtype, qos=()):
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=ts, offered_qos_profiles=qos)
+                counts[topic] = [msgtype, 0]
+
+            def write(topic, t_ns, msg):
+                writer.write(conns[topic], int(t_ns), ts.serialize_cdr(msg, counts[topic][0]))
+                counts[topic][1] += 1
+
+            add(IMAGE_TOPIC, "sensor_msgs/msg/Image")
+            add(CAMERA_INFO_TOPIC, "sensor_msgs/msg/CameraInfo")
+            if include_lidar:
+                add(CLOUD_TOPIC, "sensor_msgs/msg/PointCloud2")
+            if has_poses:
+                add(ODOM_TOPIC, "nav_msgs/msg/Odometry")
+                add(TF_TOPIC, "tf2_msgs/msg/TFMessage")
+            add(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", [latched])
+
+            T_velo_cam = np.linalg.inv(np.asarray(calib.T_cam_velo, dtype=np.float64))
+            write(TF_STATIC_TOPIC, stamps[0], T["tf2_msgs/msg/TFMessage"](
+                transforms=[_transform_msg(ts, T_velo_cam, int(stamps[0]), VELO_FRAME, CAMERA_FRAME)]))
+            K = np.asarray(calib.K, dtype=np.float64)
+            P = np.zeros((3, 4))
+            P[:, :3] = K
+            for i in range(n):
+                t_ns = int(stamps[i])
+                rgb = seq.load_image(i)
+                f = image_fields(rgb, "rgb8")
+                write(IMAGE_TOPIC, t_ns, T["sensor_msgs/msg/Image"](header=_header(ts, t_ns, CAMERA_FRAME), **f))
+                write(CAMERA_INFO_TOPIC, t_ns, T["sensor_msgs/msg/CameraInfo"](
+                    header=_header(ts, t_ns, CAMERA_FRAME), height=f["height"], width=f["width"],
+                    distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1).copy(), r=np.eye(3).reshape(-1),
+                    p=P.reshape(-1).copy(), binning_x=0, binning_y=0,
+                    roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)))
+                if include_lidar:
+                    scan = seq.load_scan(i)
+                    labels = seq.load_labels(i) if seq.has_labels else None
+                    pts = np.zeros(len(scan), dtype=LABELLED_CLOUD_DTYPE if labels is not None else CLOUD_DTYPE)
+                    pts["x"], pts["y"], pts["z"], pts["intensity"] = scan[:, 0], scan[:, 1], scan[:, 2], scan[:, 3]
+                    if labels is not None:
+                        if len(labels) != len(scan):
+                            raise BagError(f"{dataset_root} sequence {sequence} frame {i}: {len(labels)} labels "
+                                           f"for {len(scan)} points")
+                        pts["label"] = labels
+                    cf = cloud_fields(pts)
+                    fields = [T["sensor_msgs/msg/PointField"](name=a, offset=o, datatype=d, count=c)
+                              for a, o, d, c in cf["fields"]]
+                    write(CLOUD_TOPIC, t_ns, T["sensor_msgs/msg/PointCloud2"](
+                        header=_header(ts, t_ns, VELO_FRAME), height=cf["height"], width=cf["width"], fields=fields,
+                        is_bigendian=False, point_step=cf["point_step"], row_step=cf["row_step"], data=cf["data"],
+                        is_dense=True))
+                if has_poses and valid[i]:
+                    Tw = poses[i]
+                    q = quat_from_matrix(Tw)
+                    v, w = _twist(poses, times, valid, i)
+                    pose = T["geometry_msgs/msg/Pose"](
+                        position=T["geometry_msgs/msg/Point"](x=float(Tw[0, 3]), y=float(Tw[1, 3]), z=float(Tw[2, 3])),
+                        orientation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+                    twist = T["geometry_msgs/msg/Twist"](
+                        linear=T["geometry_msgs/msg/Vector3"](x=float(v[0]), y=float(v[1]), z=float(v[2])),
+                        angular=T["geometry_msgs/msg/Vector3"](x=float(w[0]), y=float(w[1]), z=float(w[2])))
+                    write(ODOM_TOPIC, t_ns, T["nav_msgs/msg/Odometry"](
+                        header=_header(ts, t_ns, MAP_FRAME), child_frame_id=VELO_FRAME,
+                        pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
+                        twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36))))
+                    write(TF_TOPIC, t_ns, T["tf2_msgs/msg/TFMessage"](
+                        transforms=[_transform_msg(ts, Tw, t_ns, MAP_FRAME, VELO_FRAME)]))
+                if progress is not None:
+                    progress(i + 1, n)
+        if out.exists():  # overwrite: swap only after the new bag is complete
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return BagSummary(out, storage, n, {k: (v[0], v[1]) for k, v in counts.items()}, int(stamps[0]), int(stamps[n - 1]))

@@ -1,0 +1,160 @@
+"""map_server node: the single owner of the active map (Nav2 map_server pattern, latched outputs).
+
+Parameters: map_file, frame_id, max_published_poses.  On start and on ``~/reload_map``
+(std_srvs/Trigger, after ``ros2 param set /map_server map_file NEW``) it validates the file with
+scmpr_ros.retrieval.map_file.read_map; only a valid map replaces the active one (a failed reload
+keeps the old map and says why in the response).  Publishes, latched: the announcement on
+``scmpr/map`` (see map_transport.py: path + sha256 + version, not the payload), the viewpoint poses
+(geometry_msgs/PoseArray, decimated to max_published_poses) and an RViz MarkerArray.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import Pose, PoseArray
+from rclpy.node import Node
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from scmpr_ros.config import NodesConfig
+from scmpr_ros.errors import ScmprError
+from scmpr_ros.nodes.map_transport import MapAnnouncement, file_sha256
+from scmpr_ros.nodes.qos import LATCHED_QOS, MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
+
+
+def load_and_validate(path: str, frame_id: str, version: int):
+    """Read and validate a map file; return (MapData, MapAnnouncement).  Raises ScmprError."""
+    from scmpr_ros.retrieval.map_file import read_map
+
+    if not path:
+        raise ScmprError("parameter map_file is empty; set it to a .scmpr-map file built with `scmpr build-map`")
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise ScmprError(f"map_file {p} does not exist")
+    st = os.stat(p)
+    digest = file_sha256(p)
+    data = read_map(p)
+    if os.stat(p).st_mtime_ns != st.st_mtime_ns or os.stat(p).st_size != st.st_size:
+        raise ScmprError(f"map_file {p} changed while it was being loaded; try the reload again")
+    ann = MapAnnouncement(
+        version=version,
+        path=str(p),
+        sha256=digest,
+        size_bytes=int(st.st_size),
+        mtime_ns=int(st.st_mtime_ns),
+        frame_id=frame_id,
+        num_viewpoints=int(len(data.poses)),
+        descriptor_dim=int(np.asarray(data.descriptors).shape[1]),
+        model_checksum=str(data.model_checksum),
+    )
+    return data, ann
+
+
+def _pose(p7: np.ndarray) -> Pose:
+    m = Pose()
+    m.position.x, m.position.y, m.position.z = (float(v) for v in p7[:3])
+    m.orientation.x, m.orientation.y, m.orientation.z, m.orientation.w = (float(v) for v in p7[3:7])
+    return m
+
+
+class MapServer(Node):
+    def __init__(self, node_name: str = "map_server", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        d = NodesConfig()
+        self.declare_parameter("map_file", d.map_file)
+        self.declare_parameter("frame_id", d.frame_id)
+        self.declare_parameter("max_published_poses", d.max_published_poses)
+        self._lock = threading.Lock()
+        self.version = 0
+        self.map_data = None
+        self.announcement: MapAnnouncement | None = None
+        self.last_error = ""
+        self._ann_pub = self.create_publisher(String, MAP_TOPIC, LATCHED_QOS)
+        self._poses_pub = self.create_publisher(PoseArray, MAP_POSES_TOPIC, LATCHED_QOS)
+        self._markers_pub = self.create_publisher(MarkerArray, MAP_MARKERS_TOPIC, LATCHED_QOS)
+        self.create_service(Trigger, "~/reload_map", self._on_reload)
+        path = self.get_parameter("map_file").value
+        if path:
+            ok, msg = self.load(path)
+            (self.get_logger().info if ok else self.get_logger().error)(msg)
+        else:
+            self.get_logger().warn("no map_file set; set it and call ~/reload_map")
+
+    # --------------------------------------------------------------------------------- loading
+    def load(self, path: str) -> tuple[bool, str]:
+        """Validate ``path`` and make it the active map; on failure keep the current one."""
+        with self._lock:
+            frame = str(self.get_parameter("frame_id").value)
+            t0 = time.perf_counter()
+            try:
+                data, ann = load_and_validate(path, frame, self.version + 1)
+            except (ScmprError, OSError, ValueError) as exc:
+                self.last_error = str(exc)
+                keep = f"; keeping map v{self.version} {self.announcement.path}" if self.announcement else "; no map active"
+                return False, f"map load failed: {exc}{keep}"
+            self.version = ann.version
+            self.map_data, self.announcement, self.last_error = data, ann, ""
+            self._publish(data, ann)
+            return True, (f"map v{ann.version} {ann.path}: {ann.num_viewpoints} viewpoints, dim {ann.descriptor_dim}, "
+                          f"{ann.size_bytes / 1e6:.1f} MB, loaded in {time.perf_counter() - t0:.2f} s")
+
+    def _publish(self, data, ann: MapAnnouncement) -> None:
+        self._ann_pub.publish(String(data=ann.to_json()))
+        poses = np.asarray(data.poses, dtype=np.float64)
+        limit = max(1, int(self.get_parameter("max_published_poses").value))
+        stride = max(1, int(np.ceil(len(poses) / limit)))
+        sel = poses[::stride]
+        stamp = self.get_clock().now().to_msg()
+        pa = PoseArray()
+        pa.header.stamp, pa.header.frame_id = stamp, ann.frame_id
+        pa.poses = [_pose(p) for p in sel]
+        self._poses_pub.publish(pa)
+        mk = Marker()
+        mk.header.stamp, mk.header.frame_id = stamp, ann.frame_id
+        mk.ns, mk.id, mk.type, mk.action = "scmpr_viewpoints", 0, Marker.SPHERE_LIST, Marker.ADD
+        mk.pose.orientation.w = 1.0
+        mk.scale.x = mk.scale.y = mk.scale.z = 0.6
+        mk.color.r, mk.color.g, mk.color.b, mk.color.a = 0.1, 0.6, 1.0, 0.8
+        pts = []
+        for p in sel:
+            pt = Pose().position
+            pt.x, pt.y, pt.z = float(p[0]), float(p[1]), float(p[2])
+            pts.append(pt)
+        mk.points = pts
+        self._markers_pub.publish(MarkerArray(markers=[mk]))
+
+    def _on_reload(self, request, response):
+        ok, msg = self.load(str(self.get_parameter("map_file").value))
+        (self.get_logger().info if ok else self.get_logger().error)(msg)
+        response.success, response.message = ok, msg
+        return response
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = MapServer()
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    except ScmprError as exc:
+        print(f"map_server: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
