@@ -1,0 +1,296 @@
+"""Selective scan (Mamba S6) with the semantics of ``mamba_ssm.selective_scan_fn``.
+
+    Δ = softplus(delta + delta_bias) (if delta_softplus);  h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t
+    y_t = C_t · h_t + D u_t;  out = y ⊙ silu(z) (if z is given)
+
+Backends: ``cuda`` (mamba_ssm kernel, imported lazily), ``torch`` (CPU/any device, pure torch with
+autograd: a two-level *chunked* linear recurrence -- a sequential loop over the steps of a chunk,
+all chunks at once, then a carry pass over chunks; the gradient is the same recurrence run in
+reverse) and ``reference`` (the plain sequential loop, for tests).  Decays are multiplied, never
+divided, so nothing overflows (a log-cumsum formulation would).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from scmpr_ros.errors import ScmprError
+
+BACKENDS = ("auto", "cuda", "cpu", "torch", "reference")
+CUDA_INSTALL_HINT = (
+    "the CUDA selective-scan kernel needs mamba-ssm: `pip install .[cuda]` "
+    "(it builds with nvcc and needs a CUDA build of torch); or set model.scan_backend to 'torch'"
+)
+
+
+class ScanBackendError(ScmprError):
+    """An unknown scan backend, or one that cannot run here."""
+
+
+_MAMBA_FN = None
+_MAMBA_TRIED = False
+
+
+def _mamba_selective_scan_fn():
+    """The mamba_ssm kernel entry point, or None if mamba_ssm is not importable."""
+    global _MAMBA_FN, _MAMBA_TRIED
+    if not _MAMBA_TRIED:
+        _MAMBA_TRIED = True
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # type: ignore
+
+            _MAMBA_FN = selective_scan_fn
+        except Exception:  # noqa: BLE001 - any import failure means "not available"
+            _MAMBA_FN = None
+    return _MAMBA_FN
+
+
+def cuda_kernel_available() -> bool:
+    return torch.cuda.is_available() and _mamba_selective_scan_fn() is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map a configured backend name to the one that runs on ``device``: cuda | torch | reference."""
+    if backend not in BACKENDS:
+        raise ScanBackendError(f"model.scan_backend: unknown backend {backend!r} (choose one of {', '.join(BACKENDS)})")
+    if backend == "auto":
+        return "cuda" if device.type == "cuda" and _mamba_selective_scan_fn() is not None else "torch"
+    if backend == "cuda":
+        if _mamba_selective_scan_fn() is None:
+            raise ScanBackendError(f"model.scan_backend=cuda: mamba_ssm is not importable; {CUDA_INSTALL_HINT}")
+        if device.type != "cuda":
+            raise ScanBackendError(
+                f"model.scan_backend=cuda but the tensors are on {device}; move the model to a CUDA device "
+                "or set model.scan_backend to 'auto'"
+            )
+        return "cuda"
+    if backend == "cpu":
+        return "torch"
+    return backend
+
+
+# --------------------------------------------------------------------------------------------
+# linear recurrence h_t = a_t * h_{t-1} + b_t over dim 1 of (B, L, M) tensors
+# --------------------------------------------------------------------------------------------
+
+
+def _chunk_len(length: int) -> int:
+    # ~T + 2 L/T python steps; T = sqrt(2L) minimises them (>= 16, <= 256)
+    return int(min(256, max(16, round(math.sqrt(2 * length)))))
+
+
+@torch.no_grad()
+def linear_recurrence(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, chunk: int = 0) -> Tensor:
+    """All states of h_t = a_t h_{t-1} + b_t (h_{-1} = h0 or 0); a, b: (B, L, M) -> (B, L, M).
+
+    Two levels: a sequential loop over the T steps of every chunk (all chunks together),
+    then the carries of the chunks in order, added with the in-chunk products of a.
+    """
+    bsz, length, m = a.shape
+    T = chunk or _chunk_len(length)
+    if length <= 2 * T:  # short: one sequential loop
+        hs = torch.empty_like(b)
+        if h0 is None:
+            hs[:, 0].copy_(b[:, 0])
+        else:
+            torch.addcmul(b[:, 0], a[:, 0], h0, out=hs[:, 0])
+        for t in range(1, length):
+            torch.addcmul(b[:, t], a[:, t], hs[:, t - 1], out=hs[:, t])
+        return hs
+    nc = -(-length // T)
+    pad = nc * T - length
+    if pad:
+        a = F.pad(a, (0, 0, 0, pad), value=1.0)
+        b = F.pad(b, (0, 0, 0, pad), value=0.0)
+    a4 = a.reshape(bsz, nc, T, m)
+    b4 = b.reshape(bsz, nc, T, m)
+    hs = torch.empty_like(b4)
+    prod = torch.empty_like(a4)  # products of a inside each chunk (<= 1 for stable decays)
+    hs[:, :, 0].copy_(b4[:, :, 0])
+    prod[:, :, 0].copy_(a4[:, :, 0])
+    for t in range(1, T):  # every chunk from a zero state (torch.cumprod over dim 2 is slower)
+        torch.addcmul(b4[:, :, t], a4[:, :, t], hs[:, :, t - 1], out=hs[:, :, t])
+        torch.mul(a4[:, :, t], prod[:, :, t - 1], out=prod[:, :, t])
+    carries = torch.empty(bsz, nc, m, dtype=b.dtype, device=b.device)  # state entering chunk c
+    carry = h0 if h0 is not None else torch.zeros(bsz, m, dtype=b.dtype, device=b.device)
+    for c in range(nc):
+        carries[:, c].copy_(carry)
+        carry = torch.addcmul(hs[:, c, -1], prod[:, c, -1], carry)
+    hs.addcmul_(prod, carries.unsqueeze(2))
+    hs = hs.reshape(bsz, nc * T, m)
+    return hs[:, :length] if pad else hs
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """Differentiable wrapper; the adjoint g_t = dh_t + a_{t+1} g_{t+1} is the reversed recurrence."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:  # type: ignore[override]
+        hs = linear_recurrence(a, b, h0)
+        ctx.save_for_backward(a, hs, h0)
+        return hs
+
+    @staticmethod
+    def backward(ctx, grad_hs: Tensor):  # type: ignore[override]
+        a, hs, h0 = ctx.saved_tensors
+        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
+        g = linear_recurrence(a_next.flip(1), grad_hs.contiguous().flip(1)).flip(1)
+        h_prev = torch.cat([h0.unsqueeze(1), hs[:, :-1]], dim=1)
+        grad_a = g * h_prev
+        grad_h0 = a[:, 0] * g[:, 0]
+        return grad_a, g, grad_h0
+
+
+def linear_recurrence_autograd(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+    if h0 is None:
+        h0 = torch.zeros(a.shape[0], a.shape[2], dtype=a.dtype, device=a.device)
+    if not (a.requires_grad or b.requires_grad or h0.requires_grad) or not torch.is_grad_enabled():
+        return linear_recurrence(a.contiguous(), b.contiguous(), h0)
+    return _LinearRecurrence.apply(a.contiguous(), b.contiguous(), h0)
+
+
+# --------------------------------------------------------------------------------------------
+# token-major scan (the CPU path): u, delta (B, L, Dc); B, C (B, L, G, N) or (B, L, N)
+# --------------------------------------------------------------------------------------------
+
+
+def selective_scan_tokens(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+) -> Tensor:
+    """Selective scan on token-major tensors: u, delta, z (B, L, Dc); A (Dc, N);
+    B, C (B, L, N) or (B, L, G, N) with Dc = G * channels-per-group. Returns (B, L, Dc) in u.dtype."""
+    dtype_in = u.dtype
+    bsz, length, dc = u.shape
+    n = A.shape[1]
+    u32 = u.float()
+    dt = delta.float()
+    if delta_bias is not None:
+        dt = dt + delta_bias.float()
+    if delta_softplus:
+        dt = F.softplus(dt)
+    if B.dim() == 3:
+        B = B.unsqueeze(2)
+        C = C.unsqueeze(2)
+    g = B.shape[2]
+    per = dc // g
+    Bf = B.float().unsqueeze(3)  # (B, L, G, 1, N)
+    Cf = C.float().unsqueeze(3)
+    a = torch.exp(dt.unsqueeze(-1) * A.float())  # (B, L, Dc, N)
+    bu = (dt * u32).view(bsz, length, g, per, 1) * Bf  # (B, L, G, per, N)
+    hs = linear_recurrence_autograd(a.reshape(bsz, length, dc * n), bu.reshape(bsz, length, dc * n))
+    y = (hs.view(bsz, length, g, per, n) * Cf).sum(-1).reshape(bsz, length, dc)
+    if D is not None:
+        y = y + u32 * D.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype_in)
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point (mamba layout)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ScanBackendError(f"selective_scan: u and delta must be (B, D, L) of one shape, got {tuple(u.shape)} and {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != u.shape[1]:
+        raise ScanBackendError(f"selective_scan: A must be (D, N) with D={u.shape[1]}, got {tuple(A.shape)}")
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() not in (3, 4) or t.shape[0] != u.shape[0] or t.shape[-1] != u.shape[2] or t.shape[-2] != A.shape[1]:
+            raise ScanBackendError(f"selective_scan: {name} must be (B, N, L) or (B, G, N, L), got {tuple(t.shape)}")
+        if t.dim() == 4 and u.shape[1] % t.shape[1]:
+            raise ScanBackendError(f"selective_scan: {name} has {t.shape[1]} groups, which do not divide D={u.shape[1]}")
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    backend: str = "auto",
+) -> Tensor:
+    """``mamba_ssm.selective_scan_fn`` semantics: u, delta, z (B, D, L); A (D, N) real;
+    B, C (B, N, L) or (B, G, N, L); D, delta_bias (D,). Returns (B, D, L) in u.dtype."""
+    _check_shapes(u, delta, A, B, C)
+    which = resolve_backend(backend, u.device)
+    if which == "cuda":
+        fn = _mamba_selective_scan_fn()
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if which == "reference":
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    tb = (lambda t: t.permute(0, 3, 1, 2)) if B.dim() == 4 else (lambda t: t.transpose(1, 2))
+    y = selective_scan_tokens(
+        u.transpose(1, 2).contiguous(),
+        delta.transpose(1, 2).contiguous(),
+        A,
+        tb(B),
+        tb(C),
+        D,
+        None if z is None else z.transpose(1, 2),
+        delta_bias,
+        delta_softplus,
+    )
+    return y.transpose(1, 2)
+
+
+def selective_scan_reference(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+) -> Tensor:
+    """The plain sequential loop (mamba layout), fp32 inside. For tests only: slow."""
+    dtype_in = u.dtype
+    u = u.float()
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    bsz, dim, length = u.shape
+    n = A.shape[1]
+    if B.dim() == 3:
+        Bx = B.float().unsqueeze(1).expand(bsz, dim, n, length)
+        Cx = C.float().unsqueeze(1).expand(bsz, dim, n, length)
+    else:
+        rep = dim // B.shape[1]
+        Bx = B.float().repeat_interleave(rep, dim=1)
+        Cx = C.float().repeat_interleave(rep, dim=1)
+    A = A.float()
+    x = u.new_zeros(bsz, dim, n)
+    ys = []
+    # unbind (not indexing) so that the backward does not allocate a full-size gradient per step
+    steps = zip(delta.unbind(2), u.unbind(2), Bx.unbind(3), Cx.unbind(3))
+    for delta_i, u_i, b_i, c_i in steps:
+        dA = torch.exp(delta_i[:, :, None] * A)
+        x = dA * x + (delta_i * u_i)[:, :, None] * b_i
+        ys.append((x * c_i).sum(-1))
+    y = torch.stack(ys, dim=2)
+    if D is not None:
+        y = y + u * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype_in)
