@@ -1,0 +1,205 @@
+"""bag_player node: replay a rosbag2 (sqlite3 | mcap, read with rosbags) without rosbag2_py or `ros2 bag`.
+
+Messages are published as the CDR bytes stored in the bag (no re-serialisation) at wall time
+t_wall = t_start + (t_bag - t_bag0) / rate.  With ``clock`` true, rosgraph_msgs/Clock carries the
+bag time (t_bag0 + elapsed_wall * rate) at ``clock_frequency`` Hz and before every message, for
+nodes with use_sim_time.  Topics whose message package is not importable here (e.g. tf2_msgs
+without a ROS install) are skipped with a warning.  Topics recorded with transient-local QoS are
+republished latched.  Parameters: bag, rate, clock, clock_frequency, topics, wait_for_topics,
+wait_timeout_s, start_delay_s, loop.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import time
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from scmpr_ros.bags.reader import BagError, bag_info, iter_raw
+from scmpr_ros.errors import ScmprError
+from scmpr_ros.nodes.qos import LATCHED_QOS
+
+PLAYBACK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
+
+
+def message_class(msgtype: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class, or None when its package is missing."""
+    parts = msgtype.split("/")
+    if len(parts) != 3:
+        return None
+    try:
+        return getattr(importlib.import_module(f"{parts[0]}.{parts[1]}"), parts[2])
+    except (ImportError, AttributeError):
+        return None
+
+
+class BagPlayer(Node):
+    def __init__(self, node_name: str = "bag_player", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.declare_parameter("bag", "")
+        self.declare_parameter("rate", 1.0)
+        self.declare_parameter("clock", False)
+        self.declare_parameter("clock_frequency", 100.0)
+        self.declare_parameter("topics", [""])  # empty entries ignored; none = all topics
+        self.declare_parameter("wait_for_topics", [""])  # start once each has a subscriber (or after timeout)
+        self.declare_parameter("wait_timeout_s", 10.0)
+        self.declare_parameter("start_delay_s", 0.0)
+        self.declare_parameter("loop", False)
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        self.bag = str(g("bag"))
+        self.rate = float(g("rate"))
+        if not self.bag:
+            raise ScmprError("parameter bag is empty; give a rosbag2 directory (e.g. from `scmpr kitti-to-bag`)")
+        if not self.rate > 0:
+            raise ScmprError(f"parameter rate={self.rate} must be > 0")
+        self.info = bag_info(self.bag)
+        wanted = [t for t in g("topics") if t]
+        unknown = [t for t in wanted if t not in self.info.topics]
+        if unknown:
+            raise BagError(f"{self.bag}: topics {unknown} are not in the bag (it has {sorted(self.info.topics)})")
+        self.topics = wanted or sorted(self.info.topics)
+        self.clock = bool(g("clock"))
+        self.clock_period = 1.0 / max(1e-3, float(g("clock_frequency")))
+        self.wait_for = [t for t in g("wait_for_topics") if t]
+        self.wait_timeout = float(g("wait_timeout_s"))
+        self.start_delay = float(g("start_delay_s"))
+        self.loop = bool(g("loop"))
+        latched_topics = self._latched_topics()
+        self.pubs = {}
+        self.skipped: dict[str, str] = {}
+        for topic in self.topics:
+            msgtype = self.info.topics[topic].msgtype
+            cls = message_class(msgtype)
+            if cls is None:
+                self.skipped[topic] = msgtype
+                self.get_logger().warn(f"{topic}: message type {msgtype} is not importable here; not replayed")
+                continue
+            self.pubs[topic] = self.create_publisher(cls, topic, LATCHED_QOS if topic in latched_topics else PLAYBACK_QOS)
+        self.clock_pub = None
+        if self.clock:
+            from rosgraph_msgs.msg import Clock
+
+            self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self.published = 0
+        self.published_per_topic = {t: 0 for t in self.pubs}
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self.first_publish_wall: float | None = None
+        self._last_clock = 0
+        self._thread = threading.Thread(target=self._play, name="scmpr_bag_player", daemon=True)
+        self._thread.start()
+
+    def _latched_topics(self) -> set[str]:
+        from rosbags.rosbag2 import Reader
+
+        out = set()
+        with Reader(self.bag) as reader:
+            for c in reader.connections:
+                for q in getattr(c.ext, "offered_qos_profiles", []) or []:
+                    if getattr(q.durability, "name", "") == "TRANSIENT_LOCAL":
+                        out.add(c.topic)
+        return out
+
+    # ---------------------------------------------------------------------------------- play
+    def _sleep_until(self, target_wall: float, t_bag0: int, t_start: float, target_bag: int) -> bool:
+        """Sleep until ``target_wall`` publishing /clock (never past ``target_bag``); False if stopped."""
+        while True:
+            now = time.monotonic()
+            if self._stop.is_set():
+                return False
+            if now >= target_wall:
+                return True
+            step = min(target_wall - now, self.clock_period if self.clock_pub else 0.05)
+            time.sleep(step)
+            if self.clock_pub is not None:
+                self._publish_clock(min(target_bag, t_bag0 + int((time.monotonic() - t_start) * self.rate * 1e9)))
+
+    def _publish_clock(self, t_ns: int) -> None:
+        from rosgraph_msgs.msg import Clock
+
+        t_ns = max(int(t_ns), self._last_clock)  # /clock never runs backwards
+        self._last_clock = t_ns
+        m = Clock()
+        m.clock.sec, m.clock.nanosec = divmod(max(0, int(t_ns)), 1_000_000_000)
+        self.clock_pub.publish(m)
+
+    def _wait_for_subscribers(self) -> None:
+        deadline = time.monotonic() + self.wait_timeout
+        for topic in self.wait_for:
+            pub = self.pubs.get(topic)
+            if pub is None:
+                self.get_logger().warn(f"wait_for_topics: {topic} is not replayed; not waiting for it")
+                continue
+            while pub.get_subscription_count() == 0 and time.monotonic() < deadline and not self._stop.is_set():
+                time.sleep(0.02)
+            if pub.get_subscription_count() == 0:
+                self.get_logger().warn(f"no subscriber on {topic} after {self.wait_timeout:.1f} s; starting anyway")
+
+    def _play(self) -> None:
+        try:
+            self._wait_for_subscribers()
+            if self.start_delay > 0 and self._stop.wait(self.start_delay):
+                return
+            replay = [t for t in self.topics if t in self.pubs]
+            while not self._stop.is_set():
+                t_start = time.monotonic()
+                t_bag0 = None
+                for topic, _type, t_ns, raw in iter_raw(self.bag, replay):
+                    if t_bag0 is None:
+                        t_bag0 = t_ns
+                    if not self._sleep_until(t_start + (t_ns - t_bag0) / 1e9 / self.rate, t_bag0, t_start, t_ns):
+                        return
+                    if self.clock_pub is not None:
+                        self._publish_clock(t_ns)
+                    self.pubs[topic].publish(raw)
+                    if self.first_publish_wall is None:
+                        self.first_publish_wall = time.monotonic()
+                    self.published += 1
+                    self.published_per_topic[topic] += 1
+                if not self.loop:
+                    break
+            self.get_logger().info(f"finished {self.bag}: {self.published} messages")
+        except Exception as exc:  # noqa: BLE001 - report and end playback
+            self.get_logger().error(f"playback failed: {type(exc).__name__}: {exc}")
+        finally:
+            self.done.set()
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    from rclpy.executors import SingleThreadedExecutor
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = BagPlayer()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok() and not node.done.is_set():
+            executor.spin_once(timeout_sec=0.1)
+        time.sleep(0.5)  # let reliable subscribers fetch the last messages
+    except KeyboardInterrupt:
+        pass
+    except ScmprError as exc:
+        print(f"bag_player: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""bag_player over loopback DDS: original timing x rate, stamps and payload intact, /clock, skipped types."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from rclpy.node import Node  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from ros_helpers import Spinner, ros_context, unique_namespace, wait_for  # noqa: E402
+from scmpr_ros.bags.reader import BagError, bag_info  # noqa: E402
+from scmpr_ros.nodes.bag_player import BagPlayer  # noqa: E402
+from scmpr_ros.nodes.conversions import image_fields, image_to_rgb, ns_to_sec_nanosec  # noqa: E402
+from scmpr_ros.nodes.qos import SENSOR_QOS  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+T0 = 1_000_000_000_000  # bag start (ns)
+PERIOD = 100_000_000  # 10 Hz
+
+
+def write_bag(path, ns: str, n: int = 10, storage: str = "sqlite3"):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    T = ts.types
+    plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}[storage]
+    with Writer(path, version=9, storage_plugin=plugin) as w:
+        ci = w.add_connection(f"{ns}/image", "sensor_msgs/msg/Image", typestore=ts)
+        cs = w.add_connection(f"{ns}/note", "std_msgs/msg/String", typestore=ts)
+        ct = w.add_connection(f"{ns}/tf", "tf2_msgs/msg/TFMessage", typestore=ts)
+        for i in range(n):
+            t = T0 + i * PERIOD
+            sec, nsec = ns_to_sec_nanosec(t)
+            img = np.full((4, 5, 3), i, np.uint8)
+            msg = T["sensor_msgs/msg/Image"](
+                header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec),
+                                                 frame_id="camera"), **image_fields(img))
+            w.write(ci, t, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+            w.write(cs, t, ts.serialize_cdr(T["std_msgs/msg/String"](data=f"n{i}"), "std_msgs/msg/String"))
+            w.write(ct, t, ts.serialize_cdr(T["tf2_msgs/msg/TFMessage"](transforms=[]), "tf2_msgs/msg/TFMessage"))
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_player_keeps_timing_times_rate_and_payload(tmp_path, storage):
+    ns = unique_namespace()
+    bag = tmp_path / "bag"
+    write_bag(bag, ns, storage=storage)
+    info = bag_info(bag)
+    assert info.storage == storage and info.topics[f"{ns}/image"].count == 10
+    with ros_context() as ctx:
+        spin = Spinner(ctx)
+        try:
+            sink = spin.add(Node("sink", context=ctx, namespace=ns))
+            got: list[tuple[float, int, int]] = []
+            clocks: list[int] = []
+            notes: list[str] = []
+            sink.create_subscription(
+                Image, f"{ns}/image",
+                lambda m: got.append((time.monotonic(), m.header.stamp.sec * 10**9 + m.header.stamp.nanosec,
+                                      int(image_to_rgb(m)[0, 0, 0]))), SENSOR_QOS)
+            sink.create_subscription(String, f"{ns}/note", lambda m: notes.append(m.data), 10)
+            sink.create_subscription(Clock, "/clock", lambda m: clocks.append(m.clock.sec * 10**9 + m.clock.nanosec), 10)
+            rate = 2.0
+            player = spin.add(BagPlayer(context=ctx, namespace=ns, parameter_overrides=[
+                rclpy.parameter.Parameter("bag", value=str(bag)),
+                rclpy.parameter.Parameter("rate", value=rate),
+                rclpy.parameter.Parameter("clock", value=True),
+                rclpy.parameter.Parameter("wait_for_topics", value=[f"{ns}/image", f"{ns}/note"]),
+            ]))
+            assert player.skipped == {f"{ns}/tf": "tf2_msgs/msg/TFMessage"}
+            assert wait_for(player.done.is_set, 15.0)
+            assert wait_for(lambda: len(got) == 10 and len(notes) == 10, 5.0), (len(got), len(notes))
+        finally:
+            spin.close()
+    stamps = [g[1] for g in got]
+    assert stamps == [T0 + i * PERIOD for i in range(10)]
+    assert [g[2] for g in got] == list(range(10))
+    assert notes == [f"n{i}" for i in range(10)]
+    span = got[-1][0] - got[0][0]
+    expected = 9 * PERIOD / 1e9 / rate  # 0.45 s
+    assert expected - 0.05 < span < expected + 0.25, span
+    assert clocks and all(b >= a for a, b in zip(clocks, clocks[1:]))
+    assert T0 <= clocks[0] and clocks[-1] <= T0 + 9 * PERIOD + 50_000_000
+    assert len(clocks) >= 20  # 100 Hz clock over ~0.45 s plus one per message
+
+
+def test_player_refuses_missing_bag_and_unknown_topics(tmp_path):
+    ns = unique_namespace()
+    write_bag(tmp_path / "bag", ns, n=2)
+    with ros_context() as ctx:
+        with pytest.raises(BagError, match="not a rosbag2 directory"):
+            BagPlayer(context=ctx, parameter_overrides=[rclpy.parameter.Parameter("bag", value=str(tmp_path / "nope"))])
+        with pytest.raises(BagError, match="not in the bag"):
+            BagPlayer(context=ctx, parameter_overrides=[
+                rclpy.parameter.Parameter("bag", value=str(tmp_path / "bag")),
+                rclpy.parameter.Parameter("topics", value=["/nope"])])
