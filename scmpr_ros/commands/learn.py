@@ -1,0 +1,107 @@
+"""CLI group: ``scmpr train``, ``scmpr evaluate``, ``scmpr ablation``.
+
+Multi-GPU / multi-node: the same command under torchrun, e.g.
+``torchrun --nproc-per-node 4 -m scmpr_ros.cli train --config config/train_nano.yaml --data DIR``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def _load_cfg(configs: list[Path] | None):
+    from scmpr_ros.config import default_config_dir, load_config
+
+    base = default_config_dir() / "scmpr.yaml"
+    paths = ([base] if base.is_file() else []) + list(configs or [])
+    return load_config(*paths)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out += [s.strip() for s in v.split(",") if s.strip()]
+    return out
+
+
+def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG001 - no benchmarks here
+    @app.command("train")
+    def train_cmd(
+        data: Path = typer.Option(..., "--data", help="dataset root (KITTI layout / synthetic town), a folder of them, or a pair-cache .npz"),
+        config: List[Path] = typer.Option([], "--config", "-c", help="YAML config(s) over config/scmpr.yaml, e.g. config/train_nano.yaml"),
+        out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="run folder: checkpoints, metrics.jsonl, config.yaml"),
+        resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]"),
+        cache: Optional[Path] = typer.Option(None, "--cache", help="pair cache .npz: built once, reused after"),
+        val_data: Optional[Path] = typer.Option(None, "--val-data", help="held-out dataset for the validation R@1"),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimizer steps"),
+        init: Optional[Path] = typer.Option(None, "--init", help="start from these model weights instead of k-means init"),
+    ) -> None:
+        """Train the SCM-PR model on cross-modal pairs (works on CPU, CUDA, and under torchrun)."""
+        import dataclasses
+
+        from scmpr_ros.training.train import train
+
+        cfg = _load_cfg(config)
+        if val_data is not None:
+            cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, val_data=str(val_data)))
+        res = train(cfg, data, out, resume=resume, device=device, cache_path=cache, max_steps=max_steps, init_checkpoint=init)
+        if res.model_path.is_file():
+            typer.echo(f"model: {res.model_path}  steps {res.steps}  wall {res.wall_s / 60:.1f} min  best val R@1 {res.best_val_r1:.3f}")
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        model: Path = typer.Option(..., "--model", "-m", help="model checkpoint (e.g. models/scmpr_nano.pt)"),
+        map_file: Path = typer.Option(..., "--map", help=".scmpr-map built from the mapping pass with the same model"),
+        queries: Path = typer.Option(..., "--queries", help="dataset root holding the query sequence(s)"),
+        sequence: List[str] = typer.Option([], "--sequence", "-s", help="query sequence(s), repeat or comma-separate (default: the query passes)"),
+        threshold: float = typer.Option(5.0, "--threshold", help="a retrieved viewpoint is correct within this many metres"),
+        yaw_gate: Optional[float] = typer.Option(None, "--yaw-gate", help="also require |yaw difference| <= DEG"),
+        exclude_recent: Optional[float] = typer.Option(None, "--exclude-recent", help="same-sequence revisits: ignore viewpoints within S seconds of the query"),
+        map_sequence: Optional[str] = typer.Option(None, "--map-sequence", help="sequence the map was built from (for --exclude-recent)"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for results.json and the PNG plots"),
+        device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+        stride: int = typer.Option(1, "--stride", help="use every n-th query frame"),
+        max_queries: int = typer.Option(0, "--max-queries", help="at most this many queries per sequence (0 = all)"),
+        config: List[Path] = typer.Option([], "--config", "-c", help="YAML overriding the retrieval section (alpha, beta, top_k)"),
+        threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = default)"),
+    ) -> None:
+        """Recall@1/5/10 (overall and per condition) of camera queries against a LiDAR map."""
+        from rich.progress import Progress
+
+        from scmpr_ros.training.evaluate import evaluate, format_summary
+
+        with Progress(transient=True) as bar:
+            tasks: dict[str, int] = {}
+
+            def cb(name: str, i: int, n: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=n)
+                bar.update(tasks[name], completed=i)
+
+            summary = evaluate(
+                model, map_file, queries, _split(sequence) or None, threshold_m=threshold, yaw_gate_deg=yaw_gate,
+                exclude_recent_s=exclude_recent, map_sequence=map_sequence, out_dir=out, device=device,
+                frame_stride=stride, max_queries=max_queries, config_paths=config, threads=threads, progress=cb,
+            )
+        typer.echo(format_summary(summary))
+        if out is not None:
+            typer.echo(f"wrote {out}/results.json, recall_at_n.png, trajectory_*.png")
+
+    @app.command("ablation")
+    def ablation_cmd(
+        data: Path = typer.Option(..., "--data", help="training data (synthetic towns / KITTI root / pair cache)"),
+        eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="held-out town: map from its map pass, queries from its query passes (default: generate one)"),
+        config: List[Path] = typer.Option([], "--config", "-c", help="base config, e.g. config/train_ablation.yaml"),
+        out: Path = typer.Option(Path("runs/ablation"), "--out", "-o", help="folder for the runs and ablation.md"),
+        steps: Optional[int] = typer.Option(None, "--steps", help="optimizer steps per variant (default: the config's epochs)"),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    ) -> None:
+        """Train + evaluate the ladder: no semantics -> +SAFF -> +CSA -> +L_sem; writes a markdown table."""
+        from scmpr_ros.training.ablation import run_ablation
+
+        cfg = _load_cfg(config)
+        table = run_ablation(cfg, data, out, eval_data=eval_data, steps=steps, device=device)
+        typer.echo(table)

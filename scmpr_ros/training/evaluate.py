@@ -1,0 +1,227 @@
+"""``scmpr evaluate``: Recall@N of camera queries against a LiDAR map, per condition, JSON + PNGs.
+
+Database = the map's viewpoints (LiDAR poses in the map frame); queries = camera frames of another
+pass or condition, each run through the same :class:`PlaceRecognizer` the ROS localizer uses (vector
+search + α·cos + β·ψ re-rank).  Ground truth = the query frame's LiDAR pose (camera pose where the
+dataset has no LiDAR extrinsics), so query and database positions refer to the same sensor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from scmpr_ros.errors import ScmprError
+from scmpr_ros.io_utils import atomic_write_text
+from scmpr_ros.training.metrics import DEFAULT_NS, heading_of, positions_of, recall_at_n
+
+EXTRA_CANDIDATES_EXCLUDE = 40  # more hypotheses asked for when exclude-recent drops some
+
+
+class EvaluationError(ScmprError):
+    """Evaluation inputs that do not fit together."""
+
+
+def query_sequences(queries_dir: Path, sequences: Sequence[str] | None, map_meta: dict) -> list[tuple[str, str]]:
+    """[(sequence, condition)] to evaluate: the given ones, else the query passes of a synthetic
+    manifest, else every sequence except the map's."""
+    manifest = None
+    if (queries_dir / "synth_manifest.yaml").is_file():
+        from scmpr_ros.datasets.synthetic import read_manifest
+
+        manifest = read_manifest(queries_dir)
+    cond_of: dict[str, str] = {}
+    if manifest is not None:
+        cond_of = {str(k): str(v.get("condition", "day")) for k, v in manifest["sequences"].items()}
+    if sequences:
+        return [(s, cond_of.get(s, "day")) for s in sequences]
+    if manifest is not None:
+        qs = [str(k) for k, v in manifest["sequences"].items() if v.get("pass") == "query"]
+        if qs:
+            return [(s, cond_of[s]) for s in qs]
+    seq_dir = queries_dir / "sequences"
+    if not seq_dir.is_dir():
+        raise EvaluationError(f"{queries_dir}: no sequences/ folder; pass the dataset root with --queries")
+    map_seq = str(map_meta.get("sequence", ""))
+    names = sorted(p.name for p in seq_dir.iterdir() if p.is_dir() and p.name != map_seq)
+    if not names:
+        raise EvaluationError(f"{queries_dir}: no query sequence found; name one with --sequence")
+    return [(s, "day") for s in names]
+
+
+def _query_pose(seq: Any, i: int) -> np.ndarray:
+    T = seq.poses_velo[i]
+    if not np.isfinite(T).all():
+        T = seq.poses_cam[i]
+    return T
+
+
+def evaluate(
+    model_path: str | Path,
+    map_path: str | Path,
+    queries_dir: str | Path,
+    sequences: Sequence[str] | None = None,
+    *,
+    threshold_m: float = 5.0,
+    yaw_gate_deg: float | None = None,
+    exclude_recent_s: float | None = None,
+    map_sequence: str | None = None,
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    frame_stride: int = 1,
+    max_queries: int = 0,
+    ns: Sequence[int] = DEFAULT_NS,
+    config_paths: Sequence[str | Path] = (),
+    threads: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run every query through the recognizer and score it; returns the JSON-ready summary."""
+    import torch
+
+    from scmpr_ros.config import load_config
+    from scmpr_ros.datasets import open_sequence
+    from scmpr_ros.model import load_checkpoint, model_checksum
+    from scmpr_ros.retrieval.map_file import read_map
+    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+
+    if threshold_m <= 0:
+        raise EvaluationError(f"--threshold must be > 0 m, got {threshold_m}")
+    if frame_stride < 1:
+        raise EvaluationError(f"--stride must be >= 1, got {frame_stride}")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    queries_dir = Path(queries_dir)
+    model, cfg, _ = load_checkpoint(model_path, map_location=device)
+    model.eval()
+    if config_paths:  # retrieval / camera settings may be overridden; the model section is the checkpoint's
+        over = load_config(*config_paths)
+        cfg = dataclasses.replace(cfg, retrieval=over.retrieval)
+    map_data = read_map(map_path, expected_dim=model.descriptor_dim, expected_model_checksum=model_checksum(model))
+    max_n = max(ns)
+    k = max(max_n, cfg.retrieval.top_k) + (EXTRA_CANDIDATES_EXCLUDE if exclude_recent_s else 0)
+    k = min(k, map_data.num_viewpoints)
+    cfg = dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, top_k=k, rerank_k=max(cfg.retrieval.rerank_k, k)))
+    recognizer = PlaceRecognizer(model, map_data, cfg)
+
+    db_xyz = positions_of(np.asarray(map_data.poses))
+    db_yaw = heading_of(np.asarray(map_data.poses), forward_axis=0)
+    map_meta = dict(map_data.metadata or {})
+    db_times = None
+    if exclude_recent_s is not None:
+        mseq = map_sequence or map_meta.get("sequence")
+        mroot = map_meta.get("dataset") or map_meta.get("dataset_root") or str(queries_dir)
+        if not mseq:
+            raise EvaluationError("--exclude-recent needs the map's sequence: pass --map-sequence NN")
+        mseq_obj = open_sequence(Path(mroot) if Path(mroot).is_dir() else queries_dir, str(mseq))
+        db_times = np.asarray(mseq_obj.times, dtype=np.float64)[np.asarray(map_data.source_frames)]
+
+    plan = query_sequences(queries_dir, sequences, map_meta)
+    per: dict[str, dict] = {}
+    records: dict[str, dict] = {}
+    timings: list[float] = []
+    for seq_name, condition in plan:
+        seq = open_sequence(queries_dir, seq_name)
+        if not seq.has_images:
+            raise EvaluationError(f"{queries_dir}/sequences/{seq_name}: no camera images to query with")
+        frames = [i for i in range(0, seq.num_frames, frame_stride) if bool(seq.pose_valid[i])]
+        if max_queries and len(frames) > max_queries:
+            frames = [frames[j] for j in np.linspace(0, len(frames) - 1, max_queries).round().astype(int)]
+        ranked = np.full((len(frames), k), -1, dtype=np.int64)
+        q_T = np.zeros((len(frames), 4, 4))
+        for j, i in enumerate(frames):
+            rgb = seq.load_image(i)
+            t0 = time.perf_counter()
+            res = recognizer.recognize(rgb)
+            timings.append((time.perf_counter() - t0) * 1000.0)
+            rows = [h.index for h in res.hypotheses][:k]
+            ranked[j, : len(rows)] = rows
+            q_T[j] = _query_pose(seq, i)
+            if progress is not None:
+                progress(f"{seq_name} ({condition})", j + 1, len(frames))
+        q_times = np.asarray(seq.times, dtype=np.float64)[frames] if exclude_recent_s is not None else None
+        if exclude_recent_s is not None and map_sequence is None and str(map_meta.get("sequence", "")) not in ("", seq_name):
+            raise EvaluationError(
+                f"--exclude-recent compares times of one sequence, but the map is from sequence "
+                f"{map_meta.get('sequence')} and the queries from {seq_name}; leave it out for cross-pass evaluation"
+            )
+        result = recall_at_n(
+            ranked, q_T, db_xyz, threshold_m, ns,
+            query_yaw=heading_of(q_T, 0) if yaw_gate_deg is not None else None,
+            db_yaw=db_yaw if yaw_gate_deg is not None else None,
+            yaw_gate_deg=yaw_gate_deg,
+            query_times=q_times, db_times=db_times, exclude_recent_s=exclude_recent_s,
+        )
+        key = condition if condition not in per else f"{condition}:{seq_name}"
+        per[key] = result.to_dict() | {"sequence": seq_name}
+        records[key] = {"result": result, "query_xyz": positions_of(q_T), "frames": frames}
+
+    # Aggregate over all queries (each condition weighted by its evaluated queries).
+    correct = np.concatenate([r["result"].correct for r in records.values()])
+    evaluated = np.concatenate([r["result"].evaluated for r in records.values()])
+    denom = max(int(evaluated.sum()), 1)
+    ns_sorted = tuple(sorted(set(int(n) for n in ns)))
+    overall = {f"R@{n}": float(correct[:, i].sum()) / denom for i, n in enumerate(ns_sorted)}
+    summary = {
+        "model": str(model_path),
+        "map": str(map_path),
+        "queries": str(queries_dir),
+        "num_viewpoints": map_data.num_viewpoints,
+        "threshold_m": threshold_m,
+        "yaw_gate_deg": yaw_gate_deg,
+        "exclude_recent_s": exclude_recent_s,
+        "alpha": cfg.retrieval.alpha,
+        "beta": cfg.retrieval.beta,
+        "overall": overall | {"num_evaluated": int(evaluated.sum())},
+        "per_condition": per,
+        "latency_ms": {"median": float(np.median(timings)), "p95": float(np.percentile(timings, 95))} if timings else {},
+    }
+    if out_dir is not None:
+        write_outputs(Path(out_dir), summary, records, db_xyz, ns_sorted)
+        summary["outputs"] = str(out_dir)
+    return summary
+
+
+def write_outputs(out: Path, summary: dict, records: dict, db_xyz: np.ndarray, ns: tuple[int, ...]) -> None:
+    """results.json, recall_at_n.png (one curve per condition), trajectory_<condition>.png."""
+    from scmpr_ros.training.plots import plot_recall_curve, plot_trajectory
+
+    out.mkdir(parents=True, exist_ok=True)
+    curves = {name: (list(ns), [r["result"].recall[n] for n in ns]) for name, r in records.items()}
+    files = {"json": str(out / "results.json"), "recall_curve": str(plot_recall_curve(curves, out / "recall_at_n.png", threshold_m=summary["threshold_m"]))}
+    for name, r in records.items():
+        res = r["result"]
+        top1 = np.full((len(res.top1_ids), 3), np.nan)
+        ok = res.top1_ids >= 0
+        top1[ok] = db_xyz[res.top1_ids[ok]]
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+        path = plot_trajectory(
+            db_xyz, r["query_xyz"], res.hits_at(1), out / f"trajectory_{safe}.png",
+            title=f"{name}: R@1 {100 * res.recall[1]:.1f}% within {res.threshold_m:g} m", evaluated=res.evaluated, top1_xy=top1,
+        )
+        files[f"trajectory_{name}"] = str(path)
+    summary["files"] = files
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
+
+
+def format_summary(summary: dict) -> str:
+    """A plain-text table for the terminal."""
+    ns = [k for k in summary["overall"] if k.startswith("R@")]
+    lines = [f"{'condition':<14} {'queries':>7} " + " ".join(f"{n:>7}" for n in ns)]
+    for name, r in summary["per_condition"].items():
+        lines.append(f"{name:<14} {r['num_evaluated']:>7} " + " ".join(f"{100 * r['recall'][n]:>6.1f}%" for n in ns))
+    o = summary["overall"]
+    lines.append(f"{'all':<14} {o['num_evaluated']:>7} " + " ".join(f"{100 * o[n]:>6.1f}%" for n in ns))
+    extra = f"threshold {summary['threshold_m']:g} m"
+    if summary.get("yaw_gate_deg") is not None:
+        extra += f", yaw gate {summary['yaw_gate_deg']:g} deg"
+    if summary.get("exclude_recent_s") is not None:
+        extra += f", exclude-recent {summary['exclude_recent_s']:g} s"
+    lat = summary.get("latency_ms") or {}
+    if lat:
+        extra += f"; per query {lat['median']:.1f} ms median, {lat['p95']:.1f} ms p95"
+    lines.append(f"({summary['num_viewpoints']} map viewpoints, {extra})")
+    return "\n".join(lines)

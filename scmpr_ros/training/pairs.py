@@ -1,0 +1,497 @@
+"""Cross-modal training pairs: a camera image and the LiDAR range image at the same pose.
+
+Per frame of a sequence with images, scans and poses: the scan is projected to a range image and
+cropped to the camera's horizontal FOV (``lidar.crop_to_camera_fov``); the image is resized to the
+encoder input; sparse segmentation labels for the image come from the labelled LiDAR points
+projected with the calibration, u ~ K · T_cam_velo · p (nearest point wins, IGNORE_ID elsewhere).
+Camera-only passes (synthetic night / winter) share the poses of a pass with scans and are stored
+as extra images of the same place: each draw picks one condition at random, so every condition of
+a place is a positive for its LiDAR view.  Batches hold places mutually farther apart than
+``training.negative_radius_m`` (25 m), so every other item of a batch is a valid negative.
+Everything is precomputed once into a :class:`PairCache` (one ``.npz``) so that epochs are cheap.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from scmpr_ros.config import CameraConfig, ScmprConfig
+from scmpr_ros.errors import DatasetError, ScmprError
+from scmpr_ros.io_utils import atomic_write_bytes
+from scmpr_ros.semantics import IGNORE_ID
+
+CACHE_VERSION = 1
+TOWN_OFFSET_M = 1.0e6  # places of different towns / datasets are never near each other
+
+
+class PairsError(ScmprError):
+    """Training data that cannot be turned into cross-modal pairs."""
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry helpers
+# --------------------------------------------------------------------------------------------
+def project_labels_to_image(
+    points_velo: np.ndarray,
+    labels: np.ndarray,
+    T_cam_velo: np.ndarray,
+    K: np.ndarray,
+    image_size: tuple[int, int],
+    out_hw: tuple[int, int],
+    min_depth_m: float = 0.5,
+) -> np.ndarray:
+    """(H_out, W_out) uint8 sparse label image: LiDAR labels projected into the camera.
+
+    ``image_size`` = (width, height) of the camera image that K refers to; pixel coordinates are
+    scaled to the output grid (the encoder input, a plain resize of the camera image).
+    """
+    pts = np.asarray(points_velo, dtype=np.float64)[:, :3]
+    labels = np.asarray(labels).reshape(-1)
+    if labels.shape[0] != pts.shape[0]:
+        raise PairsError(f"{pts.shape[0]} points but {labels.shape[0]} labels")
+    w_img, h_img = int(image_size[0]), int(image_size[1])
+    h_out, w_out = int(out_hw[0]), int(out_hw[1])
+    out = np.full((h_out, w_out), IGNORE_ID, dtype=np.uint8)
+    if pts.shape[0] == 0:
+        return out
+    cam = pts @ np.asarray(T_cam_velo, dtype=np.float64)[:3, :3].T + np.asarray(T_cam_velo)[:3, 3]
+    keep = (cam[:, 2] > min_depth_m) & (labels != IGNORE_ID)
+    cam, lab = cam[keep], labels[keep]
+    uvw = cam @ np.asarray(K, dtype=np.float64).T
+    u = uvw[:, 0] / uvw[:, 2] * (w_out / w_img)
+    v = uvw[:, 1] / uvw[:, 2] * (h_out / h_img)
+    inside = (u >= 0) & (u < w_out) & (v >= 0) & (v < h_out)
+    u, v, z, lab = u[inside].astype(np.int64), v[inside].astype(np.int64), cam[inside, 2], lab[inside]
+    lin = v * w_out + u
+    order = np.lexsort((z, lin))  # by pixel, then depth: first of each pixel is the nearest
+    lin_s = lin[order]
+    first = np.ones(lin_s.shape, dtype=bool)
+    first[1:] = lin_s[1:] != lin_s[:-1]
+    out.reshape(-1)[lin_s[first]] = lab[order[first]]
+    return out
+
+
+def camera_from_calib(calib: Any) -> CameraConfig:
+    """CameraConfig (image size + intrinsics) from a dataset Calibration."""
+    if calib.image_size is None:
+        raise PairsError("the sequence has no image size in its calibration: training needs camera images")
+    K = np.asarray(calib.K, dtype=np.float64)
+    w, h = calib.image_size
+    return CameraConfig(width=int(w), height=int(h), fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]))
+
+
+def resize_image(rgb: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    h, w = out_hw
+    if rgb.shape[:2] == (h, w):
+        return np.ascontiguousarray(rgb)
+    interp = cv2.INTER_AREA if rgb.shape[0] > h else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (w, h), interpolation=interp)
+
+
+def photometric_augment(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """Random brightness, contrast, saturation, gamma, per-channel gain and sensor noise (uint8 in/out).
+
+    Photometric only: geometry (and so the sparse labels) is unchanged.
+    """
+    img = rgb.astype(np.float32) / 255.0
+    s = float(strength)
+    gray = img.mean(axis=2, keepdims=True)
+    img = gray + (img - gray) * rng.uniform(1 - 0.4 * s, 1 + 0.3 * s)  # saturation
+    img = img * rng.uniform(1 - 0.4 * s, 1 + 0.4 * s)  # brightness
+    mean = img.mean()
+    img = mean + (img - mean) * rng.uniform(1 - 0.3 * s, 1 + 0.3 * s)  # contrast
+    img = img * (1 + rng.uniform(-0.08 * s, 0.08 * s, size=(1, 1, 3)))  # white balance
+    img = np.clip(img, 0.0, 1.0) ** rng.uniform(1 - 0.3 * s, 1 + 0.5 * s)  # gamma
+    img = img + rng.normal(0.0, rng.uniform(0, 0.025 * s), size=img.shape)  # noise
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# The cache
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PairCache:
+    """All training pairs of one or more datasets, in memory (see module docstring)."""
+
+    images: np.ndarray  # (F, K, H, W, 3) uint8, K = len(conditions)
+    image_present: np.ndarray  # (F, K) bool
+    conditions: tuple[str, ...]
+    image_labels: np.ndarray  # (F, H, W) uint8 sparse (IGNORE_ID where no LiDAR point)
+    range_input: np.ndarray  # (F, C, Hr, Wr) float16
+    range_labels: np.ndarray  # (F, Hr, Wr) uint8
+    positions: np.ndarray  # (F, 3) float64 world position of the LiDAR at the frame
+    yaw: np.ndarray  # (F,) float64 heading of the LiDAR (rad)
+    group: np.ndarray  # (F,) int32 index of the source dataset (town)
+    role: np.ndarray  # (F,) uint8: 0 = map pass, 1 = query pass, 2 = either (no manifest)
+    frame: np.ndarray  # (F,) int32 frame index in its sequence
+    sequence: np.ndarray  # (F,) '<U16' sequence name (of the scan pass)
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def separated_positions(self) -> np.ndarray:
+        """Positions with each group moved far away, so distances across datasets are huge."""
+        out = self.positions.copy()
+        out[:, 0] += self.group.astype(np.float64) * TOWN_OFFSET_M
+        return out
+
+    def subset(self, idx: np.ndarray) -> "PairCache":
+        idx = np.asarray(idx)
+        return PairCache(
+            images=self.images[idx], image_present=self.image_present[idx], conditions=self.conditions,
+            image_labels=self.image_labels[idx], range_input=self.range_input[idx], range_labels=self.range_labels[idx],
+            positions=self.positions[idx], yaw=self.yaw[idx], group=self.group[idx], role=self.role[idx],
+            frame=self.frame[idx], sequence=self.sequence[idx], meta=dict(self.meta),
+        )
+
+    def save(self, path: str | Path, compress: bool = True) -> Path:
+        arrays = {k: getattr(self, k) for k in _ARRAY_FIELDS}
+        arrays["conditions"] = np.array(self.conditions)
+        arrays["meta_json"] = np.frombuffer(json.dumps({"version": CACHE_VERSION, **self.meta}).encode(), dtype=np.uint8)
+        buf = io.BytesIO()
+        (np.savez_compressed if compress else np.savez)(buf, **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PairCache":
+        path = Path(path)
+        if not path.is_file():
+            raise PairsError(f"pair cache not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta_json"]).decode())
+                arrays = {k: z[k] for k in _ARRAY_FIELDS}
+                conditions = tuple(str(c) for c in z["conditions"])
+        except (KeyError, ValueError, OSError) as exc:
+            raise PairsError(f"{path}: not a pair cache or corrupt ({exc}); delete it and rebuild") from exc
+        if meta.get("version") != CACHE_VERSION:
+            raise PairsError(f"{path}: pair cache version {meta.get('version')} != {CACHE_VERSION}; delete it and rebuild")
+        meta.pop("version", None)
+        return cls(conditions=conditions, meta=meta, **arrays)
+
+    @classmethod
+    def concatenate(cls, caches: Sequence["PairCache"]) -> "PairCache":
+        if not caches:
+            raise PairsError("no training data: no cache to concatenate")
+        conds: list[str] = []
+        for c in caches:
+            conds += [k for k in c.conditions if k not in conds]
+        shapes = {(c.image_hw, c.range_input.shape[1:]) for c in caches}
+        if len(shapes) != 1:
+            raise PairsError(f"caches disagree on image / range-image shapes: {sorted(shapes)}; rebuild with one config")
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAY_FIELDS}
+        offset = 0
+        for c in caches:
+            F = len(c)
+            imgs = np.zeros((F, len(conds)) + c.images.shape[2:], dtype=np.uint8)
+            pres = np.zeros((F, len(conds)), dtype=bool)
+            for j, k in enumerate(c.conditions):
+                imgs[:, conds.index(k)] = c.images[:, j]
+                pres[:, conds.index(k)] = c.image_present[:, j]
+            uniq, local = np.unique(c.group, return_inverse=True)  # renumber groups 0.. per cache
+            for k in _ARRAY_FIELDS:
+                parts[k].append({"images": imgs, "image_present": pres, "group": (local + offset).astype(np.int32)}.get(k, getattr(c, k)))
+            offset += len(uniq)
+        meta = dict(caches[0].meta)
+        meta["sources"] = [s for c in caches for s in c.meta.get("sources", [])]
+        return cls(conditions=tuple(conds), meta=meta, **{k: np.concatenate(v) for k, v in parts.items()})
+
+
+_ARRAY_FIELDS = (
+    "images", "image_present", "image_labels", "range_input", "range_labels",
+    "positions", "yaw", "group", "role", "frame", "sequence",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Building the cache from datasets
+# --------------------------------------------------------------------------------------------
+def find_datasets(data_dir: str | Path) -> list[Path]:
+    """Dataset roots under ``data_dir``: itself if it holds ``sequences/``, else its children that do."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise PairsError(f"training data directory not found: {data_dir}")
+    if (data_dir / "sequences").is_dir() or (data_dir / "synth_manifest.yaml").is_file():
+        return [data_dir]
+    roots = sorted(p for p in data_dir.iterdir() if p.is_dir() and (p / "sequences").is_dir())
+    if not roots:
+        raise PairsError(
+            f"{data_dir}: no dataset found (expected sequences/ in it or in its subfolders); "
+            "generate one with `scmpr synth OUT --seed 100`"
+        )
+    return roots
+
+
+def _has_scans(seq: Any) -> bool:
+    try:
+        seq.load_scan(0)
+        return True
+    except DatasetError:
+        return False
+
+
+def plan_passes(root: Path, sequences: Sequence[str] | None = None) -> list[dict]:
+    """Which sequences give scans and which extra camera passes share their poses.
+
+    Returns one entry per scan pass: {"scan": name, "role": 0|1|2, "images": {condition: name}}.
+    Synthetic towns are described by their manifest; KITTI-style roots use ``sequences`` (all
+    sequences with images, scans and poses when empty), condition "day".
+    """
+    from scmpr_ros.datasets import open_sequence
+
+    manifest = None
+    if (root / "synth_manifest.yaml").is_file():
+        from scmpr_ros.datasets.synthetic import read_manifest
+
+        manifest = read_manifest(root)
+    if manifest is not None:
+        entries = {str(k): v for k, v in manifest["sequences"].items()}
+        names = [n for n in entries if not sequences or n in sequences]
+    else:
+        names = list(sequences) if sequences else sorted(p.name for p in (root / "sequences").iterdir() if p.is_dir())
+        entries = {n: {"pass": "both", "condition": "day"} for n in names}
+    seqs = {}
+    for n in names:
+        try:
+            seqs[n] = open_sequence(root, n)
+        except DatasetError as exc:
+            if sequences:
+                raise
+            continue  # e.g. a KITTI sequence without images
+        if not (seqs[n].has_images and seqs[n].has_poses):
+            seqs.pop(n)
+    scan_passes = [n for n in seqs if seqs[n].has_labels and _has_scans(seqs[n])]
+    plans = []
+    for n in scan_passes:
+        role = {"map": 0, "query": 1}.get(str(entries[n].get("pass")), 2)
+        plans.append({"scan": n, "role": role, "images": {str(entries[n].get("condition", "day")): n}})
+    for n in seqs:
+        if n in scan_passes:
+            continue
+        cond = str(entries[n].get("condition", "day"))
+        for plan in plans:  # a camera-only pass joins the scan pass it shares poses with
+            a, b = seqs[n], seqs[plan["scan"]]
+            if a.num_frames == b.num_frames and np.allclose(
+                np.nan_to_num(a.poses_cam[:, :3, 3]), np.nan_to_num(b.poses_cam[:, :3, 3]), atol=0.05
+            ):
+                plan["images"].setdefault(cond, n)
+                break
+    if not plans:
+        raise PairsError(f"{root}: no sequence with images, labelled scans and poses to train on")
+    return plans
+
+
+def build_pair_cache(
+    root: str | Path,
+    cfg: ScmprConfig,
+    sequences: Sequence[str] | None = None,
+    frame_stride: int = 1,
+    group: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> PairCache:
+    """Pairs of one dataset root (see module docstring)."""
+    from scmpr_ros.datasets import open_sequence
+    from scmpr_ros.lidar.range_image import RangeProjector, camera_fov, crop_to_fov, encoder_input
+
+    root = Path(root)
+    if frame_stride < 1:
+        raise PairsError(f"training.frame_stride must be >= 1, got {frame_stride}")
+    plans = plan_passes(root, sequences)
+    projector = RangeProjector(cfg.lidar)
+    out_hw = (int(cfg.model.image_height), int(cfg.model.image_width))
+    conditions: list[str] = []
+    for plan in plans:
+        conditions += [c for c in plan["images"] if c not in conditions]
+    rows: dict[str, list] = {k: [] for k in _ARRAY_FIELDS}
+    todo = [(plan, i) for plan in plans for i in range(0, open_sequence(root, plan["scan"]).num_frames, frame_stride)]
+    opened: dict[str, Any] = {}
+
+    def seq(name: str) -> Any:
+        if name not in opened:
+            opened[name] = open_sequence(root, name)
+        return opened[name]
+
+    for step, (plan, i) in enumerate(todo):
+        s = seq(plan["scan"])
+        if progress is not None:
+            progress(step, len(todo))
+        if not bool(s.pose_valid[i]):
+            continue
+        scan = s.load_scan(i)
+        labels = s.load_labels(i)
+        ri = projector.project(scan, labels)
+        if cfg.lidar.crop_to_camera_fov:
+            yaw_c, hfov = camera_fov(camera_from_calib(s.calib), s.calib.T_cam_velo)
+            ri = crop_to_fov(ri, yaw_c, hfov)
+        imgs = np.zeros((len(conditions),) + out_hw + (3,), dtype=np.uint8)
+        present = np.zeros(len(conditions), dtype=bool)
+        for cond, name in plan["images"].items():
+            q = seq(name)
+            if i < q.num_frames and bool(q.pose_valid[i]):
+                imgs[conditions.index(cond)] = resize_image(q.load_image(i), out_hw)
+                present[conditions.index(cond)] = True
+        if not present.any():
+            continue
+        calib = s.calib
+        rows["images"].append(imgs)
+        rows["image_present"].append(present)
+        rows["image_labels"].append(
+            project_labels_to_image(scan, labels, calib.T_cam_velo, calib.K, calib.image_size, out_hw)
+        )
+        rows["range_input"].append(encoder_input(ri, cfg.lidar).astype(np.float16))
+        rows["range_labels"].append(ri.labels.astype(np.uint8))
+        T = s.poses_velo[i]
+        rows["positions"].append(T[:3, 3])
+        rows["yaw"].append(math.atan2(T[1, 0], T[0, 0]))
+        rows["group"].append(group)
+        rows["role"].append(plan["role"])
+        rows["frame"].append(i)
+        rows["sequence"].append(plan["scan"])
+    if progress is not None:
+        progress(len(todo), len(todo))
+    if not rows["images"]:
+        raise PairsError(f"{root}: no frame with a valid pose, an image and a scan")
+    dtypes = {"group": np.int32, "role": np.uint8, "frame": np.int32, "sequence": "<U16", "positions": np.float64, "yaw": np.float64}
+    arrays = {k: np.asarray(v, dtype=dtypes.get(k)) if k in dtypes else np.stack(v) for k, v in rows.items()}
+    meta = {
+        "sources": [{"root": str(root), "plans": plans}],
+        "image_hw": list(out_hw),
+        "lidar": {k: getattr(cfg.lidar, k) for k in ("range_height", "range_width", "fov_up_deg", "fov_down_deg", "max_range_m", "crop_to_camera_fov")},
+        "frame_stride": frame_stride,
+    }
+    return PairCache(conditions=tuple(conditions), meta=meta, **arrays)
+
+
+def load_or_build_cache(
+    data_dir: str | Path,
+    cfg: ScmprConfig,
+    cache_path: str | Path | None = None,
+    sequences: Sequence[str] | None = None,
+    frame_stride: int = 1,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> PairCache:
+    """A cache file if given and present (or a .npz passed as data_dir), else built from the datasets."""
+    data_dir = Path(data_dir)
+    if data_dir.is_file() and data_dir.suffix == ".npz":
+        return PairCache.load(data_dir)
+    if cache_path is not None and Path(cache_path).is_file():
+        cache = PairCache.load(cache_path)
+        want = [int(cfg.model.image_height), int(cfg.model.image_width)]
+        if list(cache.meta.get("image_hw", [])) == want:
+            return cache
+    caches = []
+    for g, root in enumerate(find_datasets(data_dir)):
+        cb = (lambda i, n, r=root: progress(r.name, i, n)) if progress else None
+        caches.append(build_pair_cache(root, cfg, sequences, frame_stride, group=g, progress=cb))
+    cache = PairCache.concatenate(caches)
+    if cache_path is not None:
+        cache.save(cache_path)
+    return cache
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+def place_batches(
+    positions: np.ndarray,
+    batch_size: int,
+    min_separation_m: float,
+    rng: np.random.Generator,
+    candidates: np.ndarray | None = None,
+    open_batches: int = 16,
+) -> list[np.ndarray]:
+    """Shuffle and group indices into batches whose places are mutually > ``min_separation_m`` apart.
+
+    Greedy over a random permutation with a few batches open at a time; indices that fit nowhere
+    wait for a later batch, and the remainder that cannot form a full batch is dropped.
+    """
+    pos = np.asarray(positions, dtype=np.float64)[:, :3]
+    idx = np.arange(len(pos)) if candidates is None else np.asarray(candidates)
+    if batch_size < 2:
+        raise PairsError(f"training.batch_size must be >= 2 for in-batch negatives, got {batch_size}")
+    remaining = [int(i) for i in idx[rng.permutation(len(idx))]]
+    batches: list[np.ndarray] = []
+    while len(remaining) >= batch_size:
+        open_: list[list[int]] = []
+        left: list[int] = []
+        made = 0
+        for i in remaining:
+            for b in open_:
+                if np.all(np.linalg.norm(pos[b] - pos[i], axis=1) > min_separation_m):
+                    b.append(i)
+                    if len(b) == batch_size:
+                        batches.append(np.array(b, dtype=np.int64))
+                        open_.remove(b)
+                        made += 1
+                    break
+            else:
+                if len(open_) < open_batches:
+                    open_.append([i])
+                else:
+                    left.append(i)
+        if made == 0:
+            break
+        remaining = left + [i for b in open_ for i in b]
+    return batches
+
+
+def epoch_batches(cache: PairCache, batch_size: int, min_separation_m: float, seed: int, epoch: int, candidates: np.ndarray | None = None) -> list[np.ndarray]:
+    """Deterministic batch list of one epoch (same on every rank and after a resume)."""
+    rng = np.random.default_rng([seed, epoch, 17])
+    return place_batches(cache.separated_positions(), batch_size, min_separation_m, rng, candidates)
+
+
+def choose_conditions(cache: PairCache, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(B,) condition index per item, uniform over the conditions present at that place."""
+    out = np.empty(len(ids), dtype=np.int64)
+    for j, i in enumerate(ids):
+        avail = np.flatnonzero(cache.image_present[i])
+        out[j] = avail[rng.integers(len(avail))]
+    return out
+
+
+def make_batch(
+    cache: PairCache,
+    ids: np.ndarray,
+    cfg: ScmprConfig,
+    seed: int,
+    augment: bool,
+    conditions: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Tensors for one batch: images (B,3,H,W), image_labels (B,H,W), range (B,C,Hr,Wr), range_labels.
+
+    Randomness (condition choice, augmentation) comes from ``seed`` alone, so a batch is the same
+    whenever it is rebuilt (resume, other ranks).
+    """
+    import torch
+
+    from scmpr_ros.model import preprocess_images
+
+    ids = np.asarray(ids, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    cond = choose_conditions(cache, ids, rng) if conditions is None else np.asarray(conditions)
+    rgb = [cache.images[i, c] for i, c in zip(ids, cond)]
+    if augment:
+        rgb = [photometric_augment(im, rng, cfg.training.augment_strength) for im in rgb]
+    return {
+        "images": preprocess_images(rgb, cfg.model),
+        "image_labels": torch.from_numpy(cache.image_labels[ids].astype(np.int64)),
+        "range": torch.from_numpy(cache.range_input[ids].astype(np.float32)),
+        "range_labels": torch.from_numpy(cache.range_labels[ids].astype(np.int64)),
+        "ids": torch.from_numpy(ids),
+        "conditions": torch.from_numpy(cond),
+    }

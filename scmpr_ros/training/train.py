@@ -1,0 +1,567 @@
+"""``scmpr train``: cross-modal contrastive training of the SCM-PR model (paper eq. 12).
+
+L = L_con(D_RGB, D_LiDAR) + λ·L_sem + μ·L_seg with in-batch negatives (places > 25 m apart);
+AdamW, linear warm-up then cosine decay to lr·min_lr_ratio; NetVLAD centroids from k-means over
+features before the first step; autocast (bf16/fp16) on CUDA only; CSA is fed an EMA of the LiDAR
+class prototypes (map-wide statistics, never the answer's).  One entry point for one process or
+``torchrun`` (DistributedDataParallel, DistributedSampler over the epoch's batch list; gloo on CPU,
+nccl on CUDA).  Checkpoints (model + config, and the optimiser/scheduler/RNG state) are atomic;
+``resume`` continues bit-identically on CPU because every batch is rebuilt from (seed, epoch, index).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from scmpr_ros.config import ScmprConfig
+from scmpr_ros.errors import ScmprError
+from scmpr_ros.io_utils import atomic_write_bytes, atomic_write_text
+from scmpr_ros.training.pairs import PairCache, epoch_batches, load_or_build_cache, make_batch
+
+STATE_FILE = "train_state.pt"
+LAST_MODEL = "last.pt"
+BEST_MODEL = "best.pt"
+FINAL_MODEL = "model.pt"
+METRICS_LOG = "metrics.jsonl"
+
+
+class TrainingError(ScmprError):
+    """A training run that cannot start or continue."""
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed helpers
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, world=world, local_rank=local_rank)
+
+
+def resolve_device(device: str, dist_info: DistInfo) -> str:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        if device == "cuda":
+            device = f"cuda:{dist_info.local_rank}"
+        torch.cuda.set_device(torch.device(device))
+    elif device != "cpu":
+        raise TrainingError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+# --------------------------------------------------------------------------------------------
+# Schedule, splits
+# --------------------------------------------------------------------------------------------
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up from 1/warmup to 1, then cosine from 1 to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(total - warmup, 1)
+    t = min(max(step - warmup, 0) / span, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def split_train_val(cache: PairCache, fraction: float, buffer_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Spatial split: with >= 3 datasets the last is validation; else, per dataset, the places with
+    the largest x (``fraction`` of them) are validation and training drops places within ``buffer_m``
+    of any of them, so no place is on both sides."""
+    groups = np.unique(cache.group)
+    if len(groups) >= 3:
+        val = np.flatnonzero(cache.group == groups[-1])
+        train = np.flatnonzero(cache.group != groups[-1])
+        return train, val
+    val_mask = np.zeros(len(cache), dtype=bool)
+    for g in groups:
+        idx = np.flatnonzero(cache.group == g)
+        cut = np.quantile(cache.positions[idx, 0], 1.0 - fraction)
+        val_mask[idx[cache.positions[idx, 0] >= cut]] = True
+    pos = cache.separated_positions()
+    vpos = pos[val_mask]
+    near = np.zeros(len(cache), dtype=bool)
+    for start in range(0, len(cache), 512):
+        d = np.linalg.norm(pos[start : start + 512, None, :] - vpos[None], axis=-1)
+        near[start : start + 512] = (d <= buffer_m).any(axis=1)
+    train = np.flatnonzero(~val_mask & ~near)
+    return train, np.flatnonzero(val_mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Model pieces
+# --------------------------------------------------------------------------------------------
+def _pair_module(model: Any) -> Any:
+    """A module whose forward runs both encoders, so DistributedDataParallel sees one forward."""
+    import torch
+
+    class PairForward(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, images, range_input, range_labels, prototypes):
+            img = self.model.encode_image(images, prototypes)
+            lid = self.model.encode_lidar(range_input, range_labels)
+            return img, lid
+
+    return PairForward(model)
+
+
+def compute_losses(model: Any, img: Any, lid: Any, batch: dict, cfg: ScmprConfig) -> dict[str, Any]:
+    """The terms of eq. 12 for one batch (each present only when its model part is switched on)."""
+    from scmpr_ros.model import losses
+
+    t = cfg.training
+    mc = cfg.model
+    out: dict[str, Any] = {}
+    if t.contrastive == "infonce":
+        out["l_con"] = losses.info_nce(img.descriptor, lid.descriptor, model.temperature())
+    elif t.contrastive == "triplet":
+        out["l_con"] = losses.triplet_loss(img.descriptor, lid.descriptor, t.triplet_margin)
+    else:
+        raise TrainingError(f"training.contrastive must be infonce or triplet, got {t.contrastive!r}")
+    total = out["l_con"]
+    if mc.use_semantics and mc.use_lsem and t.lambda_sem > 0:
+        out["l_sem"] = losses.semantic_consistency_loss(img.class_features, img.class_present, lid.class_features, lid.class_present)
+        total = total + t.lambda_sem * out["l_sem"]
+    if img.seg_logits is not None and t.mu_seg > 0:
+        out["l_seg"] = losses.segmentation_loss(img.seg_logits, batch["image_labels"])
+        total = total + t.mu_seg * out["l_seg"]
+    out["loss"] = total
+    return out
+
+
+def kmeans_init(model: Any, cache: PairCache, train_ids: np.ndarray, cfg: ScmprConfig, device: str) -> None:
+    """NetVLAD centroids of both branches from k-means over features of a few training batches."""
+    import torch
+
+    t = cfg.training
+    batches = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, -1, train_ids)[: max(1, t.kmeans_batches)]
+    if not batches:
+        raise TrainingError("not enough training places for one batch; lower training.batch_size or add data")
+    img_list, rng_list, lab_list = [], [], []
+    for k, ids in enumerate(batches):
+        b = make_batch(cache, ids, cfg, seed=t.seed * 1000 + k, augment=False)
+        img_list.append(b["images"])
+        rng_list.append(b["range"])
+        lab_list.append(b["range_labels"])
+    with torch.no_grad():
+        model.init_netvlad(
+            torch.cat(img_list).to(device), torch.cat(rng_list).to(device), torch.cat(lab_list).to(device), seed=t.seed
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+def encode_cache(model: Any, cache: PairCache, ids: np.ndarray, cfg: ScmprConfig, device: str, batch_size: int = 32) -> dict:
+    """LiDAR descriptors + map-wide prototypes of ``ids``; returns arrays on the CPU."""
+    import torch
+
+    descs, feats, present = [], [], []
+    with torch.no_grad():
+        for s in range(0, len(ids), batch_size):
+            sel = ids[s : s + batch_size]
+            r = torch.from_numpy(cache.range_input[sel].astype(np.float32)).to(device)
+            lab = torch.from_numpy(cache.range_labels[sel].astype(np.int64)).to(device)
+            lid = model.encode_lidar(r, lab)
+            descs.append(lid.descriptor.float().cpu())
+            feats.append(lid.class_features.float().cpu())
+            present.append(lid.class_present.cpu())
+        protos = model.semantic_prototypes(torch.cat(feats).to(device), torch.cat(present).to(device))
+    return {"descriptors": torch.cat(descs).numpy(), "prototypes": protos}
+
+
+def validate(model: Any, cache: PairCache, val_ids: np.ndarray, cfg: ScmprConfig, device: str) -> dict[str, Any]:
+    """Cross-modal R@1/5/10 at ``positive_radius``-free 5 m: database = LiDAR of the map-pass places,
+    queries = images of the query-pass places per condition (all places when no pass roles)."""
+    import torch
+
+    from scmpr_ros.model import preprocess_images
+    from scmpr_ros.training.metrics import rank_by_similarity, recall_at_n
+
+    was_training = model.training
+    model.eval()
+    db_ids = val_ids[cache.role[val_ids] != 1]
+    q_ids = val_ids[cache.role[val_ids] != 0]
+    if len(db_ids) == 0 or len(q_ids) == 0:
+        db_ids = q_ids = val_ids
+    db = encode_cache(model, cache, db_ids, cfg, device)
+    per_cond: dict[str, dict] = {}
+    rng = np.random.default_rng(12345)
+    with torch.no_grad():
+        for c, cond in enumerate(cache.conditions):
+            qs = q_ids[cache.image_present[q_ids, c]]
+            if cfg.training.val_max_queries and len(qs) > cfg.training.val_max_queries:
+                qs = np.sort(rng.choice(qs, cfg.training.val_max_queries, replace=False))
+            if len(qs) == 0:
+                continue
+            descs = []
+            for s in range(0, len(qs), 32):
+                imgs = preprocess_images([cache.images[i, c] for i in qs[s : s + 32]], cfg.model).to(device)
+                descs.append(model.encode_image(imgs, db["prototypes"]).descriptor.float().cpu())
+            _, ranked = rank_by_similarity(torch.cat(descs).numpy(), db["descriptors"], 10)
+            res = recall_at_n(ranked, cache.positions[qs], cache.positions[db_ids], threshold_m=5.0)
+            per_cond[cond] = {f"R@{n}": res.recall[n] for n in res.ns} | {"queries": res.num_evaluated}
+    model.train(was_training)
+    r1 = [v["R@1"] for v in per_cond.values()]
+    return {"val_r1": float(np.mean(r1)) if r1 else 0.0, "per_condition": per_cond, "database": int(len(db_ids))}
+
+
+# --------------------------------------------------------------------------------------------
+# State files
+# --------------------------------------------------------------------------------------------
+def _save_state(out: Path, state: dict) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(out / STATE_FILE, buf.getvalue())
+
+
+def _load_state(out: Path) -> dict:
+    import torch
+
+    path = out / STATE_FILE
+    if not path.is_file():
+        raise TrainingError(f"cannot resume: {path} not found (start without --resume, or point --out at a run)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise TrainingError(f"cannot resume: {path} is corrupt ({exc}); start a new run") from exc
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    out_dir: Path
+    model_path: Path
+    steps: int
+    epochs: int
+    wall_s: float
+    best_val_r1: float
+    last_val: dict
+
+
+def train(
+    cfg: ScmprConfig,
+    data_dir: str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    device: str = "auto",
+    cache_path: str | Path | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+    init_checkpoint: str | Path | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train ``SCMPRModel(cfg.model)`` on the pairs of ``data_dir`` and write checkpoints to ``out``.
+
+    ``max_steps`` stops early (for tests and resume checks) after that many optimizer steps in
+    total, saving a checkpoint there.  Returns where the final model lies and the figures.
+    """
+    import torch
+
+    from scmpr_ros.lidar.range_image import RANGE_CHANNELS
+    from scmpr_ros.model import SCMPRModel, load_checkpoint, save_checkpoint
+
+    t = cfg.training
+    if t.amp_dtype not in ("bfloat16", "float16"):
+        raise TrainingError(f"training.amp_dtype must be bfloat16 or float16, got {t.amp_dtype!r}")
+    if t.epochs < 1:
+        raise TrainingError(f"training.epochs must be >= 1, got {t.epochs}")
+    out = Path(out)
+    dist_info = init_distributed("cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(device, dist_info)
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / METRICS_LOG
+    main = dist_info.is_main
+
+    # ---- data
+    cache = load_or_build_cache(data_dir, cfg, cache_path, t.sequences or None, t.frame_stride)
+    if t.val_data:
+        val_cache = load_or_build_cache(t.val_data, cfg, None, t.sequences or None, t.frame_stride)
+        train_ids, val_ids = np.arange(len(cache)), np.arange(len(val_cache))
+    else:
+        train_ids, val_ids = split_train_val(cache, t.val_fraction, t.negative_radius_m)
+        val_cache = cache
+    if len(train_ids) < t.batch_size:
+        raise TrainingError(f"only {len(train_ids)} training places for batch_size {t.batch_size}; add data or lower it")
+
+    # ---- model
+    if init_checkpoint is not None:
+        model, _, _ = load_checkpoint(init_checkpoint, map_location="cpu")
+    else:
+        model = SCMPRModel(cfg.model, lidar_in_channels=RANGE_CHANNELS)
+    model.to(device)
+    model.train()
+    state = _load_state(out) if resume else None
+    if state is not None:
+        loaded, _, _ = load_checkpoint(out / LAST_MODEL, map_location="cpu")
+        model.load_state_dict(loaded.state_dict())
+    elif init_checkpoint is None:
+        kmeans_init(model, cache, train_ids, cfg, device)
+    if dist_info.enabled:  # identical start on every rank (k-means is deterministic, but be sure)
+        import torch.distributed as dist
+
+        for p in model.state_dict().values():
+            dist.broadcast(p, src=0)
+
+    pair = _pair_module(model)
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        pair = DDP(pair, device_ids=[torch.device(device).index] if device.startswith("cuda") else None, find_unused_parameters=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+    # ---- schedule: the number of batches per epoch is fixed by the data
+    def batches_of(epoch: int) -> list[np.ndarray]:
+        bl = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, epoch, train_ids)
+        k = 1
+        while t.steps_per_epoch > 0 and len(bl) < t.steps_per_epoch * dist_info.world:
+            more = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, epoch + 100_000 * k, train_ids)
+            if not more:
+                break
+            bl += more
+            k += 1
+        if t.steps_per_epoch > 0:
+            bl = bl[: t.steps_per_epoch * dist_info.world]
+        return bl
+
+    def rank_batches(epoch: int) -> list[int]:
+        from torch.utils.data import DistributedSampler
+
+        bl = batches_of(epoch)
+        sampler = DistributedSampler(range(len(bl)), num_replicas=dist_info.world, rank=dist_info.rank, shuffle=True, seed=t.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    steps_per_epoch = len(rank_batches(0))
+    if steps_per_epoch == 0:
+        raise TrainingError(
+            f"no batch of {t.batch_size} places mutually > {t.negative_radius_m} m apart: use more data "
+            "or a smaller training.batch_size"
+        )
+    total_steps = steps_per_epoch * t.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, t.warmup_steps, t.min_lr_ratio)
+    )
+    use_amp = t.amp and device.startswith("cuda")
+    amp_dtype = torch.bfloat16 if t.amp_dtype == "bfloat16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    step, start_epoch, start_batch, best = 0, 0, 0, -1.0
+    prototypes = None
+    last_val: dict = {}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, start_epoch, start_batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+        best = float(state["best"])
+        prototypes = state["prototypes"].to(device) if state.get("prototypes") is not None else None
+        torch.set_rng_state(state["torch_rng"])
+        if main:
+            _append_jsonl(log_path, {"kind": "resume", "step": step, "epoch": start_epoch, "time": time.time()})
+    elif main:
+        log_path.unlink(missing_ok=True)
+        atomic_write_text(out / "config.yaml", _config_yaml(cfg))
+
+    def checkpoint(epoch: int, batch: int, path_model: Path | None = None) -> None:
+        if not main:
+            return
+        meta = {"step": step, "epoch": epoch, "best_val_r1": best, "data": str(data_dir)}
+        save_checkpoint(out / LAST_MODEL, model, cfg, meta)
+        _save_state(out, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "step": step, "epoch": epoch, "batch": batch, "best": best,
+            "prototypes": None if prototypes is None else prototypes.detach().cpu(),
+            "torch_rng": torch.get_rng_state(),
+        })
+        if path_model is not None:
+            save_checkpoint(path_model, model, cfg, meta)
+
+    progress_ctx = _progress(enabled=progress and main, total=total_steps, done=step)
+    t0 = time.time()
+    stop = False
+    with progress_ctx as bar:
+        for epoch in range(start_epoch, t.epochs):
+            my_batches = rank_batches(epoch)
+            bl = batches_of(epoch)
+            first = start_batch if epoch == start_epoch else 0
+            for b in range(first, len(my_batches)):
+                ids = bl[my_batches[b]]
+                batch = make_batch(cache, ids, cfg, seed=hash_seed(t.seed, epoch, my_batches[b]), augment=t.augment)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
+                    img, lid = pair(batch["images"], batch["range"], batch["range_labels"], prototypes)
+                    terms = compute_losses(model, img, lid, batch, cfg)
+                loss = terms["loss"]
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss became {loss.item()} at step {step}; lower training.lr or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if t.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                with torch.no_grad():  # map-wide context for CSA: EMA of LiDAR class prototypes
+                    p_new = model.semantic_prototypes(lid.class_features.detach().float(), lid.class_present)
+                    if dist_info.enabled:
+                        import torch.distributed as dist
+
+                        dist.all_reduce(p_new)
+                        p_new /= dist_info.world
+                    m = t.prototype_momentum
+                    prototypes = p_new if prototypes is None else m * prototypes + (1 - m) * p_new
+                record = {k: float(v.detach()) for k, v in terms.items()}
+                if main and (step % max(t.log_every, 1) == 0 or step == 1):
+                    _append_jsonl(log_path, {"kind": "step", "step": step, "epoch": epoch, **record, "lr": scheduler.get_last_lr()[0],
+                                             "temperature": float(model.temperature().detach()), "time": time.time() - t0})
+                if on_step is not None:
+                    on_step(step, record)
+                if bar is not None:
+                    bar.update(step, loss=record["loss"], epoch=epoch)
+                done_epoch = b == len(my_batches) - 1
+                if max_steps is not None and step >= max_steps:
+                    checkpoint(epoch + int(done_epoch), 0 if done_epoch else b + 1)
+                    stop = True
+                    break
+                if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and not done_epoch:
+                    checkpoint(epoch, b + 1)
+            if stop:
+                break
+            if main and ((epoch + 1) % max(t.val_every, 1) == 0 or epoch + 1 == t.epochs):
+                last_val = validate(model, val_cache, val_ids, cfg, device)
+                _append_jsonl(log_path, {"kind": "val", "step": step, "epoch": epoch, **last_val, "time": time.time() - t0})
+                if bar is not None:
+                    bar.note(f"epoch {epoch + 1}/{t.epochs}: val R@1 {last_val['val_r1']:.3f} "
+                             + " ".join(f"{c}={v['R@1']:.2f}" for c, v in last_val["per_condition"].items()))
+                if last_val["val_r1"] > best:
+                    best = last_val["val_r1"]
+                    checkpoint(epoch + 1, 0, out / BEST_MODEL)
+                else:
+                    checkpoint(epoch + 1, 0)
+            else:
+                checkpoint(epoch + 1, 0)
+    wall = time.time() - t0
+    final = out / FINAL_MODEL
+    if main and not stop:
+        src = out / BEST_MODEL if (out / BEST_MODEL).is_file() else out / LAST_MODEL
+        atomic_write_bytes(final, src.read_bytes())
+        _append_jsonl(log_path, {"kind": "done", "step": step, "wall_s": wall, "best_val_r1": best, "model": str(final)})
+        try:
+            from scmpr_ros.training.plots import plot_training_curves
+
+            plot_training_curves(read_metrics(log_path), out / "training.png")
+        except Exception:  # noqa: BLE001 - a plot never fails a training run
+            pass
+    if dist_info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return TrainResult(out_dir=out, model_path=final if final.is_file() else out / LAST_MODEL, steps=step,
+                       epochs=t.epochs, wall_s=wall, best_val_r1=best, last_val=last_val)
+
+
+def hash_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (numpy SeedSequence, not Python's salted hash)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _config_yaml(cfg: ScmprConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+class _Bar:
+    def __init__(self, progress, task):
+        self.progress, self.task = progress, task
+
+    def update(self, step: int, loss: float, epoch: int) -> None:
+        self.progress.update(self.task, completed=step, description=f"epoch {epoch + 1} loss {loss:.3f}")
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(text)
+
+
+class _progress:
+    """Rich progress bar on the main rank; a no-op elsewhere."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled, self.total, self.done = enabled, total, done
+        self.progress = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn())
+        self.progress.__enter__()
+        task = self.progress.add_task("training", total=self.total, completed=self.done)
+        return _Bar(self.progress, task)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        return False
