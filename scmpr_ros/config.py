@@ -163,7 +163,7 @@ class NodesConfig:
     diagnostics_period_s: float = 1.0
     threads: int = 2
     rerank_k: int = 50  # candidates from the vector index re-ranked per image
-    verify_map_checksum: bool = True  # localizer re-hashes the announced map file before use
+    verify_map_checksum: bool = True  # localizer checks the map content against its stored sha256 (one read pass)
     max_published_poses: int = 20000  # map_server decimates the viewpoint PoseArray/markers to this many
     covariance_temperature: float = 0.05  # score units: hypothesis weight exp(-(s_best - s_i) / T)
     position_sigma_floor_m: float = 2.0  # added to the position std-dev (viewpoint spacing)

@@ -27,6 +27,20 @@ PLAYBACK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability
                           durability=DurabilityPolicy.VOLATILE)
 
 
+#: ROS parameters of bag_player and their defaults
+PARAMETERS = {
+    "bag": "",
+    "rate": 1.0,
+    "clock": False,
+    "clock_frequency": 100.0,
+    "topics": [""],  # empty entries are ignored; no topic given = all topics
+    "wait_for_topics": [""],  # start once each has a subscriber (or after wait_timeout_s)
+    "wait_timeout_s": 10.0,
+    "start_delay_s": 0.0,
+    "loop": False,
+}
+
+
 def message_class(msgtype: str):
     """'sensor_msgs/msg/Image' -> the rclpy message class, or None when its package is missing."""
     parts = msgtype.split("/")
@@ -41,15 +55,8 @@ def message_class(msgtype: str):
 class BagPlayer(Node):
     def __init__(self, node_name: str = "bag_player", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        self.declare_parameter("bag", "")
-        self.declare_parameter("rate", 1.0)
-        self.declare_parameter("clock", False)
-        self.declare_parameter("clock_frequency", 100.0)
-        self.declare_parameter("topics", [""])  # empty entries ignored; none = all topics
-        self.declare_parameter("wait_for_topics", [""])  # start once each has a subscriber (or after timeout)
-        self.declare_parameter("wait_timeout_s", 10.0)
-        self.declare_parameter("start_delay_s", 0.0)
-        self.declare_parameter("loop", False)
+        for name, default in PARAMETERS.items():
+            self.declare_parameter(name, default)
         g = lambda n: self.get_parameter(n).value  # noqa: E731
         self.bag = str(g("bag"))
         self.rate = float(g("rate"))

@@ -214,9 +214,10 @@ class Localizer(Node):
             if ann.model_checksum != self.model_checksum:
                 raise ScmprError(f"map {ann.path} was built with model {ann.model_checksum[:12]}…, this localizer "
                                  f"runs {self.model_checksum[:12]}…; rebuild the map with this model")
-            ann.check_file(verify_sha256=bool(self.p["verify_map_checksum"]))
+            ann.check_file()
             data = read_map(ann.path, expected_dim=self.model.descriptor_dim,
-                            expected_model_checksum=self.model_checksum)
+                            expected_model_checksum=self.model_checksum,
+                            verify_checksum=bool(self.p["verify_map_checksum"]))
             recognizer = PlaceRecognizer(self.model, data, self.retrieval_config())
         except (ScmprError, OSError, ValueError) as exc:
             self.map_error = str(exc)

@@ -25,8 +25,12 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from scmpr_ros.config import NodesConfig
 from scmpr_ros.errors import ScmprError
-from scmpr_ros.nodes.map_transport import MapAnnouncement, file_sha256
+from scmpr_ros.nodes.map_transport import MapAnnouncement, stored_checksum
 from scmpr_ros.nodes.qos import LATCHED_QOS, MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
+
+
+#: ROS parameters of map_server (defaults: scmpr_ros.config.NodesConfig)
+PARAMETERS = ("map_file", "frame_id", "max_published_poses")
 
 
 def load_and_validate(path: str, frame_id: str, version: int):
@@ -39,9 +43,9 @@ def load_and_validate(path: str, frame_id: str, version: int):
     if not p.is_file():
         raise ScmprError(f"map_file {p} does not exist")
     st = os.stat(p)
-    digest = file_sha256(p)
-    data = read_map(p)
-    if os.stat(p).st_mtime_ns != st.st_mtime_ns or os.stat(p).st_size != st.st_size:
+    digest = stored_checksum(p)
+    data = read_map(p, verify_checksum=True)  # one pass over the content against the stored sha256
+    if stored_checksum(p) != digest or os.stat(p).st_size != st.st_size:
         raise ScmprError(f"map_file {p} changed while it was being loaded; try the reload again")
     ann = MapAnnouncement(
         version=version,
@@ -50,8 +54,8 @@ def load_and_validate(path: str, frame_id: str, version: int):
         size_bytes=int(st.st_size),
         mtime_ns=int(st.st_mtime_ns),
         frame_id=frame_id,
-        num_viewpoints=int(len(data.poses)),
-        descriptor_dim=int(np.asarray(data.descriptors).shape[1]),
+        num_viewpoints=data.num_viewpoints,
+        descriptor_dim=data.descriptor_dim,
         model_checksum=str(data.model_checksum),
     )
     return data, ann
@@ -68,9 +72,8 @@ class MapServer(Node):
     def __init__(self, node_name: str = "map_server", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         d = NodesConfig()
-        self.declare_parameter("map_file", d.map_file)
-        self.declare_parameter("frame_id", d.frame_id)
-        self.declare_parameter("max_published_poses", d.max_published_poses)
+        for name in PARAMETERS:
+            self.declare_parameter(name, getattr(d, name))
         self._lock = threading.Lock()
         self.version = 0
         self.map_data = None

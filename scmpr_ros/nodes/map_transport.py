@@ -7,14 +7,14 @@ transient local, depth 1) a JSON object::
      "sha256": "<hex of the file bytes>", "size_bytes": 123, "mtime_ns": 171..., "frame_id": "map",
      "num_viewpoints": 1000, "descriptor_dim": 256, "model_checksum": "<hex>"}
 
-and the localizer opens that path itself (read_map memory-maps the arrays), after checking size
-and sha256, so that maps of 1M viewpoints (~0.5-1 GB) never pass through DDS; ``version`` grows
-by one per successful (re)load and is how the localizer notices a swap.  The localizer and
+and the localizer opens that path itself (read_map memory-maps the arrays), after checking that the
+file's size and the sha256 stored in its preamble (over bytes [64:], verified against the content by
+read_map) equal the announced ones, so maps of 1M viewpoints (~0.5-1 GB) never pass through DDS;
+``version`` grows by one per successful (re)load and is how the localizer notices a swap.  The localizer and
 map_server therefore need the same filesystem (same host or a shared mount).  No rclpy here.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -25,19 +25,18 @@ from scmpr_ros.errors import InputError, MapFileError
 SCHEMA = "scmpr_ros/map_announcement/1"
 
 
-def file_sha256(path: str | Path, chunk_bytes: int = 8 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (constant memory)."""
-    h = hashlib.sha256()
+def stored_checksum(path: str | Path) -> str:
+    """Hex sha256 recorded in a map file's preamble (64 bytes read; read_map checks it against the content)."""
+    from scmpr_ros.retrieval.map_file import PREAMBLE, PREAMBLE_SIZE
+
     try:
         with open(path, "rb") as handle:
-            while True:
-                block = handle.read(chunk_bytes)
-                if not block:
-                    break
-                h.update(block)
+            pre = handle.read(PREAMBLE_SIZE)
     except OSError as exc:
         raise MapFileError(f"{path}: cannot read the map file: {exc}") from exc
-    return h.hexdigest()
+    if len(pre) < PREAMBLE.size:
+        raise MapFileError(f"{path}: truncated ({len(pre)} bytes, shorter than the map preamble)")
+    return PREAMBLE.unpack_from(pre)[5].hex()
 
 
 @dataclass(frozen=True)
@@ -80,8 +79,8 @@ class MapAnnouncement:
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"map announcement lacks or mistypes a key ({exc}): {text[:200]!r}") from exc
 
-    def check_file(self, verify_sha256: bool = True) -> None:
-        """Raise MapFileError unless the file at ``path`` is the one map_server validated."""
+    def check_file(self) -> None:
+        """Raise MapFileError unless the file at ``path`` is the one map_server validated (cheap: stat + 64 bytes)."""
         try:
             st = os.stat(self.path)
         except OSError as exc:
@@ -90,8 +89,7 @@ class MapAnnouncement:
         if st.st_size != self.size_bytes:
             raise MapFileError(f"announced map {self.path} has {st.st_size} bytes, map_server announced "
                                f"{self.size_bytes}; the file changed after it was loaded — reload map_server")
-        if verify_sha256:
-            digest = file_sha256(self.path)
-            if digest != self.sha256:
-                raise MapFileError(f"announced map {self.path} has sha256 {digest[:12]}…, map_server announced "
-                                   f"{self.sha256[:12]}…; the file changed after it was loaded — reload map_server")
+        digest = stored_checksum(self.path)
+        if digest != self.sha256:
+            raise MapFileError(f"announced map {self.path} has sha256 {digest[:12]}…, map_server announced "
+                               f"{self.sha256[:12]}…; the file changed after it was loaded — reload map_server")

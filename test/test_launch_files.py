@@ -1,0 +1,134 @@
+"""Launch files (launch_ros is not installable here, so they are checked statically):
+every Node executable is one of our console scripts, every DeclareLaunchArgument has a description,
+every parameter set in a launch file or in the params file is one the node declares."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
+PARAMS_FILE = REPO / "config" / "localization.params.yaml"
+
+
+def _console_scripts() -> dict[str, str]:
+    tree = ast.parse((REPO / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and k.value == "console_scripts":
+                    entries = [ast.literal_eval(e) for e in v.elts]
+                    return {e.split("=")[0].strip(): e.split("=")[1].strip() for e in entries}
+    raise AssertionError("setup.py declares no console_scripts")
+
+
+def _declared_parameters() -> dict[str, set[str]]:
+    from scmpr_ros.nodes import bag_player, localizer, map_server
+
+    common = {"use_sim_time"}
+    return {
+        "map_server": set(map_server.PARAMETERS) | common,
+        "localizer": set(localizer.PARAMETERS) | common,
+        "bag_player": set(bag_player.PARAMETERS) | common,
+    }
+
+
+def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            fname = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if fname == name:
+                out.append(node)
+    return out
+
+
+def _kw(call: ast.Call, key: str):
+    for k in call.keywords:
+        if k.arg == key:
+            return k.value
+    return None
+
+
+def test_both_launch_files_exist():
+    assert {p.name for p in LAUNCH_FILES} >= {"localization.launch.py", "kitti_replay.launch.py"}
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_file_is_well_formed(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert {"Node", "LaunchDescription"} <= imported
+
+    scripts = _console_scripts()
+    declared = _declared_parameters()
+    nodes = _calls(tree, "Node")
+    assert nodes, f"{path.name} starts no Node"
+    for call in nodes:
+        package = _kw(call, "package")
+        assert isinstance(package, ast.Constant) and package.value == "scmpr_ros"
+        exe = _kw(call, "executable")
+        assert isinstance(exe, ast.Constant), f"{path.name}: executable must be a literal"
+        assert exe.value in scripts, f"{path.name}: executable {exe.value!r} is not a console script {sorted(scripts)}"
+        module = scripts[exe.value].split(":")[0]
+        assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{module} does not exist"
+        params = _kw(call, "parameters")
+        assert isinstance(params, ast.List)
+        for item in params.elts:
+            if isinstance(item, ast.Dict):
+                keys = {ast.literal_eval(k) for k in item.keys}
+                unknown = keys - declared[exe.value]
+                assert not unknown, f"{path.name}: {exe.value} does not declare parameters {unknown}"
+
+    args = _calls(tree, "DeclareLaunchArgument")
+    assert args
+    names = set()
+    for call in args:
+        name = call.args[0] if call.args else _kw(call, "name")
+        assert isinstance(name, ast.Constant)
+        names.add(name.value)
+        desc = _kw(call, "description")
+        assert isinstance(desc, ast.Constant) and isinstance(desc.value, str) and len(desc.value) > 10, \
+            f"{path.name}: launch argument {name.value!r} has no description"
+    used = {ast.literal_eval(c.args[0]) for c in _calls(tree, "LaunchConfiguration")}
+    assert used <= names, f"{path.name}: LaunchConfiguration of undeclared arguments {used - names}"
+    for include in _calls(tree, "PathJoinSubstitution"):
+        parts = [e.value for e in include.args[0].elts if isinstance(e, ast.Constant)]
+        if parts and parts[0] == "launch":
+            assert (REPO / "launch" / parts[-1]).is_file(), f"{path.name} includes missing {parts[-1]}"
+        if parts and parts[0] == "config":
+            assert (REPO / "config" / parts[-1]).is_file(), f"{path.name} refers to missing {parts[-1]}"
+
+
+def test_localization_launch_declares_the_documented_arguments():
+    tree = ast.parse((REPO / "launch" / "localization.launch.py").read_text())
+    names = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
+    assert {"map_file", "model", "image_topic", "device", "use_sim_time"} <= names
+    replay = ast.parse((REPO / "launch" / "kitti_replay.launch.py").read_text())
+    assert "bag_player" in {_kw(c, "executable").value for c in _calls(replay, "Node")}
+    assert {"bag", "record"} <= {c.args[0].value for c in _calls(replay, "DeclareLaunchArgument")}
+
+
+def test_params_file_names_only_declared_parameters():
+    data = yaml.safe_load(PARAMS_FILE.read_text())
+    declared = _declared_parameters()
+    assert set(data) == set(declared)
+    for node, body in data.items():
+        params = body["ros__parameters"]
+        unknown = set(params) - declared[node]
+        assert not unknown, f"{PARAMS_FILE.name}: {node} does not declare {unknown}"
+
+
+def test_params_file_defaults_equal_nodes_config():
+    from scmpr_ros.config import NodesConfig
+
+    d = NodesConfig()
+    data = yaml.safe_load(PARAMS_FILE.read_text())
+    for node in ("map_server", "localizer"):
+        for key, value in data[node]["ros__parameters"].items():
+            assert getattr(d, key) == value, f"{node}.{key}: params file {value!r} != NodesConfig {getattr(d, key)!r}"
