@@ -85,8 +85,7 @@ class MapServer(Node):
         self.create_service(Trigger, "~/reload_map", self._on_reload)
         path = self.get_parameter("map_file").value
         if path:
-            ok, msg = self.load(path)
-            (self.get_logger().info if ok else self.get_logger().error)(msg)
+            self._log_result(*self.load(path))
         else:
             self.get_logger().warn("no map_file set; set it and call ~/reload_map")
 
@@ -135,9 +134,16 @@ class MapServer(Node):
 
     def _on_reload(self, request, response):
         ok, msg = self.load(str(self.get_parameter("map_file").value))
-        (self.get_logger().info if ok else self.get_logger().error)(msg)
+        self._log_result(ok, msg)
         response.success, response.message = ok, msg
         return response
+
+    def _log_result(self, ok: bool, msg: str) -> None:
+        # rclpy forbids one call site logging at two severities, hence two calls.
+        if ok:
+            self.get_logger().info(msg)
+        else:
+            self.get_logger().error(msg)
 
 
 def main(args: list[str] | None = None) -> int:
