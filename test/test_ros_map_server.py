@@ -145,3 +145,32 @@ def test_server_without_map_waits_for_reload(tmp_path):
             assert wait_for(lambda: late.ann and late.ann[-1].version == 1, 10.0)
         finally:
             spin.close()
+
+
+def test_params_file_reaches_the_nodes_by_name(tmp_path):
+    """The params file of the launch files is applied by node name, as `scmpr replay` relies on."""
+    from pathlib import Path
+
+    from scmpr_ros.nodes.bag_player import BagPlayer
+
+    from test_ros_bag_player import write_bag
+
+    params = Path(__file__).resolve().parent.parent / "config" / "localization.params.yaml"
+    custom = tmp_path / "p.yaml"
+    custom.write_text(params.read_text().replace("max_published_poses: 20000", "max_published_poses: 7"))
+    path = small_map(tmp_path / "a.scmpr-map", n=30)
+    write_bag(tmp_path / "bag", "/x", n=1)
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(custom)])
+    try:
+        server = MapServer(context=ctx, parameter_overrides=[Parameter("map_file", value=str(path))])
+        assert server.get_parameter("max_published_poses").value == 7
+        assert server.get_parameter("map_file").value == str(path)
+        player = BagPlayer(context=ctx, parameter_overrides=[Parameter("bag", value=str(tmp_path / "bag")),
+                                                              Parameter("wait_timeout_s", value=0.1)])
+        assert player.get_parameter("wait_for_topics").value == ["/camera/image_raw"]
+        assert player.get_parameter("clock_frequency").value == 100.0
+        player.destroy_node()
+        server.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)

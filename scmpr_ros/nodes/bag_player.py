@@ -97,6 +97,7 @@ class BagPlayer(Node):
         self.done = threading.Event()
         self._stop = threading.Event()
         self.first_publish_wall: float | None = None
+        self.last_publish_wall: float | None = None
         self._last_clock = 0
         self._thread = threading.Thread(target=self._play, name="scmpr_bag_player", daemon=True)
         self._thread.start()
@@ -164,8 +165,9 @@ class BagPlayer(Node):
                     if self.clock_pub is not None:
                         self._publish_clock(t_ns)
                     self.pubs[topic].publish(raw)
+                    self.last_publish_wall = time.monotonic()
                     if self.first_publish_wall is None:
-                        self.first_publish_wall = time.monotonic()
+                        self.first_publish_wall = self.last_publish_wall
                     self.published += 1
                     self.published_per_topic[topic] += 1
                 if not self.loop:
@@ -175,6 +177,10 @@ class BagPlayer(Node):
             self.get_logger().error(f"playback failed: {type(exc).__name__}: {exc}")
         finally:
             self.done.set()
+
+    def stop(self) -> None:
+        """End playback early (the player then reports done)."""
+        self._stop.set()
 
     def destroy_node(self) -> None:
         self._stop.set()

@@ -184,26 +184,26 @@ class Localizer(Node):
     def _load_model(self, path: str) -> None:
         import torch
 
-        from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
+        from scmpr_ros.model import load_checkpoint, model_checksum
 
         if not path:
             raise ScmprError("parameter model is empty; set it to a checkpoint (e.g. models/scmpr_nano.pt)")
         if int(self.p["threads"]) > 0:
             torch.set_num_threads(int(self.p["threads"]))
-        model, model_cfg, _meta = load_checkpoint(path, map_location=self.device)
+        model, cfg, _meta = load_checkpoint(path, map_location=self.device)
         self.model = model.to(self.device).eval()
-        self.model_cfg = model_cfg
+        self.cfg = cfg
         self.model_checksum = model_checksum(self.model)
 
-    def retrieval_config(self):
-        """RetrievalConfig of this node: config defaults with the node's top_k/rerank_k/alpha/beta."""
+    def recognizer_config(self, num_viewpoints: int):
+        """The checkpoint's ScmprConfig with this node's top_k / rerank_k / alpha / beta in its retrieval section."""
         import dataclasses
 
-        from scmpr_ros.config import RetrievalConfig
-
-        return dataclasses.replace(RetrievalConfig(), top_k=max(2, int(self.p["top_k"])),
-                                   rerank_k=max(int(self.p["rerank_k"]), int(self.p["top_k"]), 2),
-                                   alpha=float(self.p["alpha"]), beta=float(self.p["beta"]))
+        k = min(max(2, int(self.p["top_k"])), num_viewpoints)  # two at least: the score margin needs the runner-up
+        retrieval = dataclasses.replace(self.cfg.retrieval, top_k=k,
+                                        rerank_k=min(max(int(self.p["rerank_k"]), k), num_viewpoints),
+                                        alpha=float(self.p["alpha"]), beta=float(self.p["beta"]))
+        return dataclasses.replace(self.cfg, retrieval=retrieval)
 
     def _open_map(self, ann: MapAnnouncement) -> None:
         from scmpr_ros.retrieval.map_file import read_map
@@ -218,7 +218,7 @@ class Localizer(Node):
             data = read_map(ann.path, expected_dim=self.model.descriptor_dim,
                             expected_model_checksum=self.model_checksum,
                             verify_checksum=bool(self.p["verify_map_checksum"]))
-            recognizer = PlaceRecognizer(self.model, data, self.retrieval_config())
+            recognizer = PlaceRecognizer(self.model, data, self.recognizer_config(data.num_viewpoints))
         except (ScmprError, OSError, ValueError) as exc:
             self.map_error = str(exc)
             keep = f"keeping map v{self.active.announcement.version}" if self.active else "no map active"

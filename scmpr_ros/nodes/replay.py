@@ -1,0 +1,267 @@
+"""`scmpr replay` / `scmpr demo` / `scmpr benchmark ros` without launch_ros: the launch files' nodes in one process.
+
+map_server, localizer and bag_player (the same classes as the console scripts) plus a recorder node run
+in one rclpy Context on a MultiThreadedExecutor over loopback DDS, configured by the same ROS params
+file as launch/localization.launch.py (``--ros-args --params-file``; per-run values as overrides).
+The recorder keys everything on the image stamp: end-to-end latency = PoseArray received - the same
+image received by the recorder.  Scoring uses the bag's ground-truth odometry and training.metrics.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, PointCloud2
+
+from scmpr_ros.bags.kitti_to_bag import ODOM_TOPIC
+from scmpr_ros.errors import ScmprError
+from scmpr_ros.nodes.conversions import read_hypotheses, stamp_to_ns
+from scmpr_ros.nodes.qos import BEST_POSE_TOPIC, HYPOTHESES_TOPIC, OUTPUT_QOS, SCORES_TOPIC, SENSOR_QOS
+
+
+def default_params_file() -> Path:
+    from scmpr_ros.config import default_config_dir
+
+    return default_config_dir() / "localization.params.yaml"
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MB (Linux /proc; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+class Recorder(Node):
+    """Collects the localizer's outputs and the image arrival times, keyed by image stamp (ns)."""
+
+    def __init__(self, image_topic: str, **kwargs) -> None:
+        super().__init__("scmpr_recorder", **kwargs)
+        self.lock = threading.Lock()
+        self.image_times: dict[int, float] = {}
+        self.results: dict[int, dict[str, Any]] = {}
+        self.create_subscription(Image, image_topic, self._on_image, SENSOR_QOS)
+        self.create_subscription(PoseArray, HYPOTHESES_TOPIC, self._on_poses, OUTPUT_QOS)
+        self.create_subscription(PointCloud2, SCORES_TOPIC, self._on_scores, OUTPUT_QOS)
+        self.create_subscription(PoseWithCovarianceStamped, BEST_POSE_TOPIC, self._on_best, OUTPUT_QOS)
+
+    def _entry(self, stamp) -> dict[str, Any]:
+        return self.results.setdefault(stamp_to_ns(stamp), {})
+
+    def _on_image(self, msg: Image) -> None:
+        with self.lock:
+            self.image_times.setdefault(stamp_to_ns(msg.header.stamp), time.monotonic())
+
+    def _on_poses(self, msg: PoseArray) -> None:
+        t = time.monotonic()
+        poses = np.array([[p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
+                           p.orientation.z, p.orientation.w] for p in msg.poses])
+        with self.lock:
+            e = self._entry(msg.header.stamp)
+            e.update(poses=poses, t_result=t, frame_id=msg.header.frame_id)
+
+    def _on_scores(self, msg: PointCloud2) -> None:
+        h = read_hypotheses(msg)
+        with self.lock:
+            self._entry(msg.header.stamp)["hypotheses"] = h
+
+    def _on_best(self, msg: PoseWithCovarianceStamped) -> None:
+        with self.lock:
+            self._entry(msg.header.stamp)["covariance"] = np.array(msg.pose.covariance)
+
+    def complete(self) -> dict[int, dict[str, Any]]:
+        with self.lock:
+            return {k: dict(v) for k, v in self.results.items() if "poses" in v and "hypotheses" in v}
+
+
+@dataclass
+class ReplayResult:
+    bag: str
+    map_file: str
+    model: str
+    rate: float
+    images_published: int
+    play_wall_s: float  # first to last published message
+    results: dict[int, dict[str, Any]]  # image stamp ns -> poses (k,7), hypotheses, covariance, t_result
+    image_times: dict[int, float]
+    localizer: dict[str, Any]  # Localizer.stats() at the end
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MB)
+
+    def e2e_latency_ms(self) -> np.ndarray:
+        out = [(r["t_result"] - self.image_times[s]) * 1e3 for s, r in self.results.items() if s in self.image_times]
+        return np.array(sorted(out))
+
+    def processed_hz(self) -> float:
+        return len(self.results) / self.play_wall_s if self.play_wall_s > 0 else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.e2e_latency_ms()
+        pct = lambda q: float(np.percentile(lat, q)) if lat.size else float("nan")  # noqa: E731
+        rss = [m for _, m in self.rss_mb]
+        return {
+            "images_published": self.images_published,
+            "results": len(self.results),
+            "dropped": int(self.localizer["dropped"]),
+            "rejected": int(self.localizer["rejected"]),
+            "processed_hz": self.processed_hz(),
+            "play_wall_s": self.play_wall_s,
+            "e2e_latency_ms": {"p50": pct(50), "p95": pct(95), "max": float(lat.max()) if lat.size else float("nan")},
+            "compute_ms": {"p50": self.localizer["compute_p50_ms"], "p95": self.localizer["compute_p95_ms"]},
+            "device": self.localizer["device"],
+            "rss_mb": {"start": rss[0] if rss else float("nan"), "end": rss[-1] if rss else float("nan"),
+                       "max": max(rss) if rss else float("nan")},
+        }
+
+
+def run_replay(
+    bag: str | Path,
+    map_file: str | Path,
+    model: str | Path,
+    *,
+    params_file: str | Path | None = None,
+    rate: float = 1.0,
+    device: str | None = None,
+    duration_s: float | None = None,
+    loop: bool = False,
+    localizer_overrides: dict[str, Any] | None = None,
+    map_timeout_s: float = 120.0,
+    settle_s: float = 2.0,
+    threads: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayResult:
+    """Replay ``bag`` through map_server + localizer; return what the localizer published."""
+    from scmpr_ros.bags.reader import bag_info
+    from scmpr_ros.nodes.bag_player import BagPlayer
+    from scmpr_ros.nodes.localizer import Localizer
+    from scmpr_ros.nodes.map_server import MapServer
+
+    params = Path(params_file) if params_file else default_params_file()
+    if not params.is_file():
+        raise ScmprError(f"params file {params} not found")
+    if not rate > 0:
+        raise ScmprError(f"--rate {rate} must be > 0")
+    info = bag_info(bag)  # fails early with a clear message
+    if loop and duration_s is None:
+        raise ScmprError("looping playback needs a duration")
+    ctx = Context()
+    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(params)])
+    executor = MultiThreadedExecutor(num_threads=threads, context=ctx)
+    nodes: list[Node] = []
+    t_start = time.monotonic()
+    rss: list[tuple[float, float]] = [(0.0, rss_mb())]
+    try:
+        server = MapServer(context=ctx, parameter_overrides=[Parameter("map_file", value=str(map_file))])
+        nodes.append(server)
+        if server.announcement is None:
+            raise ScmprError(f"map_server could not load {map_file}: {server.last_error}")
+        over = [Parameter("model", value=str(model))]
+        if device:
+            over.append(Parameter("device", value=device))
+        over += [Parameter(k, value=v) for k, v in (localizer_overrides or {}).items()]
+        localizer = Localizer(context=ctx, parameter_overrides=over)
+        nodes.append(localizer)
+        image_topic = str(localizer.p["image_topic"])
+        if image_topic not in info.topics:
+            raise ScmprError(f"{bag} has no {image_topic} (topics: {sorted(info.topics)}); set image_topic")
+        recorder = Recorder(image_topic, context=ctx)
+        nodes.append(recorder)
+        for n in nodes:
+            executor.add_node(n)
+        deadline = time.monotonic() + map_timeout_s
+        while localizer.active is None and time.monotonic() < deadline:
+            if localizer.map_error:
+                raise ScmprError(f"localizer rejected the map: {localizer.map_error}")
+            executor.spin_once(timeout_sec=0.05)
+        if localizer.active is None:
+            raise ScmprError(f"localizer got no map within {map_timeout_s:.0f} s ({localizer.map_status})")
+        player = BagPlayer(context=ctx, parameter_overrides=[Parameter("bag", value=str(bag)),
+                                                              Parameter("rate", value=float(rate)),
+                                                              Parameter("loop", value=bool(loop))])
+        nodes.append(player)
+        executor.add_node(player)
+        total = info.topics[image_topic].count
+        last_sample = time.monotonic()
+        t_play = None
+        idle_since = None
+        while True:
+            executor.spin_once(timeout_sec=0.02)
+            now = time.monotonic()
+            if now - last_sample >= 1.0:
+                rss.append((now - t_start, rss_mb()))
+                last_sample = now
+                if progress is not None:
+                    progress(player.published_per_topic.get(image_topic, 0), total)
+            if t_play is None and player.first_publish_wall is not None:
+                t_play = player.first_publish_wall
+            if duration_s is not None and t_play is not None and now - t_play >= duration_s:
+                player.stop()
+            if player.done.is_set() and localizer.idle():
+                idle_since = idle_since or now
+                # done when every processed image has its outputs here, or settle_s after the last one
+                if len(recorder.complete()) >= localizer.processed or now - idle_since >= settle_s:
+                    break
+            else:
+                idle_since = None
+        play_end = player.last_publish_wall or time.monotonic()
+        rss.append((time.monotonic() - t_start, rss_mb()))
+        return ReplayResult(
+            bag=str(bag), map_file=str(map_file), model=str(model), rate=float(rate),
+            images_published=player.published_per_topic.get(image_topic, 0),
+            play_wall_s=max(0.0, play_end - (t_play or play_end)),
+            results=recorder.complete(), image_times=dict(recorder.image_times),
+            localizer=localizer.stats(), rss_mb=rss,
+        )
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        for n in reversed(nodes):
+            n.destroy_node()
+        rclpy.shutdown(context=ctx)
+
+
+def score_replay(result: ReplayResult, threshold_m: float = 5.0, ns=(1, 5)) -> dict[str, Any]:
+    """Recall@N of the published hypotheses against the bag's ground-truth odometry (same stamps)."""
+    from scmpr_ros.bags.reader import iter_messages
+    from scmpr_ros.retrieval.map_file import read_map
+    from scmpr_ros.training.metrics import recall_at_n
+
+    gt = {}
+    for _topic, _t, msg in iter_messages(result.bag, [ODOM_TOPIC]):
+        p = msg.pose.pose.position
+        gt[int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)] = (p.x, p.y, p.z)
+    m = read_map(result.map_file, verify_checksum=False)
+    index_of = {int(v): i for i, v in enumerate(np.asarray(m.viewpoint_ids))}
+    stamps = sorted(s for s in result.results if s in gt)
+    if not stamps:
+        raise ScmprError(f"no published result has a ground-truth pose in {result.bag} ({ODOM_TOPIC})")
+    k = max(len(result.results[s]["hypotheses"]) for s in stamps)
+    ranked = np.full((len(stamps), k), -1, dtype=np.int64)
+    for j, s in enumerate(stamps):
+        ids = [index_of[int(v)] for v in result.results[s]["hypotheses"]["viewpoint_id"]]
+        ranked[j, : len(ids)] = ids
+    q_xyz = np.array([gt[s] for s in stamps])
+    ns = tuple(n for n in ns if n <= k) or (1,)
+    rr = recall_at_n(ranked, q_xyz, np.asarray(m.poses)[:, :3], threshold_m, ns)
+    return {
+        "recall": {f"R@{n}": rr.recall[n] for n in rr.ns},
+        "num_scored": rr.num_evaluated,
+        "num_results": len(result.results),
+        "images_published": result.images_published,
+        "threshold_m": threshold_m,
+        "_detail": {"stamps": stamps, "query_xyz": q_xyz, "db_xyz": np.asarray(m.poses)[:, :3].copy(),
+                    "hits": rr.hits_at(1), "evaluated": rr.evaluated, "top1": rr.top1_ids},
+    }
