@@ -95,8 +95,10 @@ class RetrievalConfig:
     rerank_k: int = 50  # candidates from the vector index that are re-ranked
     alpha: float = 1.0  # weight of the descriptor cosine
     beta: float = 0.1  # weight of the semantic overlap psi
-    ann_threshold: int = 200_000  # above this many viewpoints an ANN index is used
-    ann_type: str = "hnsw"  # hnsw | ivf
+    # above this many viewpoints an ANN index is used: exact search is memory-bound (~25 ms per query
+    # at 100k x 256 float32 on 2 cores), IVF answers in < 1 ms with recall@10 ~1 on place-like data
+    ann_threshold: int = 50_000
+    ann_type: str = "ivf"  # ivf | hnsw
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     hnsw_ef_construction: int = 80

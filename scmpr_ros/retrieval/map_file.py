@@ -1,0 +1,454 @@
+"""The ``*.scmpr-map`` file: one self-describing, checksummed, memory-mappable file per map.
+
+Layout (little endian): a 64-byte preamble ``b"SCMPRMAP"``, u32 format version, u32 0, u64 header
+length, u64 file size, sha256 of bytes [64:]; then a UTF-8 JSON header (array table + metadata);
+then the arrays, each 64-byte aligned.  Semantic grids are bit-packed per viewpoint.
+Loading checks magic, version, size, checksum, shapes, finiteness and model compatibility.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import mmap
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scmpr_ros.errors import MapFileError
+from scmpr_ros.io_utils import atomic_write
+from scmpr_ros.semantics import CLASS_NAMES, NUM_CLASSES
+
+MAGIC = b"SCMPRMAP"
+FORMAT_VERSION = 1
+PREAMBLE = struct.Struct("<8sIIQQ32s")  # magic, version, reserved, header_len, file_size, sha256
+PREAMBLE_SIZE = 64
+ALIGN = 64
+MAP_SUFFIX = ".scmpr-map"
+DESCRIPTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
+_CHUNK_ROWS = 1 << 16
+
+
+class PackedGrids:
+    """Bit-packed semantic grids (N, rows, cols, N_S); indexing unpacks only the rows asked for."""
+
+    def __init__(self, packed: np.ndarray, rows: int, cols: int, num_classes: int):
+        self.packed = packed
+        self.grid_shape = (int(rows), int(cols), int(num_classes))
+        self._bits = rows * cols * num_classes
+        if packed.ndim != 2 or packed.shape[1] != (self._bits + 7) // 8:
+            raise MapFileError(
+                f"packed semantic grids have shape {packed.shape}, expected (N, {(self._bits + 7) // 8}) "
+                f"for a {rows}x{cols}x{num_classes} grid"
+            )
+
+    @classmethod
+    def pack(cls, grids: np.ndarray) -> "PackedGrids":
+        g = np.asarray(grids, dtype=bool)
+        if g.ndim != 4:
+            raise MapFileError(f"semantic grids must be (N, rows, cols, classes), got shape {g.shape}")
+        n, bits = g.shape[0], int(np.prod(g.shape[1:]))
+        return cls(np.packbits(g.reshape(n, bits), axis=1), *g.shape[1:])
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (int(self.packed.shape[0]), *self.grid_shape)
+
+    def __len__(self) -> int:
+        return int(self.packed.shape[0])
+
+    def __getitem__(self, index) -> np.ndarray:
+        sel = self.packed[index]
+        single = sel.ndim == 1
+        sel = np.atleast_2d(sel)
+        out = np.unpackbits(sel, axis=1, count=self._bits).astype(bool).reshape(len(sel), *self.grid_shape)
+        return out[0] if single else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+@dataclass
+class MapData:
+    """Everything a localizer needs from a map. Arrays may be read-only memory maps after read_map."""
+
+    descriptors: np.ndarray  # (N, D) float16 | float32, unit norm
+    poses: np.ndarray  # (N, 7) float64 x y z qx qy qz qw of each viewpoint (LiDAR frame) in frame_id
+    viewpoint_ids: np.ndarray  # (N,) int64, unique
+    source_frames: np.ndarray  # (N,) int64 mapping-pass frame each viewpoint was generated from
+    semantic_grids: Any  # (N, rows, cols, N_S) bool ndarray, or PackedGrids
+    prototypes: np.ndarray  # (N_S, C) float32 semantic context for the cross-modal attention
+    camera: dict  # reference camera: width height fx fy cx cy, T_cam_velo (4x4 list)
+    model_config: dict
+    model_checksum: str
+    metadata: dict = field(default_factory=dict)
+    grid_min_fraction: float = 0.0
+    frame_id: str = "map"
+
+    @property
+    def num_viewpoints(self) -> int:
+        return int(self.descriptors.shape[0])
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.descriptors.shape[1])
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.semantic_grids.shape[1:])  # type: ignore[return-value]
+
+    def pose_matrices(self, ids: np.ndarray | None = None) -> np.ndarray:
+        p = self.poses if ids is None else self.poses[np.asarray(ids)]
+        return poses_to_matrices(np.asarray(p))
+
+    def T_cam_velo(self) -> np.ndarray:
+        return np.asarray(self.camera.get("T_cam_velo", np.eye(4).tolist()), dtype=np.float64)
+
+
+# -- poses --------------------------------------------------------------------------------------
+def matrices_to_poses(T: np.ndarray) -> np.ndarray:
+    """(N, 4, 4) homogeneous -> (N, 7) x y z qx qy qz qw (qw >= 0)."""
+    T = np.asarray(T, dtype=np.float64)
+    R = T[:, :3, :3]
+    tr = np.trace(R, axis1=1, axis2=2)
+    q = np.empty((len(T), 4))
+    cands = np.stack([tr, R[:, 0, 0], R[:, 1, 1], R[:, 2, 2]], axis=1)
+    case = np.argmax(cands, axis=1)
+    for k in range(4):
+        m = case == k
+        if not m.any():
+            continue
+        r = R[m]
+        if k == 0:
+            s = np.sqrt(1.0 + tr[m]) * 2
+            q[m] = np.stack([(r[:, 2, 1] - r[:, 1, 2]) / s, (r[:, 0, 2] - r[:, 2, 0]) / s,
+                             (r[:, 1, 0] - r[:, 0, 1]) / s, 0.25 * s], 1)
+        elif k == 1:
+            s = np.sqrt(1.0 + r[:, 0, 0] - r[:, 1, 1] - r[:, 2, 2]) * 2
+            q[m] = np.stack([0.25 * s, (r[:, 0, 1] + r[:, 1, 0]) / s, (r[:, 0, 2] + r[:, 2, 0]) / s,
+                             (r[:, 2, 1] - r[:, 1, 2]) / s], 1)
+        elif k == 2:
+            s = np.sqrt(1.0 + r[:, 1, 1] - r[:, 0, 0] - r[:, 2, 2]) * 2
+            q[m] = np.stack([(r[:, 0, 1] + r[:, 1, 0]) / s, 0.25 * s, (r[:, 1, 2] + r[:, 2, 1]) / s,
+                             (r[:, 0, 2] - r[:, 2, 0]) / s], 1)
+        else:
+            s = np.sqrt(1.0 + r[:, 2, 2] - r[:, 0, 0] - r[:, 1, 1]) * 2
+            q[m] = np.stack([(r[:, 0, 2] + r[:, 2, 0]) / s, (r[:, 1, 2] + r[:, 2, 1]) / s, 0.25 * s,
+                             (r[:, 1, 0] - r[:, 0, 1]) / s], 1)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q[q[:, 3] < 0] *= -1
+    return np.concatenate([T[:, :3, 3], q], axis=1)
+
+
+def poses_to_matrices(p: np.ndarray) -> np.ndarray:
+    """(N, 7) x y z qx qy qz qw -> (N, 4, 4)."""
+    p = np.asarray(p, dtype=np.float64)
+    x, y, z, w = (p[:, 3 + i] for i in range(4))
+    n = np.sqrt(x * x + y * y + z * z + w * w)
+    x, y, z, w = x / n, y / n, z / n, w / n
+    T = np.zeros((len(p), 4, 4))
+    T[:, 0, 0] = 1 - 2 * (y * y + z * z)
+    T[:, 0, 1] = 2 * (x * y - z * w)
+    T[:, 0, 2] = 2 * (x * z + y * w)
+    T[:, 1, 0] = 2 * (x * y + z * w)
+    T[:, 1, 1] = 1 - 2 * (x * x + z * z)
+    T[:, 1, 2] = 2 * (y * z - x * w)
+    T[:, 2, 0] = 2 * (x * z - y * w)
+    T[:, 2, 1] = 2 * (y * z + x * w)
+    T[:, 2, 2] = 1 - 2 * (x * x + y * y)
+    T[:, :3, 3] = p[:, :3]
+    T[:, 3, 3] = 1
+    return T
+
+
+# -- validation ---------------------------------------------------------------------------------
+def _all_finite(a: np.ndarray) -> bool:
+    for s in range(0, len(a), _CHUNK_ROWS):
+        if not np.isfinite(a[s : s + _CHUNK_ROWS]).all():
+            return False
+    return True
+
+
+def validate_map(m: MapData, where: str) -> None:
+    """Raise MapFileError naming ``where`` if the arrays disagree or hold NaN/inf."""
+    d = m.descriptors
+    if d.ndim != 2 or d.shape[1] < 1:
+        raise MapFileError(f"{where}: descriptors must be (N, D), got shape {d.shape}")
+    if d.dtype not in (np.float16, np.float32):
+        raise MapFileError(f"{where}: descriptors must be float16 or float32, got {d.dtype}")
+    n = d.shape[0]
+    checks = {
+        "poses": (m.poses, (n, 7)),
+        "viewpoint_ids": (m.viewpoint_ids, (n,)),
+        "source_frames": (m.source_frames, (n,)),
+    }
+    for name, (arr, shape) in checks.items():
+        if tuple(arr.shape) != shape:
+            raise MapFileError(
+                f"{where}: {name} has shape {tuple(arr.shape)} but there are {n} descriptors (expected {shape}); "
+                "the file is inconsistent: rebuild it with `scmpr build-map`"
+            )
+    gs = tuple(m.semantic_grids.shape)
+    if len(gs) != 4 or gs[0] != n or gs[3] != NUM_CLASSES:
+        raise MapFileError(
+            f"{where}: semantic_grids has shape {gs}, expected ({n}, rows, cols, {NUM_CLASSES}); rebuild the map"
+        )
+    p = m.prototypes
+    if p.ndim != 2 or p.shape[0] != NUM_CLASSES:
+        raise MapFileError(f"{where}: prototypes have shape {p.shape}, expected ({NUM_CLASSES}, C); rebuild the map")
+    for name, arr in (("descriptors", d), ("poses", m.poses), ("prototypes", p)):
+        if not _all_finite(arr):
+            raise MapFileError(f"{where}: {name} contain NaN or inf values; rebuild the map (`scmpr build-map`)")
+    if n:
+        qn = np.linalg.norm(np.asarray(m.poses[:, 3:7], dtype=np.float64), axis=1)
+        if np.any(np.abs(qn - 1.0) > 1e-3):
+            raise MapFileError(f"{where}: pose quaternions are not unit length (row {int(np.argmax(np.abs(qn - 1)))})")
+        if len(np.unique(np.asarray(m.viewpoint_ids))) != n:
+            raise MapFileError(f"{where}: viewpoint_ids are not unique")
+    if not isinstance(m.model_checksum, str) or not m.model_checksum:
+        raise MapFileError(f"{where}: model_checksum must be a non-empty string")
+
+
+# -- write --------------------------------------------------------------------------------------
+def _pad(n: int) -> int:
+    return (-n) % ALIGN
+
+
+def write_map(path: str | Path, m: MapData) -> int:
+    """Validate and write ``m`` atomically; returns the file size in bytes."""
+    path = Path(path)
+    validate_map(m, str(path))
+    grids = m.semantic_grids if isinstance(m.semantic_grids, PackedGrids) else PackedGrids.pack(m.semantic_grids)
+    rows, cols, ncls = grids.grid_shape
+    arrays = {
+        "descriptors": np.ascontiguousarray(m.descriptors),
+        "poses": np.ascontiguousarray(m.poses, dtype="<f8"),
+        "viewpoint_ids": np.ascontiguousarray(m.viewpoint_ids, dtype="<i8"),
+        "source_frames": np.ascontiguousarray(m.source_frames, dtype="<i8"),
+        "semantic_grids": np.ascontiguousarray(grids.packed, dtype=np.uint8),
+        "prototypes": np.ascontiguousarray(m.prototypes, dtype="<f4"),
+    }
+    arrays["descriptors"] = arrays["descriptors"].astype(arrays["descriptors"].dtype.newbyteorder("<"), copy=False)
+    table = {}
+    offset = 0
+    for name, arr in arrays.items():
+        table[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset, "nbytes": int(arr.nbytes)}
+        offset += arr.nbytes + _pad(arr.nbytes)
+    header = {
+        "format": "scmpr-map",
+        "version": FORMAT_VERSION,
+        "num_viewpoints": m.num_viewpoints,
+        "descriptor_dim": m.descriptor_dim,
+        "descriptor_dtype": str(m.descriptors.dtype),
+        "frame_id": m.frame_id,
+        "grid": {"rows": rows, "cols": cols, "num_classes": ncls, "class_names": list(CLASS_NAMES),
+                 "min_fraction": float(m.grid_min_fraction), "packed": "packbits"},
+        "camera": m.camera,
+        "model_config": m.model_config,
+        "model_checksum": m.model_checksum,
+        "metadata": {"created_unix": time.time(), **m.metadata},
+        "arrays": table,
+    }
+    try:
+        hbytes = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise MapFileError(f"{path}: map metadata is not plain JSON data: {exc}") from exc
+    hbytes += b" " * _pad(PREAMBLE_SIZE + len(hbytes))
+    data_start = PREAMBLE_SIZE + len(hbytes)
+    total = data_start + offset
+    sha = hashlib.sha256(hbytes)
+    for arr in arrays.values():
+        buf = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+        sha.update(buf)
+        sha.update(b"\0" * _pad(arr.nbytes))
+    pre = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes), total, sha.digest())
+    with atomic_write(path, "wb") as fh:
+        fh.write(pre + b"\0" * (PREAMBLE_SIZE - len(pre)))
+        fh.write(hbytes)
+        for arr in arrays.values():
+            if arr.size:
+                fh.write(memoryview(arr.reshape(-1).view(np.uint8)))
+            fh.write(b"\0" * _pad(arr.nbytes))
+    return total
+
+
+# -- read ---------------------------------------------------------------------------------------
+def read_header(path: str | Path, verify_checksum: bool = False) -> tuple[dict, int]:
+    """(header, data_start) after checking magic, version, size (and the checksum if asked); no arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise MapFileError(f"map file not found: {path} (build one with `scmpr build-map`)")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        pre = fh.read(PREAMBLE_SIZE)
+        if len(pre) < PREAMBLE.size:
+            raise MapFileError(f"{path}: truncated ({size} bytes, shorter than the {PREAMBLE_SIZE}-byte preamble)")
+        magic, version, _, hlen, total, _ = PREAMBLE.unpack_from(pre)
+        if magic != MAGIC:
+            raise MapFileError(
+                f"{path}: not a .scmpr-map file (starts with {magic!r}, expected {MAGIC!r}); "
+                "pass the file written by `scmpr build-map`"
+            )
+        if version != FORMAT_VERSION:
+            raise MapFileError(
+                f"{path}: map format version {version}, this scmpr_ros reads version {FORMAT_VERSION}; "
+                "rebuild the map with this version's `scmpr build-map`"
+            )
+        if size < total:
+            raise MapFileError(
+                f"{path}: truncated: the file has {size} bytes but its header says {total}; "
+                "copy it again or rebuild it with `scmpr build-map`"
+            )
+        if size > total:
+            raise MapFileError(f"{path}: {size - total} unexpected bytes after the end of the map ({total} bytes)")
+        hbytes = fh.read(hlen)
+    if verify_checksum:
+        ok, stored, computed = file_checksum_ok(path)
+        if not ok:
+            raise MapFileError(
+                f"{path}: checksum mismatch (stored {stored[:16]}…, content {computed[:16]}…): the file is corrupt; "
+                "copy it again or rebuild it with `scmpr build-map`"
+            )
+    try:
+        header = json.loads(hbytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MapFileError(f"{path}: corrupt header ({exc}); rebuild the map with `scmpr build-map`") from exc
+    if not isinstance(header, dict) or header.get("format") != "scmpr-map":
+        raise MapFileError(f"{path}: corrupt header (no 'format: scmpr-map'); rebuild the map")
+    return header, PREAMBLE_SIZE + hlen
+
+
+def file_checksum_ok(path: str | Path) -> tuple[bool, str, str]:
+    """(ok, stored hex, computed hex) of the sha256 over bytes [64:]."""
+    with open(path, "rb") as fh:
+        pre = fh.read(PREAMBLE_SIZE)
+        stored = PREAMBLE.unpack_from(pre)[5]
+        sha = hashlib.sha256()
+        if os.fstat(fh.fileno()).st_size > PREAMBLE_SIZE:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                step = 64 << 20
+                for s in range(PREAMBLE_SIZE, len(mm), step):
+                    sha.update(mm[s : s + step])
+    return sha.digest() == stored, stored.hex(), sha.hexdigest()
+
+
+def read_map(
+    path: str | Path,
+    expected_dim: int | None = None,
+    expected_model_checksum: str | None = None,
+    verify_checksum: bool = True,
+    mmap_arrays: bool = True,
+) -> MapData:
+    """Load and validate a map; descriptors and grids stay memory-mapped (read-only) by default."""
+    path = Path(path)
+    header, data_start = read_header(path, verify_checksum=verify_checksum)
+    try:
+        table = header["arrays"]
+        grid = header["grid"]
+        names = ("descriptors", "poses", "viewpoint_ids", "source_frames", "semantic_grids", "prototypes")
+        missing = [n for n in names if n not in table]
+        if missing:
+            raise MapFileError(f"{path}: arrays missing from the map: {', '.join(missing)}; rebuild the map")
+        size = path.stat().st_size
+        arrays = {}
+        for name in names:
+            e = table[name]
+            dtype = np.dtype(e["dtype"])
+            shape = tuple(int(s) for s in e["shape"])
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            start = data_start + int(e["offset"])
+            if nbytes != int(e["nbytes"]) or start + nbytes > size or int(e["offset"]) < 0:
+                raise MapFileError(f"{path}: array '{name}' {shape} {dtype} does not fit the file; rebuild the map")
+            if mmap_arrays and nbytes:
+                arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape)
+            else:
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    arrays[name] = np.frombuffer(fh.read(nbytes), dtype=dtype).reshape(shape)
+        grids = PackedGrids(arrays["semantic_grids"], int(grid["rows"]), int(grid["cols"]), int(grid["num_classes"]))
+        m = MapData(
+            descriptors=arrays["descriptors"],
+            poses=arrays["poses"],
+            viewpoint_ids=arrays["viewpoint_ids"],
+            source_frames=arrays["source_frames"],
+            semantic_grids=grids,
+            prototypes=arrays["prototypes"],
+            camera=header["camera"],
+            model_config=header["model_config"],
+            model_checksum=header["model_checksum"],
+            metadata=header.get("metadata", {}),
+            grid_min_fraction=float(grid.get("min_fraction", 0.0)),
+            frame_id=header.get("frame_id", "map"),
+        )
+        if list(grid.get("class_names", CLASS_NAMES)) != list(CLASS_NAMES):
+            raise MapFileError(
+                f"{path}: the map's classes {grid.get('class_names')} differ from this package's {list(CLASS_NAMES)}; "
+                "rebuild the map"
+            )
+        if int(header["descriptor_dim"]) != m.descriptor_dim or int(header["num_viewpoints"]) != m.num_viewpoints:
+            raise MapFileError(
+                f"{path}: header says {header['num_viewpoints']} x {header['descriptor_dim']} descriptors, "
+                f"the array is {m.descriptors.shape}; rebuild the map"
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MapFileError(f"{path}: corrupt header field ({exc!r}); rebuild the map with `scmpr build-map`") from exc
+    validate_map(m, str(path))
+    if expected_dim is not None and m.descriptor_dim != int(expected_dim):
+        raise MapFileError(
+            f"{path}: descriptors have dimension {m.descriptor_dim} but the model produces {expected_dim}; "
+            "use the model the map was built with, or rebuild the map with this model"
+        )
+    if expected_model_checksum is not None and m.model_checksum != expected_model_checksum:
+        raise MapFileError(
+            f"{path}: built with model checksum {m.model_checksum[:12]}…, the model in use has "
+            f"{expected_model_checksum[:12]}…; rebuild the map with this model (`scmpr build-map --model ...`) "
+            "or load the model it was built with"
+        )
+    return m
+
+
+def describe_map(m: MapData, path: str | Path | None = None) -> dict:
+    """A JSON-friendly summary (what `scmpr map-info` prints)."""
+    xyz = np.asarray(m.poses[:, :3]) if m.num_viewpoints else np.zeros((0, 3))
+    info = {
+        "file": str(path) if path is not None else None,
+        "file_bytes": Path(path).stat().st_size if path is not None else None,
+        "format_version": FORMAT_VERSION,
+        "viewpoints": m.num_viewpoints,
+        "descriptor_dim": m.descriptor_dim,
+        "descriptor_dtype": str(m.descriptors.dtype),
+        "frame_id": m.frame_id,
+        "semantic_grid": {"rows": m.grid_shape[0], "cols": m.grid_shape[1], "classes": m.grid_shape[2],
+                          "min_fraction": m.grid_min_fraction},
+        "prototypes": list(m.prototypes.shape),
+        "model_checksum": m.model_checksum,
+        "model_config": m.model_config,
+        "camera": {k: v for k, v in m.camera.items() if k != "T_cam_velo"},
+        "source_frames": int(len(np.unique(np.asarray(m.source_frames)))),
+        "extent_m": {
+            "min": [round(float(v), 2) for v in xyz.min(0)] if len(xyz) else None,
+            "max": [round(float(v), 2) for v in xyz.max(0)] if len(xyz) else None,
+        },
+        "metadata": m.metadata,
+    }
+    if info["file_bytes"] and m.num_viewpoints:
+        info["bytes_per_1k_viewpoints"] = int(round(info["file_bytes"] / m.num_viewpoints * 1000))
+    return info
+
+
+def camera_dict(camera: Any, T_cam_velo: np.ndarray) -> dict:
+    """The ``camera`` entry of a map: CameraConfig fields + T_cam_velo (LiDAR -> camera, 4x4)."""
+    d = dataclasses.asdict(camera) if dataclasses.is_dataclass(camera) else dict(camera)
+    T = np.asarray(T_cam_velo, dtype=np.float64)
+    if T.shape != (4, 4) or not np.isfinite(T).all():
+        raise MapFileError(f"T_cam_velo must be a finite 4x4 matrix, got shape {T.shape}")
+    d["T_cam_velo"] = T.tolist()
+    d = {k: (float(v) if isinstance(v, float) and math.isfinite(v) else v) for k, v in d.items()}
+    return d
