@@ -43,6 +43,9 @@ class ModelConfig:
     use_saff: bool = True
     use_csa: bool = True
     use_lsem: bool = True
+    lidar_in_channels: int = 7  # range-image channels (scmpr_ros.lidar.range_image.RANGE_CHANNELS)
+    attention_dim: int = 64  # CSA query/key width
+    drop_path_rate: float = 0.0  # stochastic depth in the VMamba blocks (training only)
 
 
 @dataclass

@@ -79,50 +79,50 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _chunk_len(length: int) -> int:
-    # ~T + 2 L/T python steps; T = sqrt(2L) minimises them (>= 16, <= 256)
-    return int(min(256, max(16, round(math.sqrt(2 * length)))))
+    # 2T + L/T python steps; T = sqrt(L/2) minimises them
+    return int(min(256, max(8, round(math.sqrt(length / 2)))))
+
+
+def _sequential(a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor) -> None:
+    """out[:, t] = a[:, t] * out[:, t-1] + b[:, t] along dim 1 (any leading/trailing dims)."""
+    if h0 is None:
+        out[:, 0].copy_(b[:, 0])
+    else:
+        torch.addcmul(b[:, 0], a[:, 0], h0, out=out[:, 0])
+    for t in range(1, a.shape[1]):
+        torch.addcmul(b[:, t], a[:, t], out[:, t - 1], out=out[:, t])
 
 
 @torch.no_grad()
 def linear_recurrence(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, chunk: int = 0) -> Tensor:
     """All states of h_t = a_t h_{t-1} + b_t (h_{-1} = h0 or 0); a, b: (B, L, M) -> (B, L, M).
 
-    Two levels: a sequential loop over the T steps of every chunk (all chunks together),
-    then the carries of the chunks in order, added with the in-chunk products of a.
+    Two levels over chunks of T steps: (1) the end state of every chunk from a zero start, all
+    chunks at once (T steps); (2) the carries chunk by chunk with the chunk products of a;
+    (3) the states again, every chunk from its carry (T steps).  2T + L/T python steps, not L.
     """
     bsz, length, m = a.shape
     T = chunk or _chunk_len(length)
-    if length <= 2 * T:  # short: one sequential loop
-        hs = torch.empty_like(b)
-        if h0 is None:
-            hs[:, 0].copy_(b[:, 0])
-        else:
-            torch.addcmul(b[:, 0], a[:, 0], h0, out=hs[:, 0])
-        for t in range(1, length):
-            torch.addcmul(b[:, t], a[:, t], hs[:, t - 1], out=hs[:, t])
+    hs = torch.empty_like(b)
+    nc = length // T
+    if nc < 2:  # short: one sequential loop
+        _sequential(a, b, h0, hs)
         return hs
-    nc = -(-length // T)
-    pad = nc * T - length
-    if pad:
-        a = F.pad(a, (0, 0, 0, pad), value=1.0)
-        b = F.pad(b, (0, 0, 0, pad), value=0.0)
-    a4 = a.reshape(bsz, nc, T, m)
-    b4 = b.reshape(bsz, nc, T, m)
-    hs = torch.empty_like(b4)
-    prod = torch.empty_like(a4)  # products of a inside each chunk (<= 1 for stable decays)
-    hs[:, :, 0].copy_(b4[:, :, 0])
-    prod[:, :, 0].copy_(a4[:, :, 0])
-    for t in range(1, T):  # every chunk from a zero state (torch.cumprod over dim 2 is slower)
-        torch.addcmul(b4[:, :, t], a4[:, :, t], hs[:, :, t - 1], out=hs[:, :, t])
-        torch.mul(a4[:, :, t], prod[:, :, t - 1], out=prod[:, :, t])
-    carries = torch.empty(bsz, nc, m, dtype=b.dtype, device=b.device)  # state entering chunk c
+    main = nc * T
+    a4 = a[:, :main].view(bsz, nc, T, m)
+    b4 = b[:, :main].view(bsz, nc, T, m)
+    h4 = hs[:, :main].view(bsz, nc, T, m)
+    _sequential(a4.transpose(1, 2), b4.transpose(1, 2), None, h4.transpose(1, 2))  # (1)
+    prods = torch.prod(a4, dim=2)  # (B, nc, M)
+    carries = torch.empty(bsz, nc, m, dtype=b.dtype, device=b.device)  # (2) state entering chunk c
     carry = h0 if h0 is not None else torch.zeros(bsz, m, dtype=b.dtype, device=b.device)
     for c in range(nc):
         carries[:, c].copy_(carry)
-        carry = torch.addcmul(hs[:, c, -1], prod[:, c, -1], carry)
-    hs.addcmul_(prod, carries.unsqueeze(2))
-    hs = hs.reshape(bsz, nc * T, m)
-    return hs[:, :length] if pad else hs
+        carry = torch.addcmul(h4[:, c, -1], prods[:, c], carry)
+    _sequential(a4.transpose(1, 2), b4.transpose(1, 2), carries, h4.transpose(1, 2))  # (3)
+    if main < length:  # the tail after the last whole chunk
+        _sequential(a[:, main:], b[:, main:], hs[:, main - 1], hs[:, main:])
+    return hs
 
 
 class _LinearRecurrence(torch.autograd.Function):
@@ -294,3 +294,35 @@ def selective_scan_reference(
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(dtype_in)
+
+
+def selective_scan_token_major(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    backend: str = "auto",
+) -> Tensor:
+    """Dispatch for token-major callers (VMamba): u, delta (B, L, Dc); B, C (B, L, G, N).
+
+    The torch backend runs token-major directly; cuda/reference transpose to the mamba layout."""
+    which = resolve_backend(backend, u.device)
+    if which == "torch":
+        return selective_scan_tokens(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
+    y = selective_scan(
+        u.transpose(1, 2).contiguous(),
+        delta.transpose(1, 2).contiguous(),
+        A,
+        B.permute(0, 2, 3, 1).contiguous(),
+        C.permute(0, 2, 3, 1).contiguous(),
+        D,
+        None,
+        delta_bias,
+        delta_softplus,
+        backend=which,
+    )
+    return y.transpose(1, 2)

@@ -1,0 +1,92 @@
+"""LiDAR range-image encoder (semantic-geometric hybrid features, eqs. 5-6).
+
+Input: the range-image channels (range, height, reflectance, normals, valid; C_in from the caller)
+concatenated with a learned embedding of the per-pixel semantic label (IGNORE_ID -> an "unlabelled"
+embedding).  Stem conv (stride 1x2) + residual stages (stride 2 each) + 1x1 to the feature dim,
+output stride (2^S, 2^(S+1)).  Per-class weights = fraction of each cell's pixels with that label.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scmpr_ros.errors import InputError
+from scmpr_ros.model.saff import ConvBNAct
+from scmpr_ros.semantics import IGNORE_ID, NUM_CLASSES
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int | tuple[int, int] = 1):
+        super().__init__()
+        self.conv1 = ConvBNAct(cin, cout, 3, stride=stride)
+        self.conv2 = ConvBNAct(cout, cout, 3, act=False)
+        self.short = None if (cin == cout and stride == 1) else ConvBNAct(cin, cout, 1, stride=stride, act=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x if self.short is None else self.short(x)
+        return F.relu(self.conv2(self.conv1(x)) + s)
+
+
+def label_fractions(labels: Tensor, num_classes: int, size: tuple[int, int]) -> Tensor:
+    """(B, H, W) long labels (IGNORE_ID allowed) -> (B, N_S, h, w) fraction of each cell per class."""
+    valid = labels != IGNORE_ID
+    onehot = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2).float()
+    onehot = onehot * valid.unsqueeze(1)
+    return F.adaptive_avg_pool2d(onehot, size)
+
+
+def check_labels(labels: Tensor, batch: int, hw: tuple[int, int], num_classes: int = NUM_CLASSES) -> None:
+    if labels.dim() != 3 or labels.shape[0] != batch or tuple(labels.shape[1:]) != tuple(hw):
+        raise InputError(f"range labels must be (B={batch}, H={hw[0]}, W={hw[1]}), got {tuple(labels.shape)}")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise InputError(f"range labels must be integer class ids, got dtype {labels.dtype}")
+    bad = (labels >= num_classes) & (labels != IGNORE_ID) | (labels < 0)
+    if bad.any():
+        raise InputError(
+            f"range labels hold ids outside 0..{num_classes - 1} and {IGNORE_ID} (e.g. {int(labels[bad][0])}); "
+            "map dataset ids with scmpr_ros.semantics first"
+        )
+
+
+class LidarEncoder(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        dims: Sequence[int] = (32, 64, 128),
+        feature_dim: int = 128,
+        num_classes: int = NUM_CLASSES,
+        label_embedding_dim: int = 8,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.label_embed = nn.Embedding(num_classes + 1, label_embedding_dim) if label_embedding_dim > 0 else None
+        cin = in_channels + (label_embedding_dim if self.label_embed is not None else 0)
+        self.stem = ConvBNAct(cin, dims[0], 3, stride=(1, 2))
+        blocks = []
+        prev = dims[0]
+        for d in dims:
+            blocks.append(BasicBlock(prev, d, stride=2))
+            prev = d
+        self.stages = nn.Sequential(*blocks)
+        self.head = nn.Conv2d(prev, feature_dim, 1)
+
+    def forward(self, x: Tensor, labels: Optional[Tensor] = None) -> tuple[Tensor, Tensor | None]:
+        """x (B, C_in, H, W), labels (B, H, W) -> (features (B, C, h, w), class fractions (B, N_S, h, w) or None)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise InputError(f"range input must be (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if labels is not None:
+            check_labels(labels, x.shape[0], tuple(x.shape[2:]), self.num_classes)
+            labels = labels.long()
+        if self.label_embed is not None:
+            if labels is None:
+                raise InputError("this LiDAR encoder uses semantic labels (model.use_semantics); pass range labels")
+            idx = torch.where(labels == IGNORE_ID, self.num_classes, labels)
+            emb = self.label_embed(idx).permute(0, 3, 1, 2).to(x.dtype)
+            x = torch.cat([x, emb], dim=1)
+        feats = self.head(self.stages(self.stem(x)))
+        fractions = None if labels is None else label_fractions(labels, self.num_classes, tuple(feats.shape[-2:]))
+        return feats, fractions
