@@ -84,8 +84,12 @@ class MapConfig:
     lateral_offsets_m: list[float] = field(default_factory=lambda: [0.0])
     voxel_size_m: float = 0.2
     render_radius_m: float = 60.0
+    render_mode: str = "auto"  # auto (scan without lateral offset, else map) | scan | map
+    splat_radius_m: float = 0.15  # disc radius of a map point when rendering from the map
+    max_splat_px: int = 4  # cap on a splat's half size in pixels (near points)
     grid_rows: int = 4
     grid_cols: int = 8
+    grid_min_fraction: float = 0.02  # class present in a cell if >= this share of its labelled pixels
     descriptor_dtype: str = "float16"  # float16 | float32
     batch_size: int = 32
 

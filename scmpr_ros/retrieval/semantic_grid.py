@@ -75,7 +75,8 @@ def grid_from_points(
     if pts.ndim != 2 or pts.shape[1] < 3:
         raise InputError(f"points must be (K, 3), got shape {pts.shape}")
     T = np.asarray(T_cam_velo, dtype=np.float64)
-    pc = pts[:, :3] @ T[:3, :3].T + T[:3, 3]
+    x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]  # elementwise: no BLAS call for a 3x3 product
+    pc = np.stack([x * T[k, 0] + y * T[k, 1] + z * T[k, 2] + T[k, 3] for k in range(3)], 1)
     front = pc[:, 2] > 0.1
     pc = pc[front]
     u = camera.fx * pc[:, 0] / pc[:, 2] + camera.cx
