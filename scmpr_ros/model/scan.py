@@ -94,16 +94,19 @@ def _sequential(a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor) -> None
 
 
 @torch.no_grad()
-def linear_recurrence(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, chunk: int = 0) -> Tensor:
+def linear_recurrence(
+    a: Tensor, b: Tensor, h0: Optional[Tensor] = None, chunk: int = 0, out: Optional[Tensor] = None
+) -> Tensor:
     """All states of h_t = a_t h_{t-1} + b_t (h_{-1} = h0 or 0); a, b: (B, L, M) -> (B, L, M).
 
     Two levels over chunks of T steps: (1) the end state of every chunk from a zero start, all
     chunks at once (T steps); (2) the carries chunk by chunk with the chunk products of a;
     (3) the states again, every chunk from its carry (T steps).  2T + L/T python steps, not L.
+    ``out`` may be ``b`` itself (b is then overwritten by the states).
     """
     bsz, length, m = a.shape
     T = chunk or _chunk_len(length)
-    hs = torch.empty_like(b)
+    hs = out if out is not None else torch.empty_like(b)
     nc = length // T
     if nc < 2:  # short: one sequential loop
         _sequential(a, b, h0, hs)
@@ -112,13 +115,15 @@ def linear_recurrence(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, chunk: 
     a4 = a[:, :main].view(bsz, nc, T, m)
     b4 = b[:, :main].view(bsz, nc, T, m)
     h4 = hs[:, :main].view(bsz, nc, T, m)
-    _sequential(a4.transpose(1, 2), b4.transpose(1, 2), None, h4.transpose(1, 2))  # (1)
+    end = b4[:, :, 0].clone()  # (1) running state of every chunk
+    for t in range(1, T):
+        torch.addcmul(b4[:, :, t], a4[:, :, t], end, out=end)
     prods = torch.prod(a4, dim=2)  # (B, nc, M)
     carries = torch.empty(bsz, nc, m, dtype=b.dtype, device=b.device)  # (2) state entering chunk c
     carry = h0 if h0 is not None else torch.zeros(bsz, m, dtype=b.dtype, device=b.device)
     for c in range(nc):
         carries[:, c].copy_(carry)
-        carry = torch.addcmul(h4[:, c, -1], prods[:, c], carry)
+        carry = torch.addcmul(end[:, c], prods[:, c], carry)
     _sequential(a4.transpose(1, 2), b4.transpose(1, 2), carries, h4.transpose(1, 2))  # (3)
     if main < length:  # the tail after the last whole chunk
         _sequential(a[:, main:], b[:, main:], hs[:, main - 1], hs[:, main:])
@@ -174,25 +179,41 @@ def selective_scan_tokens(
     dtype_in = u.dtype
     bsz, length, dc = u.shape
     n = A.shape[1]
+    if B.dim() == 3:
+        B = B.unsqueeze(2)
+        C = C.unsqueeze(2)
+    g = B.shape[2]
+    per = dc // g
     u32 = u.float()
     dt = delta.float()
     if delta_bias is not None:
         dt = dt + delta_bias.float()
     if delta_softplus:
         dt = F.softplus(dt)
-    if B.dim() == 3:
-        B = B.unsqueeze(2)
-        C = C.unsqueeze(2)
-    g = B.shape[2]
-    per = dc // g
-    Bf = B.float().unsqueeze(3)  # (B, L, G, 1, N)
-    Cf = C.float().unsqueeze(3)
-    a = torch.exp(dt.unsqueeze(-1) * A.float())  # (B, L, Dc, N)
-    bu = (dt * u32).view(bsz, length, g, per, 1) * Bf  # (B, L, G, per, N)
-    hs = linear_recurrence_autograd(a.reshape(bsz, length, dc * n), bu.reshape(bsz, length, dc * n))
-    y = (hs.view(bsz, length, g, per, n) * Cf).sum(-1).reshape(bsz, length, dc)
-    if D is not None:
-        y = y + u32 * D.float()
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        Bf = B.float().unsqueeze(3)  # (B, L, G, 1, N)
+        Cf = C.float().unsqueeze(3)
+        a = torch.exp(dt.unsqueeze(-1) * A.float())  # (B, L, Dc, N)
+        bu = (dt * u32).view(bsz, length, g, per, 1) * Bf  # (B, L, G, per, N)
+        hs = linear_recurrence_autograd(a.reshape(bsz, length, dc * n), bu.reshape(bsz, length, dc * n))
+        y = (hs.view(bsz, length, g, per, n) * Cf).sum(-1).reshape(bsz, length, dc)
+        if D is not None:
+            y = y + u32 * D.float()
+    else:  # inference: the same arithmetic in place, no autograd graph, fewer temporaries
+        if n == 1:
+            a = torch.mul(dt, A.float().reshape(-1)).exp_()
+            bu = torch.mul(dt, u32)
+            bu.view(bsz, length, g, per).mul_(B.float())
+            hs = linear_recurrence(a, bu, out=bu)
+            y = hs.view(bsz, length, g, per).mul_(C.float()).view(bsz, length, dc)
+        else:
+            a = torch.exp(dt.unsqueeze(-1) * A.float()).reshape(bsz, length, dc * n)
+            bu = ((dt * u32).view(bsz, length, g, per, 1) * B.float().unsqueeze(3)).reshape(bsz, length, dc * n)
+            hs = linear_recurrence(a, bu, out=bu)
+            y = (hs.view(bsz, length, g, per, n) * C.float().unsqueeze(3)).sum(-1).reshape(bsz, length, dc)
+        if D is not None:
+            y.addcmul_(u32, D.float())
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(dtype_in)

@@ -118,16 +118,18 @@ class SS2D(nn.Module):
         proj = torch.stack([p_hw[..., :c], p_wh[..., :c], p_hw[..., c:].flip(1), p_wh[..., c:].flip(1)], 2)  # (B, L, K, c)
         xs = torch.stack([x_hw, x_wh, x_hw.flip(1), x_wh.flip(1)], 2)  # (B, L, K, d)
         dts_r, b_mat, c_mat = proj.split([r, n, n], dim=-1)
-        dts = torch.einsum("blkr,kdr->blkd", dts_r, self.dt_projs_weight)
+        # Δ of all directions in one matmul: (B L, K R) @ blockdiag(W_Δ,k^T) + b_Δ -> (B L, K d)
+        w_dt = torch.block_diag(*self.dt_projs_weight.transpose(1, 2))
+        dts = torch.addmm(self.dt_projs_bias.reshape(-1), dts_r.reshape(bsz * length, k * r), w_dt)
         A = -torch.exp(self.A_logs.float())
         ys = selective_scan_token_major(
             xs.reshape(bsz, length, k * d),
-            dts.reshape(bsz, length, k * d),
+            dts.view(bsz, length, k * d),
             A,
             b_mat,
             c_mat,
             self.Ds.float(),
-            self.dt_projs_bias.reshape(-1).float(),
+            None,
             delta_softplus=True,
             backend=self.scan_backend,
         ).view(bsz, length, k, d)
