@@ -1,0 +1,236 @@
+"""3D semantic segmentation of scans, pluggable (paper eq. 5: S_LiDAR = Project(3DSegmentation(P))).
+
+* ``ground_truth``: the dataset's per-point labels (SemanticKITTI / KITTI-360 / synthetic), already
+  mapped to the common classes by the dataset loader (scmpr_ros.semantics).
+* ``learned``: a range-image segmenter trained by the project: a per-pixel MLP over the encoder
+  channels plus local height context (numpy inference; weights in a ``.npz``); each point takes the
+  class predicted for its pixel.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from scmpr_ros.config import LidarConfig
+from scmpr_ros.errors import DatasetError, InputError
+from scmpr_ros.lidar.range_image import RangeImage, RangeProjector, encoder_input
+from scmpr_ros.semantics import CLASS_NAMES, IGNORE_ID, NUM_CLASSES
+
+SEGMENTATION_MODES = ("ground_truth", "learned")
+SEGMENTER_FORMAT = "scmpr-range-segmenter"
+SEGMENTER_VERSION = 1
+
+
+class PointSegmenter(Protocol):
+    """Per-point common class ids (uint8, IGNORE_ID for none) of frame ``index`` of a sequence."""
+
+    name: str
+
+    def segment(self, sequence: Any, index: int, points: np.ndarray) -> np.ndarray: ...
+
+
+class GroundTruthSegmenter:
+    name = "ground_truth"
+
+    def segment(self, sequence: Any, index: int, points: np.ndarray) -> np.ndarray:
+        labels = np.asarray(sequence.load_labels(index))
+        if labels.shape != (len(points),):
+            raise DatasetError(
+                f"{getattr(sequence, 'root', '?')} sequence {getattr(sequence, 'name', '?')} frame {index}: "
+                f"{labels.shape[0] if labels.ndim else 0} labels for {len(points)} points; the labels/ and velodyne/ "
+                "files do not belong together"
+            )
+        return labels.astype(np.uint8, copy=False)
+
+
+# -- learned range-image segmenter ----------------------------------------------------------------
+def _local_min(a: np.ndarray, size: int) -> np.ndarray:
+    """Minimum over a size x size window (edge-padded), separable."""
+    h = size // 2
+    p = np.pad(a, h, mode="edge")
+    rows = np.min(np.stack([p[i : i + a.shape[0], :] for i in range(size)]), axis=0)
+    return np.min(np.stack([rows[:, j : j + a.shape[1]] for j in range(size)]), axis=0)
+
+
+def pixel_features(ri: RangeImage, cfg: LidarConfig) -> np.ndarray:
+    """(H, W, F) float32 features of each pixel: encoder channels, height above the local lowest
+    point (a 9 x 9 window, ground proxy), log range."""
+    x = np.moveaxis(encoder_input(ri, cfg), 0, -1)
+    z = np.where(ri.valid, ri.xyz[..., 2], np.inf)
+    zmin = _local_min(z, 9)
+    above = np.where(ri.valid & np.isfinite(zmin), ri.xyz[..., 2] - zmin, 0.0)
+    logr = np.where(ri.valid, np.log1p(ri.range), 0.0)
+    return np.concatenate([x, np.clip(above, 0, 10)[..., None] / 5.0, logr[..., None] / 4.0], -1).astype(np.float32)
+
+
+class RangeImageSegmenter:
+    """MLP (F -> hidden -> hidden -> N_S, ReLU) over pixel_features; weights from ``save``."""
+
+    name = "learned"
+
+    def __init__(self, weights: dict[str, np.ndarray], cfg: LidarConfig, source: str = "<memory>"):
+        self.cfg = cfg
+        self.projector = RangeProjector(cfg)
+        self.source = source
+        try:
+            self.layers = [(np.asarray(weights[f"W{i}"], np.float32), np.asarray(weights[f"b{i}"], np.float32))
+                           for i in range(3)]
+            self.mean = np.asarray(weights["mean"], np.float32)
+            self.std = np.asarray(weights["std"], np.float32)
+        except KeyError as exc:
+            raise DatasetError(f"{source}: segmenter weights lack {exc}; retrain with `scmpr train-segmenter`") from exc
+        if self.layers[-1][0].shape[1] != NUM_CLASSES:
+            raise DatasetError(f"{source}: segmenter predicts {self.layers[-1][0].shape[1]} classes, expected {NUM_CLASSES}")
+
+    @classmethod
+    def load(cls, path: str | Path, cfg: LidarConfig) -> "RangeImageSegmenter":
+        path = Path(path)
+        if not path.is_file():
+            raise DatasetError(f"segmenter weights not found: {path} (lidar.segmenter_weights); train them with "
+                               "`scmpr train-segmenter`")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{path}: not a segmenter weights file ({exc})") from exc
+        if str(data.get("format", "")) != SEGMENTER_FORMAT or int(data.get("version", -1)) != SEGMENTER_VERSION:
+            raise DatasetError(f"{path}: not a {SEGMENTER_FORMAT} v{SEGMENTER_VERSION} file; retrain with `scmpr train-segmenter`")
+        return cls(data, cfg, str(path))
+
+    def save(self, path: str | Path) -> None:
+        from scmpr_ros.io_utils import atomic_write
+
+        arrays = {f"W{i}": w for i, (w, _) in enumerate(self.layers)}
+        arrays.update({f"b{i}": b for i, (_, b) in enumerate(self.layers)})
+        arrays.update(mean=self.mean, std=self.std, format=np.array(SEGMENTER_FORMAT),
+                      version=np.array(SEGMENTER_VERSION), classes=np.array(CLASS_NAMES))
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    def logits(self, feats: np.ndarray) -> np.ndarray:
+        h = (feats - self.mean) / self.std
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:
+                np.maximum(h, 0, out=h)
+        return h
+
+    def predict_image(self, ri: RangeImage) -> np.ndarray:
+        """(H, W) uint8 predicted classes, IGNORE_ID where the pixel is empty."""
+        out = np.full(ri.range.shape, IGNORE_ID, np.uint8)
+        f = pixel_features(ri, self.cfg)[ri.valid]
+        if len(f):
+            out[ri.valid] = np.argmax(self.logits(f), axis=1).astype(np.uint8)
+        return out
+
+    def segment(self, sequence: Any, index: int, points: np.ndarray) -> np.ndarray:
+        return self.segment_points(points)
+
+    def segment_points(self, points: np.ndarray) -> np.ndarray:
+        ri = self.projector.project(points)
+        pred = self.predict_image(ri)
+        rows, cols, _, ok = self.projector.pixel_coords(np.asarray(points)[:, :3].astype(np.float32))
+        labels = np.full(len(points), IGNORE_ID, np.uint8)
+        labels[ok] = pred[rows[ok], cols[ok]]
+        return labels
+
+
+def make_segmenter(cfg: LidarConfig, sequence: Any) -> PointSegmenter:
+    """The segmenter ``lidar.segmentation`` asks for, or a DatasetError saying what is missing."""
+    if cfg.segmentation not in SEGMENTATION_MODES:
+        raise InputError(f"lidar.segmentation '{cfg.segmentation}' unknown (use {' | '.join(SEGMENTATION_MODES)})")
+    where = f"{getattr(sequence, 'root', '?')} sequence {getattr(sequence, 'name', '?')}"
+    if cfg.segmentation == "ground_truth":
+        if getattr(sequence, "has_labels", False):
+            return GroundTruthSegmenter()
+        if cfg.segmenter_weights:
+            return RangeImageSegmenter.load(cfg.segmenter_weights, cfg)
+        raise DatasetError(
+            f"{where} has no per-point labels (labels/*.label) and no segmenter weights are set: "
+            "set lidar.segmentation: learned and lidar.segmenter_weights: <file.npz> "
+            "(train one with `scmpr train-segmenter` on a labelled dataset), or use a labelled sequence"
+        )
+    if not cfg.segmenter_weights:
+        raise DatasetError("lidar.segmentation is 'learned' but lidar.segmenter_weights is empty: "
+                           "point it at weights from `scmpr train-segmenter`")
+    return RangeImageSegmenter.load(cfg.segmenter_weights, cfg)
+
+
+def train_range_segmenter(
+    range_images: list[RangeImage],
+    cfg: LidarConfig,
+    hidden: int = 48,
+    steps: int = 1500,
+    batch: int = 4096,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> RangeImageSegmenter:
+    """Fit the pixel MLP with Adam on softmax cross-entropy; pixels sampled class-balanced."""
+    rng = np.random.default_rng(seed)
+    feats, labels = [], []
+    for ri in range_images:
+        ok = ri.valid & (ri.labels != IGNORE_ID)
+        feats.append(pixel_features(ri, cfg)[ok])
+        labels.append(ri.labels[ok].astype(np.int64))
+    X = np.concatenate(feats) if feats else np.zeros((0, 9), np.float32)
+    y = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    if len(y) < 100:
+        raise DatasetError(f"only {len(y)} labelled pixels to train the segmenter on; give it labelled scans")
+    mean, std = X.mean(0), X.std(0) + 1e-3
+    Xn = (X - mean) / std
+    counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
+    p = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)[y]  # equal mass per present class
+    p = np.sqrt(p)  # ... softened: rare classes over-sampled, not to exclusivity
+    p /= p.sum()
+    dims = [X.shape[1], hidden, hidden, NUM_CLASSES]
+    params = []
+    for i in range(3):
+        params.append(rng.normal(0, np.sqrt(2.0 / dims[i]), (dims[i], dims[i + 1])).astype(np.float32))
+        params.append(np.zeros(dims[i + 1], np.float32))
+    m = [np.zeros_like(q) for q in params]
+    v = [np.zeros_like(q) for q in params]
+    b1, b2 = 0.9, 0.999
+    for step in range(1, steps + 1):
+        idx = rng.choice(len(y), size=min(batch, len(y)), p=p)
+        xb, yb = Xn[idx], y[idx]
+        acts = [xb]
+        h = xb
+        for i in range(3):
+            h = h @ params[2 * i] + params[2 * i + 1]
+            if i < 2:
+                h = np.maximum(h, 0)
+            acts.append(h)
+        z = acts[-1] - acts[-1].max(1, keepdims=True)
+        prob = np.exp(z)
+        prob /= prob.sum(1, keepdims=True)
+        g = prob
+        g[np.arange(len(yb)), yb] -= 1.0
+        g /= len(yb)
+        grads = [None] * 6
+        for i in (2, 1, 0):
+            grads[2 * i] = acts[i].T @ g
+            grads[2 * i + 1] = g.sum(0)
+            if i > 0:
+                g = (g @ params[2 * i].T) * (acts[i] > 0)
+        a = lr * (0.5 * (1 + np.cos(np.pi * step / steps)))  # cosine decay
+        for j in range(6):
+            m[j] = b1 * m[j] + (1 - b1) * grads[j]
+            v[j] = b2 * v[j] + (1 - b2) * grads[j] ** 2
+            params[j] -= (a * (m[j] / (1 - b1**step)) / (np.sqrt(v[j] / (1 - b2**step)) + 1e-8)).astype(np.float32)
+    weights = {f"W{i}": params[2 * i] for i in range(3)} | {f"b{i}": params[2 * i + 1] for i in range(3)}
+    weights.update(mean=mean.astype(np.float32), std=std.astype(np.float32))
+    return RangeImageSegmenter(weights, cfg)
+
+
+def segmentation_miou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float]]:
+    """Mean IoU over the classes present in ``truth`` (IGNORE_ID excluded) and the per-class IoUs."""
+    ok = truth != IGNORE_ID
+    p, t = pred[ok].astype(np.int64), truth[ok].astype(np.int64)
+    per = {}
+    for c in np.unique(t):
+        inter = np.sum((p == c) & (t == c))
+        union = np.sum((p == c) | (t == c))
+        per[CLASS_NAMES[c]] = float(inter / union) if union else 0.0
+    return (float(np.mean(list(per.values()))) if per else 0.0), per
