@@ -110,3 +110,74 @@ class LidarTestScene:
 @pytest.fixture(scope="session")
 def lidar_scene():
     return LidarTestScene(seed=0)
+
+
+def write_scene_as_kitti(scene: "LidarTestScene", out: Path, frames: int = 24, step_m: float = 2.0) -> Path:
+    """Write scans of ``scene`` along its street as a KITTI odometry sequence ``out/sequences/00``
+    (velodyne, SemanticKITTI labels, calib.txt, poses.txt, times.txt; no images)."""
+    import numpy as np
+
+    from scmpr_ros.semantics import CLASS_NAMES, COMMON_TO_SEMANTIC_KITTI
+
+    seq = out / "sequences" / "00"
+    (seq / "velodyne").mkdir(parents=True, exist_ok=True)
+    (seq / "labels").mkdir(exist_ok=True)
+    to_sk = np.zeros(256, np.uint32)
+    for i, name in enumerate(CLASS_NAMES):
+        to_sk[i] = COMMON_TO_SEMANTIC_KITTI[name]
+    Tr = np.eye(4)
+    Tr[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]
+    Tr[:3, 3] = [0.0, -0.08, -0.27]
+    K = np.array([[718.856, 0, 607.1928], [0, 718.856, 185.2157], [0, 0, 1]])
+    P0 = np.concatenate([K, np.zeros((3, 1))], 1)
+    P2 = P0.copy()
+    P2[:, 3] = K @ np.array([0.06, 0.0, 0.0])
+    rows = []
+    for i in range(frames):
+        x = i * step_m
+        T = scene.pose(x, 0.3 * np.sin(x / 20), 2 * np.sin(x / 30))
+        pts, lab = scene.scan(T, seed=i)
+        pts.astype(np.float32).tofile(seq / "velodyne" / f"{i:06d}.bin")
+        to_sk[lab].astype(np.uint32).tofile(seq / "labels" / f"{i:06d}.label")
+        rows.append((Tr @ T @ np.linalg.inv(Tr))[:3, :4].reshape(-1))
+    fmt = lambda a: " ".join(f"{v:.12e}" for v in np.asarray(a).reshape(-1))  # noqa: E731
+    (seq / "calib.txt").write_text("".join(f"{k}: {fmt(P)}\n" for k, P in
+                                           (("P0", P0), ("P1", P0), ("P2", P2), ("P3", P2), ("Tr", Tr[:3]))))
+    (seq / "poses.txt").write_text("".join(fmt(r) + "\n" for r in rows))
+    (seq / "times.txt").write_text("".join(f"{0.1 * i:.6e}\n" for i in range(frames)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def scene_kitti_dir(lidar_scene, tmp_path_factory):
+    return write_scene_as_kitti(lidar_scene, tmp_path_factory.mktemp("scene_kitti"))
+
+
+@pytest.fixture(scope="session")
+def small_model_file(tmp_path_factory):
+    import torch
+
+    from scmpr_ros.config import ModelConfig
+    from scmpr_ros.model.checkpoint import save_checkpoint
+    from scmpr_ros.model.scmpr import SCMPRModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_height=64, image_width=192, feature_dim=32, netvlad_clusters=8, descriptor_dim=64,
+                      lidar_dims=[16, 32, 32], attention_dim=16)
+    path = tmp_path_factory.mktemp("model") / "small.pt"
+    save_checkpoint(path, SCMPRModel(cfg).eval(), cfg, {"note": "untrained test model"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def built_map(scene_kitti_dir, small_model_file, tmp_path_factory):
+    from scmpr_ros.cli import main
+
+    out = tmp_path_factory.mktemp("maps") / "street.scmpr-map"
+    cfg = out.parent / "map.yaml"
+    cfg.write_text("map:\n  place_spacing_m: 4.0\n  yaw_offsets_deg: [0.0, 20.0]\n  lateral_offsets_m: [0.0, 1.5]\n"
+                   "  batch_size: 8\n")
+    rc = main(["build-map", str(scene_kitti_dir), "--sequence", "00", "--model", str(small_model_file),
+               "--out", str(out), "--config", str(cfg), "--threads", "2"])
+    assert rc == 0
+    return out

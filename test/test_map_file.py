@@ -237,3 +237,59 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         write_map(p, bad)
     assert p.read_bytes() == before
     assert [q.name for q in tmp_path.iterdir()] == ["a.scmpr-map"]
+
+
+# -- build-map / map-info end to end on a ray-cast street written in the KITTI layout ------------
+def test_build_map_cli_writes_a_valid_map(built_map, small_model_file, capsys):
+    from scmpr_ros.cli import main
+    from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
+
+    model, _, _ = load_checkpoint(small_model_file)
+    m = read_map(built_map, expected_dim=64, expected_model_checksum=model_checksum(model))
+    # 24 frames 2 m apart, a place every 4 m -> 12 places x 2 lateral x 2 yaw
+    assert m.num_viewpoints == 12 * 4 and m.descriptors.dtype == np.float16
+    assert m.metadata["render_modes"] == {"map": 24, "scan": 24}
+    assert m.metadata["segmentation"] == "ground_truth" and m.metadata["sequence"] == "00"
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(m.descriptors, np.float32), axis=1), 1.0, atol=2e-3)
+    grids = np.asarray(m.semantic_grids)
+    assert grids.shape == (48, 4, 8, NUM_CLASSES) and grids.any(axis=(1, 2, 3)).all()
+    assert m.prototypes.shape == (NUM_CLASSES, 32) and np.isfinite(m.prototypes).all()
+    assert sorted(set(np.asarray(m.source_frames))) == list(range(0, 24, 2))
+    # poses: the lateral viewpoint sits 1.5 m left of its place, yaw viewpoint turned by 20 degrees
+    T = m.pose_matrices()
+    place = T[0]
+    lat = T[2]  # ids: place x lateral x yaw -> (0, 0), (0, 20), (1.5, 0), (1.5, 20)
+    np.testing.assert_allclose(np.linalg.inv(place) @ lat[:, 3], [0, 1.5, 0, 1], atol=1e-6)
+    rel = np.linalg.inv(T[0]) @ T[1]
+    assert np.degrees(np.arctan2(rel[1, 0], rel[0, 0])) == pytest.approx(20.0, abs=1e-4)
+    assert m.camera["width"] == 1241 and np.allclose(m.T_cam_velo()[:3, :3], [[0, -1, 0], [0, 0, -1], [1, 0, 0]])
+    capsys.readouterr()
+    assert main(["map-info", str(built_map), "--model", str(small_model_file)]) == 0
+    text = capsys.readouterr().out
+    assert "valid .scmpr-map" in text and "48 from 12 frames" in text and "matches --model" in text
+
+
+def test_map_info_refuses_a_corrupt_map(built_map, tmp_path, capsys):
+    from scmpr_ros.cli import main
+
+    bad = tmp_path / "bad.scmpr-map"
+    data = bytearray(built_map.read_bytes())
+    data[-5] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    assert main(["map-info", str(bad)]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
+
+
+def test_build_map_without_labels_or_segmenter_is_refused(scene_kitti_dir, small_model_file, tmp_path, capsys):
+    import shutil
+
+    from scmpr_ros.cli import main
+
+    root = tmp_path / "nolabels"
+    shutil.copytree(scene_kitti_dir, root)
+    shutil.rmtree(root / "sequences" / "00" / "labels")
+    rc = main(["build-map", str(root), "--sequence", "00", "--model", str(small_model_file),
+               "--out", str(tmp_path / "x.scmpr-map")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no per-point labels" in err and "train-segmenter" in err
+    assert not (tmp_path / "x.scmpr-map").exists()

@@ -201,3 +201,68 @@ def test_ann_agrees_with_exact_on_top1(ann):
     recall10 = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ia, ie)]))
     print(f"\n[search] {ann} n={n} d={d}: top-1 agreement {top1:.3f}, recall@10 {recall10:.3f}")
     assert top1 >= 0.99
+
+
+# -- PlaceRecognizer on a map built by `scmpr build-map` ----------------------------------------
+@pytest.fixture(scope="module")
+def recognizer_parts(built_map, small_model_file):
+    from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
+    from scmpr_ros.retrieval.map_file import read_map
+
+    model, model_cfg, _ = load_checkpoint(small_model_file)
+    m = read_map(built_map, expected_dim=model.descriptor_dim, expected_model_checksum=model_checksum(model))
+    return model, model_cfg, m
+
+
+def _cfg(model_cfg, **retrieval):
+    from scmpr_ros.config import ScmprConfig
+
+    return ScmprConfig(model=model_cfg, retrieval=RetrievalConfig(**retrieval))
+
+
+def test_recognizer_ranks_like_brute_force(recognizer_parts):
+    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+
+    model, model_cfg, m = recognizer_parts
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (376, 1241, 3), dtype=np.uint8)
+    rec = PlaceRecognizer(model, m, _cfg(model_cfg, top_k=5, rerank_k=20, beta=0.0))
+    res = rec.recognize(rgb)
+    assert len(res.hypotheses) == 5
+    d = res.descriptor
+    assert d.shape == (64,) and np.linalg.norm(d) == pytest.approx(1.0, abs=1e-4)
+    cos = np.asarray(m.descriptors, np.float32) @ d
+    assert [h.index for h in res.hypotheses] == list(np.argsort(-cos, kind="stable")[:5])
+    for h in res.hypotheses:
+        assert h.cosine == pytest.approx(cos[h.index], abs=1e-5)
+        np.testing.assert_array_equal(h.pose, m.poses[h.index])
+        assert h.viewpoint_id == m.viewpoint_ids[h.index]
+    assert set(res.timings) >= {"preprocess_ms", "encode_ms", "search_ms", "rerank_ms", "total_ms"}
+    assert res.query_grid.shape == m.grid_shape
+
+    # beta > 0: the score is alpha * cos + beta * psi with psi against the map's frustum grids
+    rec2 = PlaceRecognizer(model, m, _cfg(model_cfg, top_k=20, rerank_k=20, alpha=1.0, beta=0.5))
+    res2 = rec2.recognize(rgb)
+    psi = semantic_overlap(res2.query_grid, m.semantic_grids[[h.index for h in res2.hypotheses]])
+    np.testing.assert_allclose([h.psi for h in res2.hypotheses], psi, atol=1e-6)
+    np.testing.assert_allclose([h.score for h in res2.hypotheses],
+                               [h.cosine + 0.5 * h.psi for h in res2.hypotheses], atol=1e-6)
+    assert all(a.score >= b.score for a, b in zip(res2.hypotheses, res2.hypotheses[1:]))
+    # a batch gives the same answers as single images
+    batch = rec2.recognize_batch([rgb, rgb[::-1].copy()])
+    assert [h.index for h in batch[0].hypotheses] == [h.index for h in res2.hypotheses]
+
+
+def test_recognizer_refuses_a_map_of_another_model(recognizer_parts):
+    import dataclasses
+
+    from scmpr_ros.errors import MapFileError
+    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+
+    model, model_cfg, m = recognizer_parts
+    other = dataclasses.replace(m, descriptors=np.zeros((m.num_viewpoints, 32), np.float16))
+    with pytest.raises(MapFileError, match="32-d descriptors but the model produces 64-d"):
+        PlaceRecognizer(model, other, _cfg(model_cfg))
+    bad = dataclasses.replace(m, prototypes=np.zeros((NUM_CLASSES, 7), np.float32))
+    with pytest.raises(MapFileError, match="prototypes"):
+        PlaceRecognizer(model, bad, _cfg(model_cfg))
