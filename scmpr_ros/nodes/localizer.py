@@ -14,6 +14,7 @@ consistency_radius_m; ``~/relocalize`` re-arms it.  The map arrives as a latched
 from __future__ import annotations
 
 import collections
+import dataclasses
 import sys
 import threading
 import time
@@ -184,21 +185,22 @@ class Localizer(Node):
     def _load_model(self, path: str) -> None:
         import torch
 
+        from scmpr_ros.config import ScmprConfig, default_config_dir, load_config
         from scmpr_ros.model import load_checkpoint, model_checksum
 
         if not path:
             raise ScmprError("parameter model is empty; set it to a checkpoint (e.g. models/scmpr_nano.pt)")
         if int(self.p["threads"]) > 0:
             torch.set_num_threads(int(self.p["threads"]))
-        model, cfg, _meta = load_checkpoint(path, map_location=self.device)
+        model, model_cfg, _meta = load_checkpoint(path, map_location=self.device)
         self.model = model.to(self.device).eval()
-        self.cfg = cfg
         self.model_checksum = model_checksum(self.model)
+        base = default_config_dir() / "scmpr.yaml"
+        cfg = load_config(base) if base.is_file() else ScmprConfig()
+        self.cfg = dataclasses.replace(cfg, model=model_cfg)  # the checkpoint's model section wins
 
     def recognizer_config(self, num_viewpoints: int):
-        """The checkpoint's ScmprConfig with this node's top_k / rerank_k / alpha / beta in its retrieval section."""
-        import dataclasses
-
+        """config/scmpr.yaml + the checkpoint's model section + this node's top_k / rerank_k / alpha / beta."""
         k = min(max(2, int(self.p["top_k"])), num_viewpoints)  # two at least: the score margin needs the runner-up
         retrieval = dataclasses.replace(self.cfg.retrieval, top_k=k,
                                         rerank_k=min(max(int(self.p["rerank_k"]), k), num_viewpoints),
