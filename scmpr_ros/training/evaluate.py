@@ -77,12 +77,13 @@ def evaluate(
     ns: Sequence[int] = DEFAULT_NS,
     config_paths: Sequence[str | Path] = (),
     threads: int = 0,
+    batch_size: int = 8,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run every query through the recognizer and score it; returns the JSON-ready summary."""
     import torch
 
-    from scmpr_ros.config import load_config
+    from scmpr_ros.config import default_config_dir, load_config
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.model import load_checkpoint, model_checksum
     from scmpr_ros.retrieval.map_file import read_map
@@ -95,11 +96,10 @@ def evaluate(
     if threads > 0:
         torch.set_num_threads(threads)
     queries_dir = Path(queries_dir)
-    model, cfg, _ = load_checkpoint(model_path, map_location=device)
+    model, model_cfg, _ = load_checkpoint(model_path, map_location=device)
     model.eval()
-    if config_paths:  # retrieval / camera settings may be overridden; the model section is the checkpoint's
-        over = load_config(*config_paths)
-        cfg = dataclasses.replace(cfg, retrieval=over.retrieval)
+    base = default_config_dir() / "scmpr.yaml"  # retrieval settings: defaults + --config; model: the checkpoint's
+    cfg = dataclasses.replace(load_config(*([base] if base.is_file() else []), *config_paths), model=model_cfg)
     map_data = read_map(map_path, expected_dim=model.descriptor_dim, expected_model_checksum=model_checksum(model))
     max_n = max(ns)
     k = max(max_n, cfg.retrieval.top_k) + (EXTRA_CANDIDATES_EXCLUDE if exclude_recent_s else 0)
@@ -131,17 +131,20 @@ def evaluate(
         if max_queries and len(frames) > max_queries:
             frames = [frames[j] for j in np.linspace(0, len(frames) - 1, max_queries).round().astype(int)]
         ranked = np.full((len(frames), k), -1, dtype=np.int64)
-        q_T = np.zeros((len(frames), 4, 4))
-        for j, i in enumerate(frames):
-            rgb = seq.load_image(i)
+        q_T = np.stack([_query_pose(seq, i) for i in frames]) if frames else np.zeros((0, 4, 4))
+        for s in range(0, len(frames), batch_size):
+            chunk = frames[s : s + batch_size]
+            rgbs = [seq.load_image(i) for i in chunk]
             t0 = time.perf_counter()
-            res = recognizer.recognize(rgb)
-            timings.append((time.perf_counter() - t0) * 1000.0)
-            rows = [h.index for h in res.hypotheses][:k]
-            ranked[j, : len(rows)] = rows
-            q_T[j] = _query_pose(seq, i)
+            results = recognizer.recognize_batch(rgbs)
+            timings += [(time.perf_counter() - t0) * 1000.0 / len(chunk)] * len(chunk)
+            for j, res in enumerate(results):
+                rows = [h.index for h in res.hypotheses][:k]
+                ranked[s + j, : len(rows)] = rows
             if progress is not None:
-                progress(f"{seq_name} ({condition})", j + 1, len(frames))
+                progress(f"{seq_name} ({condition})", s + len(chunk), len(frames))
+        if not frames:
+            raise EvaluationError(f"{queries_dir}/sequences/{seq_name}: no frame with a valid pose to query")
         q_times = np.asarray(seq.times, dtype=np.float64)[frames] if exclude_recent_s is not None else None
         if exclude_recent_s is not None and map_sequence is None and str(map_meta.get("sequence", "")) not in ("", seq_name):
             raise EvaluationError(
@@ -177,7 +180,7 @@ def evaluate(
         "beta": cfg.retrieval.beta,
         "overall": overall | {"num_evaluated": int(evaluated.sum())},
         "per_condition": per,
-        "latency_ms": {"median": float(np.median(timings)), "p95": float(np.percentile(timings, 95))} if timings else {},
+        "latency_ms_per_query_batched": {"median": float(np.median(timings)), "p95": float(np.percentile(timings, 95))} if timings else {},
     }
     if out_dir is not None:
         write_outputs(Path(out_dir), summary, records, db_xyz, ns_sorted)
@@ -220,8 +223,8 @@ def format_summary(summary: dict) -> str:
         extra += f", yaw gate {summary['yaw_gate_deg']:g} deg"
     if summary.get("exclude_recent_s") is not None:
         extra += f", exclude-recent {summary['exclude_recent_s']:g} s"
-    lat = summary.get("latency_ms") or {}
+    lat = summary.get("latency_ms_per_query_batched") or {}
     if lat:
-        extra += f"; per query {lat['median']:.1f} ms median, {lat['p95']:.1f} ms p95"
+        extra += f"; {lat['median']:.1f} ms per query (batched, median)"
     lines.append(f"({summary['num_viewpoints']} map viewpoints, {extra})")
     return "\n".join(lines)

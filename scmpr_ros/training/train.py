@@ -31,6 +31,7 @@ LAST_MODEL = "last.pt"
 BEST_MODEL = "best.pt"
 FINAL_MODEL = "model.pt"
 METRICS_LOG = "metrics.jsonl"
+KMEANS_EPOCH = 999_999  # batch-list id of the k-means initialisation (never a training epoch)
 
 
 class TrainingError(ScmprError):
@@ -137,26 +138,25 @@ def _pair_module(model: Any) -> Any:
         def forward(self, images, range_input, range_labels, prototypes):
             img = self.model.encode_image(images, prototypes)
             lid = self.model.encode_lidar(range_input, range_labels)
-            return img, lid
+            return img, lid, self.model.temperature()  # inside forward, so DDP sees τ's gradient
 
     return PairForward(model)
 
 
-def compute_losses(model: Any, img: Any, lid: Any, batch: dict, cfg: ScmprConfig) -> dict[str, Any]:
+def compute_losses(model: Any, img: Any, lid: Any, temperature: Any, batch: dict, cfg: ScmprConfig) -> dict[str, Any]:
     """The terms of eq. 12 for one batch (each present only when its model part is switched on)."""
     from scmpr_ros.model import losses
 
     t = cfg.training
-    mc = cfg.model
     out: dict[str, Any] = {}
     if t.contrastive == "infonce":
-        out["l_con"] = losses.info_nce(img.descriptor, lid.descriptor, model.temperature())
+        out["l_con"] = losses.info_nce(img.descriptor, lid.descriptor, temperature)
     elif t.contrastive == "triplet":
         out["l_con"] = losses.triplet_loss(img.descriptor, lid.descriptor, t.triplet_margin)
     else:
         raise TrainingError(f"training.contrastive must be infonce or triplet, got {t.contrastive!r}")
     total = out["l_con"]
-    if mc.use_semantics and mc.use_lsem and t.lambda_sem > 0:
+    if model.use_lsem and img.class_features is not None and lid.class_features is not None and t.lambda_sem > 0:
         out["l_sem"] = losses.semantic_consistency_loss(img.class_features, img.class_present, lid.class_features, lid.class_present)
         total = total + t.lambda_sem * out["l_sem"]
     if img.seg_logits is not None and t.mu_seg > 0:
@@ -166,12 +166,52 @@ def compute_losses(model: Any, img: Any, lid: Any, batch: dict, cfg: ScmprConfig
     return out
 
 
+def _average_buffers(model: Any, world: int) -> None:
+    """Average the floating-point buffers (BatchNorm running statistics) over the ranks after each
+    step, so every rank holds the same model (DDP only synchronises the gradients)."""
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf /= world
+
+
+def _update_prototypes(model: Any, protos: Any, seen: Any, lid: Any, momentum: float, dist_info: DistInfo) -> tuple[Any, Any]:
+    """EMA over training batches of the per-class mean LiDAR class feature (what build-map computes
+    over the whole map); classes not seen yet keep the model's learned default prototype."""
+    import torch
+
+    with torch.no_grad():
+        w = lid.class_present.to(torch.float32)
+        sums = (w.unsqueeze(-1) * lid.class_features.detach().float()).sum(0)  # (N_S, C)
+        counts = w.sum(0)
+        if dist_info.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        here = counts > 0
+        mean = sums / counts.clamp_min(1.0).unsqueeze(-1)
+        if protos is None:
+            default = model.csa.default_prototypes.detach().float() if model.csa is not None else torch.zeros_like(mean)
+            protos, seen = default.clone(), torch.zeros_like(here)
+        first = here & ~seen
+        upd = here & seen
+        protos = torch.where(first.unsqueeze(-1), mean, protos)
+        protos = torch.where(upd.unsqueeze(-1), momentum * protos + (1 - momentum) * mean, protos)
+        return protos, seen | here
+
+
+
 def kmeans_init(model: Any, cache: PairCache, train_ids: np.ndarray, cfg: ScmprConfig, device: str) -> None:
     """NetVLAD centroids of both branches from k-means over features of a few training batches."""
     import torch
 
     t = cfg.training
-    batches = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, -1, train_ids)[: max(1, t.kmeans_batches)]
+    batches = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, KMEANS_EPOCH, train_ids)[: max(1, t.kmeans_batches)]
     if not batches:
         raise TrainingError("not enough training places for one batch; lower training.batch_size or add data")
     img_list, rng_list, lab_list = [], [], []
@@ -291,6 +331,8 @@ class TrainResult:
     wall_s: float
     best_val_r1: float
     last_val: dict
+    model: Any = None  # the trained SCMPRModel (this rank's copy)
+    batch_ids: list = None  # the place ids of each batch this rank trained on
 
 
 def train(
@@ -347,6 +389,7 @@ def train(
         model, _, _ = load_checkpoint(init_checkpoint, map_location="cpu")
     else:
         model = SCMPRModel(cfg.model, lidar_in_channels=RANGE_CHANNELS)
+        model.set_temperature(t.temperature, learnable=t.learn_temperature)
     model.to(device)
     model.train()
     state = _load_state(out) if resume else None
@@ -365,7 +408,8 @@ def train(
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        pair = DDP(pair, device_ids=[torch.device(device).index] if device.startswith("cuda") else None, find_unused_parameters=True)
+        pair = DDP(pair, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
+                   find_unused_parameters=True, broadcast_buffers=False)  # buffers: _average_buffers
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
     # ---- schedule: the number of batches per epoch is fixed by the data
@@ -405,7 +449,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     step, start_epoch, start_batch, best = 0, 0, 0, -1.0
-    prototypes = None
+    prototypes = proto_seen = None
     last_val: dict = {}
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -413,7 +457,8 @@ def train(
         scaler.load_state_dict(state["scaler"])
         step, start_epoch, start_batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
         best = float(state["best"])
-        prototypes = state["prototypes"].to(device) if state.get("prototypes") is not None else None
+        if state.get("prototypes") is not None:
+            prototypes, proto_seen = state["prototypes"].to(device), state["proto_seen"].to(device)
         torch.set_rng_state(state["torch_rng"])
         if main:
             _append_jsonl(log_path, {"kind": "resume", "step": step, "epoch": start_epoch, "time": time.time()})
@@ -424,20 +469,22 @@ def train(
     def checkpoint(epoch: int, batch: int, path_model: Path | None = None) -> None:
         if not main:
             return
-        meta = {"step": step, "epoch": epoch, "best_val_r1": best, "data": str(data_dir)}
-        save_checkpoint(out / LAST_MODEL, model, cfg, meta)
+        meta = {"step": step, "epoch": epoch, "best_val_r1": best, "data": str(data_dir), "config": cfg.to_dict()}
+        save_checkpoint(out / LAST_MODEL, model, cfg.model, meta)
         _save_state(out, {
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "step": step, "epoch": epoch, "batch": batch, "best": best,
             "prototypes": None if prototypes is None else prototypes.detach().cpu(),
+            "proto_seen": None if proto_seen is None else proto_seen.detach().cpu(),
             "torch_rng": torch.get_rng_state(),
         })
         if path_model is not None:
-            save_checkpoint(path_model, model, cfg, meta)
+            save_checkpoint(path_model, model, cfg.model, meta)
 
     progress_ctx = _progress(enabled=progress and main, total=total_steps, done=step)
     t0 = time.time()
     stop = False
+    seen_batches: list[np.ndarray] = []
     with progress_ctx as bar:
         for epoch in range(start_epoch, t.epochs):
             my_batches = rank_batches(epoch)
@@ -445,11 +492,12 @@ def train(
             first = start_batch if epoch == start_epoch else 0
             for b in range(first, len(my_batches)):
                 ids = bl[my_batches[b]]
+                seen_batches.append(ids)
                 batch = make_batch(cache, ids, cfg, seed=hash_seed(t.seed, epoch, my_batches[b]), augment=t.augment)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
-                    img, lid = pair(batch["images"], batch["range"], batch["range_labels"], prototypes)
-                    terms = compute_losses(model, img, lid, batch, cfg)
+                    img, lid, tau = pair(batch["images"], batch["range"], batch["range_labels"], prototypes)
+                    terms = compute_losses(model, img, lid, tau, batch, cfg)
                 loss = terms["loss"]
                 if not torch.isfinite(loss):
                     raise TrainingError(f"loss became {loss.item()} at step {step}; lower training.lr or check the data")
@@ -462,15 +510,10 @@ def train(
                 scaler.update()
                 scheduler.step()
                 step += 1
-                with torch.no_grad():  # map-wide context for CSA: EMA of LiDAR class prototypes
-                    p_new = model.semantic_prototypes(lid.class_features.detach().float(), lid.class_present)
-                    if dist_info.enabled:
-                        import torch.distributed as dist
-
-                        dist.all_reduce(p_new)
-                        p_new /= dist_info.world
-                    m = t.prototype_momentum
-                    prototypes = p_new if prototypes is None else m * prototypes + (1 - m) * p_new
+                if dist_info.enabled:
+                    _average_buffers(model, dist_info.world)
+                if model.use_csa and lid.class_features is not None:  # map-wide CSA context, see _update_prototypes
+                    prototypes, proto_seen = _update_prototypes(model, prototypes, proto_seen, lid, t.prototype_momentum, dist_info)
                 record = {k: float(v.detach()) for k, v in terms.items()}
                 if main and (step % max(t.log_every, 1) == 0 or step == 1):
                     _append_jsonl(log_path, {"kind": "step", "step": step, "epoch": epoch, **record, "lr": scheduler.get_last_lr()[0],
@@ -518,7 +561,7 @@ def train(
 
         dist.barrier()
     return TrainResult(out_dir=out, model_path=final if final.is_file() else out / LAST_MODEL, steps=step,
-                       epochs=t.epochs, wall_s=wall, best_val_r1=best, last_val=last_val)
+                       epochs=t.epochs, wall_s=wall, best_val_r1=best, last_val=last_val, model=model, batch_ids=seen_batches)
 
 
 def hash_seed(*parts: int) -> int:
