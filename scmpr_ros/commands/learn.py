@@ -1,4 +1,4 @@
-"""CLI group: ``scmpr train``, ``scmpr evaluate``, ``scmpr ablation``.
+"""CLI group: ``scmpr train``, ``scmpr evaluate``, ``scmpr ablation``, ``scmpr protocol``.
 
 Multi-GPU / multi-node: the same command under torchrun, e.g.
 ``torchrun --nproc-per-node 4 -m scmpr_ros.cli train --config config/train_nano.yaml --data DIR``.
@@ -92,8 +92,10 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
 
     @app.command("ablation")
     def ablation_cmd(
-        data: Path = typer.Option(..., "--data", help="training data (synthetic towns / KITTI root / pair cache)"),
-        eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="held-out town: map from its map pass, queries from its query passes (default: generate one)"),
+        data: Path = typer.Option(..., "--data", help="training data (synthetic towns / KITTI root / pair cache .npz)"),
+        eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="held-out dataset to map and query (default: generate a synthetic town)"),
+        eval_sequence: Optional[str] = typer.Option(None, "--eval-sequence", help="its mapping sequence (default: the manifest's map pass, else 00)"),
+        query_sequence: List[str] = typer.Option([], "--query-sequence", help="its query sequence(s) (default: the query passes, else the map sequence)"),
         config: List[Path] = typer.Option([], "--config", "-c", help="base config, e.g. config/train_ablation.yaml"),
         out: Path = typer.Option(Path("runs/ablation"), "--out", "-o", help="folder for the runs and ablation.md"),
         steps: Optional[int] = typer.Option(None, "--steps", help="optimizer steps per variant (default: the config's epochs)"),
@@ -103,5 +105,25 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         from scmpr_ros.training.ablation import run_ablation
 
         cfg = _load_cfg(config)
-        table = run_ablation(cfg, data, out, eval_data=eval_data, steps=steps, device=device)
+        table = run_ablation(cfg, data, out, eval_data=eval_data, eval_map_sequence=eval_sequence,
+                             eval_query_sequences=_split(query_sequence) or None, steps=steps, device=device)
+        typer.echo(table)
+
+    @app.command("protocol")
+    def protocol_cmd(
+        data: Path = typer.Option(..., "--data", help="dataset root (KITTI odometry / KITTI-360 / synthetic town)"),
+        sequences: List[str] = typer.Option(..., "--sequences", "-s", help="test sequences, e.g. 00,02,05,06,08"),
+        model: Path = typer.Option(..., "--model", "-m", help="model checkpoint"),
+        out: Path = typer.Option(Path("results/protocol"), "--out", "-o", help="folder for maps, results and protocol.md"),
+        threshold: float = typer.Option(5.0, "--threshold", help="correct within this many metres"),
+        exclude_recent: Optional[float] = typer.Option(None, "--exclude-recent", help="revisit-only protocol: ignore viewpoints within S seconds"),
+        config: List[Path] = typer.Option([], "--config", "-c", help="YAML over config/scmpr.yaml (map, lidar, retrieval sections)"),
+        device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    ) -> None:
+        """Per sequence: build its map, query it with its own camera frames; a paper-style R@N table."""
+        from scmpr_ros.training.evaluate import run_protocol
+
+        cfg = _load_cfg(config)
+        table = run_protocol(model, data, _split(sequences), out, cfg, threshold_m=threshold,
+                             exclude_recent_s=exclude_recent, device=device)
         typer.echo(table)

@@ -228,3 +228,68 @@ def format_summary(summary: dict) -> str:
         extra += f"; {lat['median']:.1f} ms per query (batched, median)"
     lines.append(f"({summary['num_viewpoints']} map viewpoints, {extra})")
     return "\n".join(lines)
+
+
+def build_and_evaluate(
+    model_path: Path,
+    eval_root: Path,
+    map_sequence: str,
+    query_sequences: Sequence[str] | None,
+    cfg: ScmprConfig,
+    out: Path,
+    device: str = "cpu",
+    threshold_m: float = 5.0,
+    exclude_recent_s: float | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Map of ``map_sequence`` with this model, then ``evaluate`` of the query sequences against it."""
+    from scmpr_ros.datasets import open_sequence
+    from scmpr_ros.model import load_checkpoint, model_checksum
+    from scmpr_ros.retrieval.builder import build_map
+
+    net, _, _ = load_checkpoint(model_path, device)
+    map_path = out / f"map_{map_sequence}.scmpr-map"
+    seq = open_sequence(eval_root, map_sequence)
+    build = build_map(seq, net, cfg, map_path, model_checksum(net), progress=progress, metadata={"model_file": str(model_path)})
+    summary = evaluate(model_path, map_path, eval_root, query_sequences, threshold_m=threshold_m,
+                       exclude_recent_s=exclude_recent_s, map_sequence=map_sequence if exclude_recent_s else None,
+                       out_dir=out / "eval", device=device, progress=progress)
+    summary["map_build"] = {k: build[k] for k in ("viewpoints", "places", "viewpoints_per_s", "seconds_total")}
+    return summary
+
+
+def run_protocol(
+    model_path: str | Path,
+    data: str | Path,
+    sequences: Sequence[str],
+    out: str | Path,
+    cfg: Any,
+    *,
+    threshold_m: float = 5.0,
+    exclude_recent_s: float | None = None,
+    device: str = "cpu",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> str:
+    """KITTI-style protocol: per sequence, map and queries from that sequence; a markdown table of
+    R@1/5/10 per sequence and their mean (``protocol.md`` / ``protocol.json`` in ``out``)."""
+    out = Path(out)
+    rows = {}
+    for s in sequences:
+        summary = build_and_evaluate(Path(model_path), Path(data), s, [s], cfg, out / f"seq_{s}", device=device,
+                                     threshold_m=threshold_m, exclude_recent_s=exclude_recent_s, progress=progress)
+        rows[s] = summary
+    ns = [k for k in next(iter(rows.values()))["overall"] if k.startswith("R@")]
+    title = f"Cross-modal place recognition, threshold {threshold_m:g} m" + (
+        f", exclude-recent {exclude_recent_s:g} s" if exclude_recent_s else "")
+    lines = [f"### {title}", "", "| sequence | queries | viewpoints | " + " | ".join(f"{n} (%)" for n in ns) + " |",
+             "|---|---|---|" + "---|" * len(ns)]
+    for s, r in rows.items():
+        lines.append(f"| {s} | {r['overall']['num_evaluated']} | {r['num_viewpoints']} | "
+                     + " | ".join(f"{100 * r['overall'][n]:.2f}" for n in ns) + " |")
+    mean = {n: sum(r["overall"][n] for r in rows.values()) / len(rows) for n in ns}
+    lines.append("| mean | | | " + " | ".join(f"{100 * mean[n]:.2f}" for n in ns) + " |")
+    table = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "protocol.md", table + "\n")
+    atomic_write_text(out / "protocol.json", json.dumps({"sequences": rows, "mean": mean}, indent=2, default=str))
+    return table

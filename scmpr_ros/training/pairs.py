@@ -1,9 +1,10 @@
 """Cross-modal training pairs: a camera image and the LiDAR range image at the same pose.
 
 Per frame of a sequence with images, scans and poses: the scan is projected to a range image and
-cropped to the camera's horizontal FOV (``lidar.crop_to_camera_fov``); the image is resized to the
-encoder input; sparse segmentation labels for the image come from the labelled LiDAR points
-projected with the calibration, u ~ K · T_cam_velo · p (nearest point wins, IGNORE_ID elsewhere).
+cropped to the camera's horizontal FOV (``lidar.crop_to_camera_fov``), as ``build-map`` renders a
+map viewpoint at a mapped pose; the image is resized to the encoder input; sparse segmentation labels
+for the image come from the LiDAR points (labelled by the same segmenter as the map) projected with
+the calibration, u ~ K · T_cam_velo · p (nearest point wins, IGNORE_ID elsewhere).
 Camera-only passes (synthetic night / winter) share the poses of a pass with scans and are stored
 as extra images of the same place: each draw picks one condition at random, so every condition of
 a place is a positive for its LiDAR view.  Batches hold places mutually farther apart than
@@ -21,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from scmpr_ros.config import CameraConfig, ScmprConfig
+from scmpr_ros.config import ScmprConfig
 from scmpr_ros.errors import DatasetError, ScmprError
 from scmpr_ros.io_utils import atomic_write_bytes
 from scmpr_ros.semantics import IGNORE_ID
@@ -75,15 +76,6 @@ def project_labels_to_image(
     first[1:] = lin_s[1:] != lin_s[:-1]
     out.reshape(-1)[lin_s[first]] = lab[order[first]]
     return out
-
-
-def camera_from_calib(calib: Any) -> CameraConfig:
-    """CameraConfig (image size + intrinsics) from a dataset Calibration."""
-    if calib.image_size is None:
-        raise PairsError("the sequence has no image size in its calibration: training needs camera images")
-    K = np.asarray(calib.K, dtype=np.float64)
-    w, h = calib.image_size
-    return CameraConfig(width=int(w), height=int(h), fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]))
 
 
 def resize_image(rgb: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -244,7 +236,7 @@ def _has_scans(seq: Any) -> bool:
         return False
 
 
-def plan_passes(root: Path, sequences: Sequence[str] | None = None) -> list[dict]:
+def plan_passes(root: Path, sequences: Sequence[str] | None = None, need_labels: bool = True) -> list[dict]:
     """Which sequences give scans and which extra camera passes share their poses.
 
     Returns one entry per scan pass: {"scan": name, "role": 0|1|2, "images": {condition: name}}.
@@ -274,7 +266,7 @@ def plan_passes(root: Path, sequences: Sequence[str] | None = None) -> list[dict
             continue  # e.g. a KITTI sequence without images
         if not (seqs[n].has_images and seqs[n].has_poses):
             seqs.pop(n)
-    scan_passes = [n for n in seqs if seqs[n].has_labels and _has_scans(seqs[n])]
+    scan_passes = [n for n in seqs if (seqs[n].has_labels or not need_labels) and _has_scans(seqs[n])]
     plans = []
     for n in scan_passes:
         role = {"map": 0, "query": 1}.get(str(entries[n].get("pass")), 2)
@@ -306,12 +298,16 @@ def build_pair_cache(
     """Pairs of one dataset root (see module docstring)."""
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.lidar.range_image import RangeProjector, camera_fov, crop_to_fov, encoder_input
+    from scmpr_ros.retrieval.builder import camera_from_calibration
 
     root = Path(root)
     if frame_stride < 1:
         raise PairsError(f"training.frame_stride must be >= 1, got {frame_stride}")
-    plans = plan_passes(root, sequences)
+    from scmpr_ros.lidar.segmentation import make_segmenter
+
+    plans = plan_passes(root, sequences, need_labels=cfg.lidar.segmentation == "ground_truth" and not cfg.lidar.segmenter_weights)
     projector = RangeProjector(cfg.lidar)
+    segmenters: dict[str, Any] = {}
     out_hw = (int(cfg.model.image_height), int(cfg.model.image_width))
     conditions: list[str] = []
     for plan in plans:
@@ -332,10 +328,12 @@ def build_pair_cache(
         if not bool(s.pose_valid[i]):
             continue
         scan = s.load_scan(i)
-        labels = s.load_labels(i)
+        if plan["scan"] not in segmenters:  # the same labels build-map uses (ground truth or learned)
+            segmenters[plan["scan"]] = make_segmenter(cfg.lidar, s)
+        labels = segmenters[plan["scan"]].segment(s, i, scan)
         ri = projector.project(scan, labels)
         if cfg.lidar.crop_to_camera_fov:
-            yaw_c, hfov = camera_fov(camera_from_calib(s.calib), s.calib.T_cam_velo)
+            yaw_c, hfov = camera_fov(camera_from_calibration(s.calib, cfg.camera), s.calib.T_cam_velo)
             ri = crop_to_fov(ri, yaw_c, hfov)
         imgs = np.zeros((len(conditions),) + out_hw + (3,), dtype=np.uint8)
         present = np.zeros(len(conditions), dtype=bool)

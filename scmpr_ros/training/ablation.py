@@ -1,0 +1,118 @@
+"""``scmpr ablation``: the paper's Table 3 ladder at small scale, trained and evaluated end to end.
+
+Variants (each one trained from scratch with the same seed, data, steps and schedule):
+no semantics (VMamba + NetVLAD, plain LiDAR encoder) -> + SAFF -> + SAFF + CSA -> + SAFF + CSA + L_sem.
+Each model builds its own map of the evaluation town's mapping pass and is scored with
+``scmpr evaluate`` (R@1 at 5 m, per condition), so the whole pipeline, re-rank included, is measured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from scmpr_ros.config import ScmprConfig
+from scmpr_ros.errors import ScmprError
+from scmpr_ros.io_utils import atomic_write_text
+
+VARIANTS: tuple[tuple[str, dict[str, bool]], ...] = (
+    ("Ours (w/o Semantics)", {"use_semantics": False, "use_saff": False, "use_csa": False, "use_lsem": False}),
+    ("+ SAFF Module", {"use_semantics": True, "use_saff": True, "use_csa": False, "use_lsem": False}),
+    ("+ SAFF Module + CSA", {"use_semantics": True, "use_saff": True, "use_csa": True, "use_lsem": False}),
+    ("+ SAFF Module + CSA + SC Loss (Full SCM-PR)", {"use_semantics": True, "use_saff": True, "use_csa": True, "use_lsem": True}),
+)
+PAPER_KITTI_R1 = (57.35, 59.81, 61.05, 62.58)  # SCM-PR paper, Table 3 (KITTI, R@1 %)
+EVAL_TOWN_SEED = 4242  # the generated evaluation town when none is given (no training seed is this)
+
+
+class AblationError(ScmprError):
+    pass
+
+
+def map_pass_of(root: Path) -> str:
+    """The mapping-pass sequence of a synthetic town (its manifest), else "00"."""
+    if (root / "synth_manifest.yaml").is_file():
+        from scmpr_ros.datasets.synthetic import read_manifest
+
+        for name, entry in read_manifest(root)["sequences"].items():
+            if entry.get("pass") == "map":
+                return str(name)
+    return "00"
+
+
+def ensure_eval_town(out: Path, eval_data: Path | None, frames: int) -> Path:
+    if eval_data is not None:
+        if not Path(eval_data).is_dir():
+            raise AblationError(f"--eval-data {eval_data}: not a directory")
+        return Path(eval_data)
+    from scmpr_ros.datasets.synthetic import generate_town
+
+    town = out / f"eval_town_{EVAL_TOWN_SEED}"
+    if not (town / "synth_manifest.yaml").is_file():
+        generate_town(town, seed=EVAL_TOWN_SEED, frames=frames)
+    return town
+
+
+def markdown_table(rows: list[dict], conditions: Sequence[str], title: str) -> str:
+    head = "| Configuration | " + " | ".join(f"R@1 {c} (%)" for c in conditions) + " | R@1 all (%) | R@5 all (%) | paper KITTI R@1 (%) |"
+    sep = "|" + "---|" * (len(conditions) + 4)
+    lines = [f"### {title}", "", head, sep]
+    for r in rows:
+        cells = [f"{100 * r['per_condition'].get(c, float('nan')):.1f}" for c in conditions]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {100 * r['r1']:.1f} | {100 * r['r5']:.1f} | {r['paper']:.2f} |")
+    return "\n".join(lines)
+
+
+def run_ablation(
+    cfg: ScmprConfig,
+    data: str | Path,
+    out: str | Path,
+    *,
+    eval_data: str | Path | None = None,
+    eval_map_sequence: str | None = None,
+    eval_query_sequences: Sequence[str] | None = None,
+    steps: int | None = None,
+    device: str = "auto",
+    eval_frames: int = 200,
+    variants: Sequence[int] = (0, 1, 2, 3),
+    progress: bool = True,
+) -> str:
+    """Train + evaluate each variant; writes ``ablation.md`` / ``ablation.json`` in ``out``; returns the table."""
+    from scmpr_ros.training.evaluate import build_and_evaluate
+    from scmpr_ros.training.pairs import load_or_build_cache
+    from scmpr_ros.training.train import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    eval_root = ensure_eval_town(out, Path(eval_data) if eval_data else None, eval_frames)
+    map_seq = eval_map_sequence or map_pass_of(eval_root)
+    queries = list(eval_query_sequences) if eval_query_sequences else ([map_seq] if not (eval_root / "synth_manifest.yaml").is_file() else None)
+    cache_path = out / "pairs.npz"
+    load_or_build_cache(data, cfg, cache_path, cfg.training.sequences or None, cfg.training.frame_stride)
+    rows = []
+    eval_device = "cpu" if device in ("auto", "cpu") else device
+    for v in variants:
+        name, flags = VARIANTS[v]
+        vcfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **flags))
+        run_dir = out / f"variant{v}"
+        t0 = time.time()
+        res = train(vcfg, cache_path, run_dir, device=device, max_steps=steps, progress=progress)
+        train_s = time.time() - t0
+        model_path = res.model_path
+        summary = build_and_evaluate(model_path, eval_root, map_seq, queries, vcfg, run_dir, device=eval_device,
+                                     exclude_recent_s=None)
+        rows.append({
+            "name": name, "flags": flags, "paper": PAPER_KITTI_R1[v], "steps": res.steps, "train_s": train_s,
+            "r1": summary["overall"]["R@1"], "r5": summary["overall"]["R@5"],
+            "per_condition": {c: r["recall"]["R@1"] for c, r in summary["per_condition"].items()},
+            "summary": summary["per_condition"],
+        })
+    conditions = list(dict.fromkeys(c for r in rows for c in r["per_condition"]))
+    steps_txt = f"{rows[0]['steps']} steps" if rows else ""
+    table = markdown_table(rows, conditions, f"Ablation (synthetic town seed {EVAL_TOWN_SEED if eval_data is None else eval_root.name}, "
+                                             f"{steps_txt} per variant, R@1 at 5 m)")
+    atomic_write_text(out / "ablation.md", table + "\n")
+    atomic_write_text(out / "ablation.json", json.dumps({"rows": rows, "eval_data": str(eval_root), "map_sequence": map_seq}, indent=2, default=str))
+    return table
