@@ -165,6 +165,7 @@ class Localizer(Node):
         self.compute_ms: collections.deque[float] = collections.deque(maxlen=500)
         self.last_reject = ""
         self.camera_info: CameraInfo | None = None
+        self.last_image_stamp = None
         self.busy = False
 
         self.pub_hyp = self.create_publisher(PoseArray, HYPOTHESES_TOPIC, OUTPUT_QOS)
@@ -252,6 +253,7 @@ class Localizer(Node):
         now = time.perf_counter()
         with self._cond:
             self.received += 1
+            self.last_image_stamp = msg.header.stamp
             if self._pending is not None:
                 self.dropped += 1
             self._pending = (msg, now)

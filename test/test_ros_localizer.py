@@ -1,0 +1,343 @@
+"""localizer + map_server over loopback DDS with a real (small, randomly initialised) SCM-PR model and a
+map whose viewpoints are the recognizer's own descriptors of a set of test images, so each image has
+one exact match: late-joining map delivery, outputs vs a direct PlaceRecognizer call, bad images,
+bursts, /initialpose gating and map swaps that fail."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+torch = pytest.importorskip("torch")
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from ros_helpers import Spinner, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
+from scmpr_ros.config import ModelConfig, ScmprConfig  # noqa: E402
+from scmpr_ros.nodes.conversions import read_hypotheses, rgb_to_image_msg, stamp_to_ns  # noqa: E402
+from scmpr_ros.nodes.localizer import Localizer  # noqa: E402
+from scmpr_ros.nodes.map_server import MapServer  # noqa: E402
+from scmpr_ros.nodes.qos import (  # noqa: E402
+    BEST_POSE_TOPIC,
+    HYPOTHESES_TOPIC,
+    OUTPUT_QOS,
+    SCORES_TOPIC,
+    SENSOR_QOS,
+)
+
+pytestmark = pytest.mark.ros
+NUM_IMAGES = 12
+
+
+def _images(n=NUM_IMAGES, seed=0):
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 256, (6, 12, 3), dtype=np.uint8)
+        out.append(cv2.resize(small, (96, 48), interpolation=cv2.INTER_NEAREST))
+    return out
+
+
+def _map_data(descriptors, grids, protos, checksum, n):
+    from scmpr_ros.retrieval.map_file import MapData
+    from scmpr_ros.nodes.transforms import quat_from_yaw
+
+    poses = np.zeros((n, 7))
+    poses[:, 0] = np.arange(n) * 10.0
+    poses[:, 3:] = [quat_from_yaw(0.3 * i) for i in range(n)]
+    return MapData(descriptors=np.asarray(descriptors, np.float32), poses=poses,
+                   viewpoint_ids=np.arange(n, dtype=np.int64) + 500, source_frames=np.arange(n, dtype=np.int64),
+                   semantic_grids=np.asarray(grids, bool), prototypes=protos,
+                   camera={"width": 96, "height": 48, "fx": 50.0, "fy": 50.0, "cx": 48.0, "cy": 24.0,
+                           "T_cam_velo": np.eye(4).tolist()},
+                   model_config={}, model_checksum=checksum)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """(checkpoint path, map path, images, other-model map path)."""
+    from scmpr_ros.model import SCMPRModel, load_checkpoint, model_checksum, save_checkpoint
+    from scmpr_ros.retrieval.map_file import write_map
+    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+
+    d = tmp_path_factory.mktemp("loc")
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_height=64, image_width=128, descriptor_dim=64, feature_dim=32, netvlad_clusters=4)
+    ckpt = d / "model.safetensors"
+    save_checkpoint(ckpt, SCMPRModel(cfg).eval(), cfg)
+    model, _, _ = load_checkpoint(ckpt)
+    checksum = model_checksum(model)
+    rng = np.random.default_rng(1)
+    protos = rng.normal(size=(model.num_classes, model.feature_dim)).astype(np.float32)
+    images = _images()
+    n = len(images)
+    # Pass 1: any map with the right shapes gives the recognizer; pass 2 stores its descriptors and grids.
+    desc0 = rng.normal(size=(n, model.descriptor_dim))
+    desc0 /= np.linalg.norm(desc0, axis=1, keepdims=True)
+    provisional = _map_data(desc0, np.zeros((n, 4, 8, model.num_classes)), protos, checksum, n)
+    results = PlaceRecognizer(model, provisional, ScmprConfig()).recognize_batch(images)
+    desc = np.stack([r.descriptor for r in results])
+    grids = np.stack([r.query_grid for r in results])
+    map_path = d / "town.scmpr-map"
+    write_map(map_path, _map_data(desc, grids, protos, checksum, n))
+    other = d / "other.scmpr-map"
+    write_map(other, _map_data(desc, grids, protos, "another-model", n))
+    return ckpt, map_path, images, other
+
+
+class Sink:
+    """Collects the localizer's outputs by image stamp."""
+
+    def __init__(self, ctx, ns):
+        self.node = Node("sink", context=ctx, namespace=ns)
+        self.poses: dict[int, PoseArray] = {}
+        self.scores: dict[int, PointCloud2] = {}
+        self.best: dict[int, PoseWithCovarianceStamped] = {}
+        self.initial: list[PoseWithCovarianceStamped] = []
+        self.diag: list[DiagnosticArray] = []
+        self.pub = self.node.create_publisher(Image, "camera/image_raw", SENSOR_QOS)
+        sub = self.node.create_subscription
+        sub(PoseArray, HYPOTHESES_TOPIC, lambda m: self.poses.__setitem__(stamp_to_ns(m.header.stamp), m), OUTPUT_QOS)
+        sub(PointCloud2, SCORES_TOPIC, lambda m: self.scores.__setitem__(stamp_to_ns(m.header.stamp), m), OUTPUT_QOS)
+        sub(PoseWithCovarianceStamped, BEST_POSE_TOPIC, lambda m: self.best.__setitem__(stamp_to_ns(m.header.stamp), m),
+            OUTPUT_QOS)
+        sub(PoseWithCovarianceStamped, "initialpose", self.initial.append, OUTPUT_QOS)
+        sub(DiagnosticArray, "/diagnostics", self.diag.append, OUTPUT_QOS)
+
+    def complete(self, stamp: int) -> bool:
+        return stamp in self.poses and stamp in self.scores and stamp in self.best
+
+    def send_until_done(self, msg: Image, timeout: float = 15.0) -> bool:
+        """Publish (best effort) until the outputs for this stamp are in."""
+        stamp = stamp_to_ns(msg.header.stamp)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pub.publish(msg)
+            if wait_for(lambda: self.complete(stamp), 0.5):
+                return True
+        return False
+
+
+def _start_localizer(ctx, ns, ckpt, **params):
+    over = [Parameter("model", value=str(ckpt)), Parameter("image_topic", value="camera/image_raw"),
+            Parameter("camera_info_topic", value="camera/camera_info"), Parameter("threads", value=1)]
+    over += [Parameter(k, value=v) for k, v in params.items()]
+    return Localizer(context=ctx, namespace=ns, parameter_overrides=over,
+                     cli_args=["--ros-args", "-r", f"/initialpose:={ns}/initialpose"])
+
+
+def test_late_localizer_gets_the_map_and_matches_the_library(world):
+    from scmpr_ros.retrieval.map_file import read_map
+    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+
+    ckpt, map_path, images, _ = world
+    ns = unique_namespace()
+    with ros_context() as ctx:
+        spin = Spinner(ctx)
+        try:
+            spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))]))
+            time.sleep(0.5)  # the localizer starts after the map was announced: it must get it latched
+            loc = spin.add(_start_localizer(ctx, ns, ckpt, top_k=5))
+            assert wait_for(lambda: loc.active is not None, 20.0), loc.map_status
+            assert loc.active.announcement.version == 1
+            sink = Sink(ctx, ns)
+            spin.add(sink.node)
+            stamp = 1_700_000_000_123_456_789
+            msg = rgb_to_image_msg(images[3], stamp, "camera", encoding="bgr8")
+            assert sink.send_until_done(msg)
+            assert wait_for(lambda: any(st.values and dict((kv.key, kv.value) for kv in st.values).get("processed", "0") != "0"
+                                        for a in sink.diag for st in a.status), 5.0)
+            direct = PlaceRecognizer(loc.model, read_map(map_path), loc.recognizer_config(NUM_IMAGES)).recognize(images[3])
+        finally:
+            spin.close()
+    pa, sc, best = sink.poses[stamp], sink.scores[stamp], sink.best[stamp]
+    for m in (pa, sc, best):
+        assert stamp_to_ns(m.header.stamp) == stamp and m.header.frame_id == "map"
+    h = read_hypotheses(sc)
+    assert len(pa.poses) == len(h) == 5
+    assert np.all(np.diff(h["score"]) <= 1e-7), "hypotheses must be ordered best first"
+    assert h["viewpoint_id"][0] == 503 and h["cosine"][0] > 0.999 and h["psi"][0] == pytest.approx(1.0)
+    # the same numbers as a direct library call on the same pixels
+    assert [int(v) for v in h["viewpoint_id"]] == [x.viewpoint_id for x in direct.hypotheses[:5]]
+    np.testing.assert_allclose(h["score"], [x.score for x in direct.hypotheses[:5]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h["cosine"], [x.cosine for x in direct.hypotheses[:5]], rtol=1e-5, atol=1e-6)
+    for p, x, row in zip(pa.poses, direct.hypotheses, h):
+        assert [p.position.x, p.position.y, p.orientation.z, p.orientation.w] == pytest.approx(
+            [x.pose[0], x.pose[1], x.pose[5], x.pose[6]])
+        assert row["x"] == pytest.approx(x.pose[0])
+    assert best.pose.pose.position.x == pytest.approx(30.0)
+    cov = np.array(best.pose.covariance).reshape(6, 6)
+    np.testing.assert_allclose(cov, cov.T)
+    assert np.all(np.linalg.eigvalsh(cov) > 0) and cov[0, 0] >= 2.0**2
+    statuses = [st for a in sink.diag for st in a.status]
+    kv = dict((k.key, k.value) for k in statuses[-1].values)
+    assert {"latency_p50_ms", "latency_p95_ms", "processed", "dropped", "device", "map_status"} <= set(kv)
+    assert kv["device"] == "cpu" and "v1" in kv["map_status"]
+
+
+def test_bad_images_are_rejected_and_the_next_good_one_is_processed(world):
+    ckpt, map_path, images, _ = world
+    ns = unique_namespace()
+    good = rgb_to_image_msg(images[0], 0, "camera")
+    bad = []
+    for change in (dict(encoding="16UC1"), dict(encoding="yuv422"), dict(height=0, width=0, step=0, data=b""),
+                   dict(data=bytes(good.data)[:-1]), dict(step=good.step - 3)):
+        m = rgb_to_image_msg(images[0], 0, "camera")
+        for k, v in change.items():
+            setattr(m, k, v)
+        bad.append(m)
+    with ros_context() as ctx:
+        spin = Spinner(ctx)
+        try:
+            spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))]))
+            loc = spin.add(_start_localizer(ctx, ns, ckpt))
+            sink = Sink(ctx, ns)
+            spin.add(sink.node)
+            assert wait_for(lambda: loc.active is not None, 20.0)
+            for i, b in enumerate(bad):
+                bad_stamp = 10_000 + i
+                b.header.stamp.sec, b.header.stamp.nanosec = 0, bad_stamp
+                before = loc.rejected
+                deadline = time.monotonic() + 10
+                while loc.rejected == before and time.monotonic() < deadline:
+                    sink.pub.publish(b)
+                    wait_for(lambda: loc.rejected > before, 0.3)
+                assert loc.rejected > before, f"bad image {i} was not rejected"
+                ok = rgb_to_image_msg(images[i], 20_000 + i, "camera")
+                assert sink.send_until_done(ok), f"the good image after bad image {i} was not processed"
+                assert bad_stamp not in sink.poses
+                assert read_hypotheses(sink.scores[20_000 + i])["viewpoint_id"][0] == 500 + i
+            assert "encoding '16UC1'" in loc.last_reject or loc.rejected >= 5
+        finally:
+            spin.close()
+
+
+def test_burst_of_100_images_stays_bounded(world):
+    ckpt, map_path, images, _ = world
+    ns = unique_namespace()
+    with ros_context() as ctx:
+        spin = Spinner(ctx)
+        try:
+            spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))]))
+            loc = spin.add(_start_localizer(ctx, ns, ckpt))
+            sink = Sink(ctx, ns)
+            spin.add(sink.node)
+            assert wait_for(lambda: loc.active is not None, 20.0)
+            assert wait_for(lambda: sink.pub.get_subscription_count() >= 1, 10.0)
+            msgs = [rgb_to_image_msg(images[i % NUM_IMAGES], 1_000_000 + i, "camera") for i in range(100)]
+            t0 = time.monotonic()
+            for m in msgs:  # ~300 Hz: far faster than the localizer, slow enough for DDS to deliver most
+                sink.pub.publish(m)
+                time.sleep(0.003)
+            burst_s = time.monotonic() - t0
+            assert wait_for(lambda: loc.received > 0 and loc.idle(), 20.0)
+            time.sleep(0.3)
+            assert wait_for(lambda: loc.idle() and len(sink.poses) == loc.processed, 5.0)
+            stats = loc.stats()
+            loc_last_received = stamp_to_ns(loc.last_image_stamp)
+        finally:
+            spin.close()
+    assert burst_s < 5.0
+    assert 50 <= stats["received"] <= 100, stats
+    assert stats["received"] == stats["processed"] + stats["dropped"] + stats["rejected"] + stats["skipped_no_map"]
+    # newest-only, not a queue: most of the burst is dropped, and only while busy (processed stays small)
+    assert stats["processed"] <= 2 + 2 * burst_s * 1000 / max(stats["compute_p50_ms"], 1.0), stats
+    assert stats["dropped"] >= stats["received"] - stats["processed"] - 1 and stats["dropped"] > 30, stats
+    assert stats["rejected"] == 0
+    # the newest image that arrived is always processed: the last output is the last image received
+    assert max(sink.poses) == loc_last_received
+    assert len(sink.poses) == stats["processed"]
+
+
+def test_initialpose_only_when_confident_and_consistent(world):
+    ckpt, map_path, images, _ = world
+    ns = unique_namespace()
+    with ros_context() as ctx:
+        spin = Spinner(ctx)
+        try:
+            spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))]))
+            sink = Sink(ctx, ns)
+            spin.add(sink.node)
+            # 1) margin below min_confidence: never published
+            loc = spin.add(_start_localizer(ctx, ns, ckpt, publish_initialpose=True, min_confidence=5.0,
+                                            consistent_frames=2))
+            assert wait_for(lambda: loc.active is not None, 20.0)
+            for i in range(4):
+                assert sink.send_until_done(rgb_to_image_msg(images[5], 100 + i, "camera"))
+            h = read_hypotheses(sink.scores[100])
+            margin = float(h["score"][0] - h["score"][1])
+            assert 0 < margin < 5.0
+            time.sleep(0.3)
+            assert sink.initial == []
+            spin.executor.remove_node(loc)
+            loc.destroy_node()
+            # 2) confident: once after 3 consistent frames, again only after ~/relocalize
+            loc = spin.add(_start_localizer(ctx, ns, ckpt, publish_initialpose=True, min_confidence=margin / 2,
+                                            consistent_frames=3))
+            assert wait_for(lambda: loc.active is not None, 20.0)
+            for i in range(2):
+                assert sink.send_until_done(rgb_to_image_msg(images[5], 200 + i, "camera"))
+            time.sleep(0.3)
+            assert sink.initial == []
+            assert sink.send_until_done(rgb_to_image_msg(images[5], 202, "camera"))
+            assert wait_for(lambda: len(sink.initial) == 1, 5.0)
+            first = sink.initial[0]
+            assert stamp_to_ns(first.header.stamp) == 202 and first.header.frame_id == "map"
+            assert first.pose.pose.position.x == pytest.approx(50.0)
+            for i in range(3, 5):
+                assert sink.send_until_done(rgb_to_image_msg(images[5], 200 + i, "camera"))
+            time.sleep(0.3)
+            assert len(sink.initial) == 1
+            res = call_service(sink.node, Trigger, f"{ns}/localizer/relocalize")
+            assert res.success
+            assert sink.send_until_done(rgb_to_image_msg(images[5], 205, "camera"))
+            assert wait_for(lambda: len(sink.initial) == 2, 5.0)
+            assert stamp_to_ns(sink.initial[1].header.stamp) == 205
+        finally:
+            spin.close()
+
+
+def test_localizer_keeps_its_map_when_a_new_one_fails(world, tmp_path):
+    from std_srvs.srv import Trigger as T
+
+    ckpt, map_path, images, other = world
+    corrupt = tmp_path / "corrupt.scmpr-map"
+    data = bytearray(map_path.read_bytes())
+    data[-100] ^= 0x55
+    corrupt.write_bytes(bytes(data))
+    ns = unique_namespace()
+    with ros_context() as ctx:
+        spin = Spinner(ctx)
+        try:
+            server = spin.add(MapServer(context=ctx, namespace=ns,
+                                        parameter_overrides=[Parameter("map_file", value=str(map_path))]))
+            loc = spin.add(_start_localizer(ctx, ns, ckpt))
+            sink = Sink(ctx, ns)
+            spin.add(sink.node)
+            assert wait_for(lambda: loc.active is not None, 20.0)
+            # map_server refuses the corrupt file itself: the localizer never sees it
+            server.set_parameters([Parameter("map_file", value=str(corrupt))])
+            assert not call_service(sink.node, T, f"{ns}/map_server/reload_map").success
+            # a valid file built with another model: map_server serves it, the localizer refuses it
+            server.set_parameters([Parameter("map_file", value=str(other))])
+            assert call_service(sink.node, T, f"{ns}/map_server/reload_map").success
+            assert wait_for(lambda: "another-mode" in loc.map_error, 10.0), loc.map_error
+            assert loc.active.announcement.version == 1 and loc.active.announcement.path == str(map_path.resolve())
+            assert sink.send_until_done(rgb_to_image_msg(images[7], 42, "camera"))
+            assert read_hypotheses(sink.scores[42])["viewpoint_id"][0] == 507
+            assert wait_for(lambda: any(st.level == DiagnosticStatus.WARN and "reload failed" in st.message
+                                        for a in sink.diag for st in a.status), 5.0)
+            # and a good map again: version 3 becomes active
+            server.set_parameters([Parameter("map_file", value=str(map_path))])
+            assert call_service(sink.node, T, f"{ns}/map_server/reload_map").success
+            assert wait_for(lambda: loc.active.announcement.version == 3 and not loc.map_error, 10.0)
+        finally:
+            spin.close()
