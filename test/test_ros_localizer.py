@@ -18,8 +18,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ros_helpers import Spinner, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
-from scmpr_ros.config import ModelConfig, ScmprConfig  # noqa: E402
+from ros_helpers import NUM_IMAGES, Spinner, build_test_world, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
 from scmpr_ros.nodes.conversions import read_hypotheses, rgb_to_image_msg, stamp_to_ns  # noqa: E402
 from scmpr_ros.nodes.localizer import Localizer  # noqa: E402
 from scmpr_ros.nodes.map_server import MapServer  # noqa: E402
@@ -32,65 +31,12 @@ from scmpr_ros.nodes.qos import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.ros
-NUM_IMAGES = 12
-
-
-def _images(n=NUM_IMAGES, seed=0):
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        small = rng.integers(0, 256, (6, 12, 3), dtype=np.uint8)
-        out.append(cv2.resize(small, (96, 48), interpolation=cv2.INTER_NEAREST))
-    return out
-
-
-def _map_data(descriptors, grids, protos, checksum, n):
-    from scmpr_ros.retrieval.map_file import MapData
-    from scmpr_ros.nodes.transforms import quat_from_yaw
-
-    poses = np.zeros((n, 7))
-    poses[:, 0] = np.arange(n) * 10.0
-    poses[:, 3:] = [quat_from_yaw(0.3 * i) for i in range(n)]
-    return MapData(descriptors=np.asarray(descriptors, np.float32), poses=poses,
-                   viewpoint_ids=np.arange(n, dtype=np.int64) + 500, source_frames=np.arange(n, dtype=np.int64),
-                   semantic_grids=np.asarray(grids, bool), prototypes=protos,
-                   camera={"width": 96, "height": 48, "fx": 50.0, "fy": 50.0, "cx": 48.0, "cy": 24.0,
-                           "T_cam_velo": np.eye(4).tolist()},
-                   model_config={}, model_checksum=checksum)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(checkpoint path, map path, images, other-model map path)."""
-    from scmpr_ros.model import SCMPRModel, load_checkpoint, model_checksum, save_checkpoint
-    from scmpr_ros.retrieval.map_file import write_map
-    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
-
-    d = tmp_path_factory.mktemp("loc")
-    torch.manual_seed(0)
-    cfg = ModelConfig(image_height=64, image_width=128, descriptor_dim=64, feature_dim=32, netvlad_clusters=4)
-    ckpt = d / "model.safetensors"
-    save_checkpoint(ckpt, SCMPRModel(cfg).eval(), cfg)
-    model, _, _ = load_checkpoint(ckpt)
-    checksum = model_checksum(model)
-    rng = np.random.default_rng(1)
-    protos = rng.normal(size=(model.num_classes, model.feature_dim)).astype(np.float32)
-    images = _images()
-    n = len(images)
-    # Pass 1: any map with the right shapes gives the recognizer; pass 2 stores its descriptors and grids.
-    desc0 = rng.normal(size=(n, model.descriptor_dim))
-    desc0 /= np.linalg.norm(desc0, axis=1, keepdims=True)
-    provisional = _map_data(desc0, np.zeros((n, 4, 8, model.num_classes)), protos, checksum, n)
-    results = PlaceRecognizer(model, provisional, ScmprConfig()).recognize_batch(images)
-    desc = np.stack([r.descriptor for r in results])
-    grids = np.stack([r.query_grid for r in results])
-    map_path = d / "town.scmpr-map"
-    write_map(map_path, _map_data(desc, grids, protos, checksum, n))
-    other = d / "other.scmpr-map"
-    write_map(other, _map_data(desc, grids, protos, "another-model", n))
-    return ckpt, map_path, images, other
+    return build_test_world(tmp_path_factory.mktemp("loc"))
 
 
 class Sink:

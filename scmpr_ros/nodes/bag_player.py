@@ -6,7 +6,7 @@ bag time (t_bag0 + elapsed_wall * rate) at ``clock_frequency`` Hz and before eve
 nodes with use_sim_time.  Topics whose message package is not importable here (e.g. tf2_msgs
 without a ROS install) are skipped with a warning.  Topics recorded with transient-local QoS are
 republished latched.  Parameters: bag, rate, clock, clock_frequency, topics, wait_for_topics,
-wait_timeout_s, start_delay_s, loop.
+min_subscribers, wait_timeout_s, start_delay_s, loop.
 """
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ PARAMETERS = {
     "clock": False,
     "clock_frequency": 100.0,
     "topics": [""],  # empty entries are ignored; no topic given = all topics
-    "wait_for_topics": [""],  # start once each has a subscriber (or after wait_timeout_s)
+    "wait_for_topics": [""],  # start once each has min_subscribers subscribers (or after wait_timeout_s)
+    "min_subscribers": 1,
     "wait_timeout_s": 10.0,
     "start_delay_s": 0.0,
     "loop": False,
@@ -73,6 +74,7 @@ class BagPlayer(Node):
         self.clock = bool(g("clock"))
         self.clock_period = 1.0 / max(1e-3, float(g("clock_frequency")))
         self.wait_for = [t for t in g("wait_for_topics") if t]
+        self.min_subscribers = max(1, int(g("min_subscribers")))
         self.wait_timeout = float(g("wait_timeout_s"))
         self.start_delay = float(g("start_delay_s"))
         self.loop = bool(g("loop"))
@@ -143,10 +145,12 @@ class BagPlayer(Node):
             if pub is None:
                 self.get_logger().warn(f"wait_for_topics: {topic} is not replayed; not waiting for it")
                 continue
-            while pub.get_subscription_count() == 0 and time.monotonic() < deadline and not self._stop.is_set():
+            while pub.get_subscription_count() < self.min_subscribers and time.monotonic() < deadline \
+                    and not self._stop.is_set():
                 time.sleep(0.02)
-            if pub.get_subscription_count() == 0:
-                self.get_logger().warn(f"no subscriber on {topic} after {self.wait_timeout:.1f} s; starting anyway")
+            if pub.get_subscription_count() < self.min_subscribers:
+                self.get_logger().warn(f"{pub.get_subscription_count()} subscribers on {topic} after "
+                                       f"{self.wait_timeout:.1f} s (waiting for {self.min_subscribers}); starting anyway")
 
     def _play(self) -> None:
         try:

@@ -53,8 +53,10 @@ class Recorder(Node):
     def __init__(self, image_topic: str, **kwargs) -> None:
         super().__init__("scmpr_recorder", **kwargs)
         self.lock = threading.Lock()
-        self.image_times: dict[int, float] = {}
-        self.results: dict[int, dict[str, Any]] = {}
+        self.image_times: dict[int, float] = {}  # latest arrival per stamp (a looping bag repeats stamps)
+        self.results: dict[int, dict[str, Any]] = {}  # latest outputs per stamp
+        self.latencies_ms: list[float] = []  # one per PoseArray: its arrival - its image's arrival
+        self.result_count = 0
         self.create_subscription(Image, image_topic, self._on_image, SENSOR_QOS)
         self.create_subscription(PoseArray, HYPOTHESES_TOPIC, self._on_poses, OUTPUT_QOS)
         self.create_subscription(PointCloud2, SCORES_TOPIC, self._on_scores, OUTPUT_QOS)
@@ -65,15 +67,19 @@ class Recorder(Node):
 
     def _on_image(self, msg: Image) -> None:
         with self.lock:
-            self.image_times.setdefault(stamp_to_ns(msg.header.stamp), time.monotonic())
+            self.image_times[stamp_to_ns(msg.header.stamp)] = time.monotonic()
 
     def _on_poses(self, msg: PoseArray) -> None:
         t = time.monotonic()
         poses = np.array([[p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
                            p.orientation.z, p.orientation.w] for p in msg.poses])
+        stamp = stamp_to_ns(msg.header.stamp)
         with self.lock:
             e = self._entry(msg.header.stamp)
             e.update(poses=poses, t_result=t, frame_id=msg.header.frame_id)
+            self.result_count += 1
+            if stamp in self.image_times:
+                self.latencies_ms.append((t - self.image_times[stamp]) * 1e3)
 
     def _on_scores(self, msg: PointCloud2) -> None:
         h = read_hypotheses(msg)
@@ -98,16 +104,16 @@ class ReplayResult:
     images_published: int
     play_wall_s: float  # first to last published message
     results: dict[int, dict[str, Any]]  # image stamp ns -> poses (k,7), hypotheses, covariance, t_result
-    image_times: dict[int, float]
+    result_count: int  # PoseArrays received (a looping bag gives several per stamp)
+    latencies_ms: np.ndarray  # end-to-end, one per PoseArray
     localizer: dict[str, Any]  # Localizer.stats() at the end
     rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MB)
 
     def e2e_latency_ms(self) -> np.ndarray:
-        out = [(r["t_result"] - self.image_times[s]) * 1e3 for s, r in self.results.items() if s in self.image_times]
-        return np.array(sorted(out))
+        return np.sort(np.asarray(self.latencies_ms, dtype=np.float64))
 
     def processed_hz(self) -> float:
-        return len(self.results) / self.play_wall_s if self.play_wall_s > 0 else float("nan")
+        return self.result_count / self.play_wall_s if self.play_wall_s > 0 else float("nan")
 
     def summary(self) -> dict[str, Any]:
         lat = self.e2e_latency_ms()
@@ -115,7 +121,7 @@ class ReplayResult:
         rss = [m for _, m in self.rss_mb]
         return {
             "images_published": self.images_published,
-            "results": len(self.results),
+            "results": self.result_count,
             "dropped": int(self.localizer["dropped"]),
             "rejected": int(self.localizer["rejected"]),
             "processed_hz": self.processed_hz(),
@@ -191,6 +197,7 @@ def run_replay(
             raise ScmprError(f"localizer got no map within {map_timeout_s:.0f} s ({localizer.map_status})")
         player = BagPlayer(context=ctx, parameter_overrides=[Parameter("bag", value=str(bag)),
                                                               Parameter("rate", value=float(rate)),
+                                                              Parameter("min_subscribers", value=2),
                                                               Parameter("loop", value=bool(loop))])
         nodes.append(player)
         executor.add_node(player)
@@ -212,8 +219,10 @@ def run_replay(
                 player.stop()
             if player.done.is_set() and localizer.idle():
                 idle_since = idle_since or now
-                # done when every processed image has its outputs here, or settle_s after the last one
-                if len(recorder.complete()) >= localizer.processed or now - idle_since >= settle_s:
+                # done when every published image reached the localizer and every processed one has its
+                # outputs here; or settle_s after the localizer went idle (best-effort images can be lost)
+                all_in = localizer.received >= player.published_per_topic.get(image_topic, 0)
+                if (all_in and recorder.result_count >= localizer.processed) or now - idle_since >= settle_s:
                     break
             else:
                 idle_since = None
@@ -223,7 +232,8 @@ def run_replay(
             bag=str(bag), map_file=str(map_file), model=str(model), rate=float(rate),
             images_published=player.published_per_topic.get(image_topic, 0),
             play_wall_s=max(0.0, play_end - (t_play or play_end)),
-            results=recorder.complete(), image_times=dict(recorder.image_times),
+            results=recorder.complete(), result_count=recorder.result_count,
+            latencies_ms=np.array(recorder.latencies_ms),
             localizer=localizer.stats(), rss_mb=rss,
         )
     finally:

@@ -1,0 +1,117 @@
+"""`scmpr replay` / `scmpr benchmark ros`: bag_player -> localizer <- map_server in one process over loopback
+DDS with the launch params file, scored against the bag's ground-truth odometry."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("torch")
+
+from ros_helpers import NUM_IMAGES, build_test_world  # noqa: E402
+from scmpr_ros.bags.kitti_to_bag import IMAGE_TOPIC, ODOM_TOPIC  # noqa: E402
+from scmpr_ros.nodes.conversions import image_fields, ns_to_sec_nanosec  # noqa: E402
+
+pytestmark = pytest.mark.ros
+T0 = 1_650_000_000_000_000_000
+PERIOD = 200_000_000  # 5 Hz
+
+
+def _write_query_bag(path, images, offset_m=1.5):
+    """Image i at T0 + i*PERIOD, ground truth 1.5 m beside viewpoint i (x = 10 i); image 11 is a wrong place."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    T = ts.types
+    with Writer(path, version=9) as w:
+        ci = w.add_connection(IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=ts)
+        co = w.add_connection(ODOM_TOPIC, "nav_msgs/msg/Odometry", typestore=ts)
+        for i, img in enumerate(images):
+            t = T0 + i * PERIOD
+            sec, nsec = ns_to_sec_nanosec(t)
+            hdr = lambda f: T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=f)  # noqa: E731
+            w.write(ci, t, ts.serialize_cdr(T["sensor_msgs/msg/Image"](header=hdr("camera"), **image_fields(img)),
+                                            "sensor_msgs/msg/Image"))
+            x = 10.0 * i + offset_m if i < len(images) - 1 else 500.0  # the last query is 400 m from any viewpoint
+            pose = T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=x, y=0.0, z=0.0),
+                                               orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
+            z = np.zeros(36)
+            vec = T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0)
+            odom = T["nav_msgs/msg/Odometry"](
+                header=hdr("map"), child_frame_id="velodyne",
+                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=z),
+                twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=T["geometry_msgs/msg/Twist"](linear=vec, angular=vec),
+                                                                 covariance=z))
+            w.write(co, t, ts.serialize_cdr(odom, "nav_msgs/msg/Odometry"))
+
+
+@pytest.fixture(scope="module")
+def replay_world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("replay")
+    ckpt, map_path, images, _ = build_test_world(d)
+    bag = d / "query_bag"
+    _write_query_bag(bag, images)
+    return ckpt, map_path, bag
+
+
+def test_run_replay_localizes_every_image_and_scores_it(replay_world):
+    from scmpr_ros.nodes.replay import run_replay, score_replay
+
+    ckpt, map_path, bag = replay_world
+    res = run_replay(bag, map_path, ckpt, rate=1.0, localizer_overrides={"threads": 1})
+    s = res.summary()
+    assert s["images_published"] == NUM_IMAGES
+    assert s["results"] + s["dropped"] == NUM_IMAGES and s["results"] >= NUM_IMAGES // 2, s
+    assert set(res.results) <= {T0 + i * PERIOD for i in range(NUM_IMAGES)}
+    for stamp, r in res.results.items():
+        i = (stamp - T0) // PERIOD
+        assert r["frame_id"] == "map" and int(r["hypotheses"]["viewpoint_id"][0]) == 500 + i
+        assert r["poses"][0][0] == pytest.approx(10.0 * i)
+    lat = res.e2e_latency_ms()
+    assert len(lat) == res.result_count == len(res.results) and np.all(lat > 0) and np.all(lat < 5000)
+    assert s["e2e_latency_ms"]["p95"] >= s["e2e_latency_ms"]["p50"] > 0
+    assert 0 < s["processed_hz"] <= 5.0 * 1.3
+    assert s["rss_mb"]["end"] > 0
+    sc = score_replay(res, threshold_m=5.0)
+    last = T0 + (NUM_IMAGES - 1) * PERIOD
+    # every query with a true match within 5 m is found at rank 1; the one 400 m away is not counted
+    assert sc["recall"]["R@1"] == 1.0
+    assert sc["num_scored"] == len(res.results) - (1 if last in res.results else 0)
+    sc_tight = score_replay(res, threshold_m=1.0)  # 1.5 m from the viewpoint: nothing within 1 m
+    assert sc_tight["num_scored"] == 0
+
+
+def test_replay_and_benchmark_commands(replay_world, tmp_path):
+    from scmpr_ros.cli import main
+
+    ckpt, map_path, bag = replay_world
+    out = tmp_path / "out"
+    rc = main(["replay", "--bag", str(bag), "--map", str(map_path), "--model", str(ckpt), "--rate", "1.0",
+               "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "replay_summary.json").read_text())
+    assert summary["score"]["recall"]["R@1"] == 1.0 and summary["images_published"] == NUM_IMAGES
+    rows = (out / "hypotheses.csv").read_text().splitlines()
+    assert rows[0].startswith("stamp_ns,rank,viewpoint_id") and len(rows) == 1 + 5 * summary["results"]
+    assert (out / "trajectory.png").stat().st_size > 1000
+
+    bench = tmp_path / "bench"
+    rc = main(["benchmark", "ros", "--bag", str(bag), "--map", str(map_path), "--model", str(ckpt),
+               "--rate", "2", "--duration", "3", "--out", str(bench)])
+    assert rc == 0
+    b = json.loads((bench / "benchmark_ros.json").read_text())
+    assert b["images_published"] > NUM_IMAGES  # the 2.4 s bag looped at rate 2 for 3 s
+    assert b["results"] > 0 and b["e2e_latency_ms"]["p50"] > 0 and "rss_growth_mb" in b
+    assert len(b["rss_over_time"]) >= 3
+
+
+def test_replay_reports_a_missing_bag(tmp_path, replay_world):
+    from scmpr_ros.bags.reader import BagError
+    from scmpr_ros.nodes.replay import run_replay
+
+    ckpt, map_path, _ = replay_world
+    with pytest.raises(BagError, match="not a rosbag2 directory"):
+        run_replay(tmp_path / "none", map_path, ckpt)
