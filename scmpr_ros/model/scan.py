@@ -45,7 +45,12 @@ def _mamba_selective_scan_fn():
 
             _MAMBA_FN = selective_scan_fn
         except Exception:  # noqa: BLE001 - any import failure means "not available"
-            _MAMBA_FN = None
+            # mamba_ssm's package __init__ imports Mamba-2/3 extras (triton, tilelang, ...); the
+            # compiled kernel it installs can still be present and is all we need.
+            from scmpr_ros.model.scan_cuda import load_extension, make_selective_scan_fn
+
+            ext = load_extension()
+            _MAMBA_FN = make_selective_scan_fn(ext) if ext is not None else None
     return _MAMBA_FN
 
 
