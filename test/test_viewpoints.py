@@ -196,3 +196,52 @@ def test_render_throughput(drive, held_out_map, capsys):
     with capsys.disabled():
         print(f"\n[viewpoints] camera-FOV renders per second: scan {out['scan']:.0f}/s, map {out['map']:.0f}/s")
     assert out["scan"] > 5 and out["map"] > 2
+
+
+# -- segmentation ---------------------------------------------------------------------------------
+def test_learned_segmenter_trains_and_round_trips(drive, tmp_path):
+    from scmpr_ros.lidar.segmentation import RangeImageSegmenter, segmentation_miou, train_range_segmenter
+
+    poses, scans = drive
+    cfg = LidarConfig()
+    proj = RangeProjector(cfg)
+    train = [proj.project(*scans[i]) for i in range(0, 24, 3)]
+    seg = train_range_segmenter(train, cfg, steps=300, batch=2048, seed=0)
+    held = [scans[i] for i in range(25, 36, 5)]
+    pred = np.concatenate([seg.segment_points(p) for p, _ in held])
+    truth = np.concatenate([l for _, l in held])
+    miou, per = segmentation_miou(pred, truth)
+    print(f"\n[segmentation] learned range-image segmenter on held-out frames: mIoU {miou:.3f} "
+          + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
+    assert miou > 0.6 and per["road"] > 0.6 and per["building"] > 0.8
+    path = tmp_path / "seg.npz"
+    seg.save(path)
+    again = RangeImageSegmenter.load(path, cfg)
+    np.testing.assert_array_equal(again.segment_points(held[0][0]), seg.segment_points(held[0][0]))
+    path.write_bytes(b"junk")
+    from scmpr_ros.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="not a segmenter weights file"):
+        RangeImageSegmenter.load(path, cfg)
+
+
+def test_make_segmenter_choices(tmp_path):
+    from types import SimpleNamespace
+
+    from scmpr_ros.errors import DatasetError
+    from scmpr_ros.lidar.segmentation import GroundTruthSegmenter, make_segmenter
+
+    labelled = SimpleNamespace(root="r", name="00", has_labels=True,
+                               load_labels=lambda i: np.array([1, 2, 3], np.uint8))
+    seg = make_segmenter(LidarConfig(), labelled)
+    assert isinstance(seg, GroundTruthSegmenter)
+    assert list(seg.segment(labelled, 0, np.zeros((3, 4), np.float32))) == [1, 2, 3]
+    with pytest.raises(DatasetError, match="do not belong together"):
+        seg.segment(labelled, 0, np.zeros((4, 4), np.float32))
+    unlabelled = SimpleNamespace(root="r", name="07", has_labels=False)
+    with pytest.raises(DatasetError, match="no per-point labels.*train-segmenter"):
+        make_segmenter(LidarConfig(), unlabelled)
+    with pytest.raises(DatasetError, match="segmenter weights not found"):
+        make_segmenter(LidarConfig(segmentation="learned", segmenter_weights=str(tmp_path / "none.npz")), unlabelled)
+    with pytest.raises(DatasetError, match="segmenter_weights is empty"):
+        make_segmenter(LidarConfig(segmentation="learned"), labelled)
