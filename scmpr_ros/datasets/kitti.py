@@ -14,7 +14,6 @@ import numpy as np
 from scmpr_ros.datasets.base import (
     Calibration,
     Sequence,
-    invert_pose,
     png_size,
     read_numbers_file,
     read_rgb,
@@ -200,8 +199,8 @@ class KittiSequence(Sequence):
             raise DatasetError(f"{path}: has {len(rows)} poses but velodyne/ has {n} scans; expected one pose line per frame")
         T_w_c0 = to_homogeneous(rows)
         valid = np.isfinite(rows).all(axis=1)
-        Tr_inv = invert_pose(self.Tr)
-        c2_inv = invert_pose(self.T_cam2_cam0)
+        Tr_inv = np.linalg.inv(self.Tr)  # calibration rotations are not exactly orthonormal
+        c2_inv = np.linalg.inv(self.T_cam2_cam0)
         self.poses_velo[valid] = Tr_inv @ T_w_c0[valid] @ self.Tr
         self.poses_cam[valid] = Tr_inv @ T_w_c0[valid] @ c2_inv
         self.pose_valid = valid

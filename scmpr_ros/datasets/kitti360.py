@@ -17,7 +17,6 @@ import numpy as np
 from scmpr_ros.datasets.base import (
     Calibration,
     Sequence,
-    invert_pose,
     png_size,
     read_numbers_file,
     read_rgb,
@@ -218,7 +217,7 @@ class Kitti360Sequence(Sequence):
             raise DatasetError(f"{velo_path}: non-number in the matrix ({exc})") from exc
         self.R_rect = R_rect
         image_size = png_size(first_image) if first_image is not None else None
-        self.calib = Calibration(K=P[:, :3].copy(), P=P, T_cam_velo=R_rect @ invert_pose(self.T_velo_cam0), image_size=image_size)
+        self.calib = Calibration(K=P[:, :3].copy(), P=P, T_cam_velo=R_rect @ np.linalg.inv(self.T_velo_cam0), image_size=image_size)
         self.calib_keys = sorted(k for k in persp if k.endswith("_00")) + ["calib_cam_to_velo"]
         self._cal_dir = cal_dir
 
@@ -236,7 +235,7 @@ class Kitti360Sequence(Sequence):
         self.pose_valid = np.zeros(n, dtype=bool)
         pose_dir = self.root / "data_poses" / drive
         pose_path, cam_path = pose_dir / "poses.txt", pose_dir / "cam0_to_world.txt"
-        velo_from_cam0 = invert_pose(self.T_velo_cam0)
+        velo_from_cam0 = np.linalg.inv(self.T_velo_cam0)  # calibration matrices are not exactly orthonormal
         lookup = {int(f): i for i, f in enumerate(self.frame_index)}
         cam_valid = np.zeros(n, dtype=bool)
         if cam_path.is_file():
@@ -256,7 +255,7 @@ class Kitti360Sequence(Sequence):
                 T_w_pose = _hom(row[1:])
                 self.poses_velo[i] = T_w_pose @ T_pose_cam0 @ velo_from_cam0
                 if not cam_valid[i]:
-                    self.poses_cam[i] = T_w_pose @ T_pose_cam0 @ invert_pose(self.R_rect)
+                    self.poses_cam[i] = T_w_pose @ T_pose_cam0 @ np.linalg.inv(self.R_rect)
                 self.pose_valid[i] = True
         elif cam_valid.any():
             # only cam0_to_world.txt: the LiDAR pose follows from the rectified camera pose

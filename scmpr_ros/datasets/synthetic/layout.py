@@ -200,6 +200,10 @@ class TownBuilder:
                 }
 
     # ---- helpers ----
+    def uni(self, lo, hi):
+        """Uniform in [lo, hi]; lo when the interval is empty (short sides and lots)."""
+        return self.rng.uniform(lo, max(lo, hi))
+
     def pick(self, seq):
         return seq[int(self.rng.integers(len(seq)))]
 
@@ -510,7 +514,7 @@ class TownBuilder:
                 self.traffic_light(side.p(end_u, 0.5), face)
                 side.taken.append((end_u, 0.5))
         for _ in range(int(rng.integers(0, 3))):
-            u = rng.uniform(3, side.length - 3)
+            u = self.uni(3, side.length - 3)
             if side.free(u, 1.0):
                 q = side.p(u, sw - 0.6)
                 if rng.random() < 0.5:
@@ -523,16 +527,16 @@ class TownBuilder:
                                 color=srgb(60, 60, 60), refl=0.3)
                 side.taken.append((u, 1.0))
         if rng.random() < 0.35:  # bus shelter
-            u = rng.uniform(8, max(side.length - 8, 8.5))
+            u = self.uni(8, max(side.length - 8, 8.5))
             if side.free(u, 2.5) and sw > 2.8:
                 q = side.p(u, sw - 0.9)
                 self.mb.box(q[0], q[1], KERB_H, 3.0, 1.2, 2.4, side.yaw, sk=SK["other_structure"], tex=Tex.METAL,
                             color=srgb(90, 110, 120), refl=0.3)
                 side.taken.append((u, 1.8))
         for _ in range(int(rng.poisson(0.6))):
-            u = rng.uniform(2, side.length - 2)
+            u = self.uni(2, side.length - 2)
             if side.free(u, 0.6):
-                q = side.p(u, rng.uniform(0.9, sw - 0.4))
+                q = side.p(u, self.uni(0.9, sw - 0.4))
                 self.person(q[0], q[1], side.yaw + (0 if rng.random() < 0.5 else np.pi))
                 side.taken.append((u, 0.4))
 
@@ -569,7 +573,7 @@ class TownBuilder:
                     self.fence(side.p(u + 0.2, front), side.p(u1 - 0.2, front), rng.uniform(0.9, 1.5),
                                self.pick(["slats", "hedge", "wall", "metal"]))
                 if rng.random() < 0.5:
-                    q = side.p(u + rng.uniform(1, max(width - 1, 1.5)), sw + setback / 2 + 0.3)
+                    q = side.p(u + self.uni(1, max(width - 1, 1.5)), sw + setback / 2 + 0.3)
                     (self.tree if rng.random() < 0.5 else self.bush)(q[0], q[1], KERB_H)
             elif kind == "warehouse":
                 setback = rng.uniform(4, 9)
@@ -583,7 +587,7 @@ class TownBuilder:
             elif kind == "yard":
                 self.fence(side.p(u + 0.2, front), side.p(u1 - 0.2, front), rng.uniform(1.8, 2.4), self.pick(["metal", "wall"]))
                 for _ in range(int(rng.integers(1, 4))):
-                    q = side.p(rng.uniform(u + 3, u1 - 3), sw + rng.uniform(4, depth_max - 2))
+                    q = side.p(self.uni(u + 3, u1 - 3), sw + self.uni(4, depth_max - 2))
                     self.mb.box(q[0], q[1], KERB_H, rng.uniform(2, 6), rng.uniform(2, 3), rng.uniform(1.5, 2.6),
                                 rng.uniform(0, np.pi), sk=SK["other_structure"], tex=Tex.METAL,
                                 color=srgb(*self.pick([(150, 60, 40), (40, 80, 140), (120, 120, 110)])), refl=0.4)
@@ -591,13 +595,13 @@ class TownBuilder:
                 if kind == "park" and rng.random() < 0.5:
                     self.fence(side.p(u + 0.2, front), side.p(u1 - 0.2, front), rng.uniform(0.6, 1.0), self.pick(["hedge", "metal"]))
                 for _ in range(int(rng.integers(1, 5))):
-                    q = side.p(rng.uniform(u + 1.5, u1 - 1.5), sw + rng.uniform(2, depth_max))
+                    q = side.p(self.uni(u + 1.5, u1 - 1.5), sw + self.uni(2, depth_max))
                     self.tree(q[0], q[1], KERB_H, big=rng.uniform(0.9, 1.3))
                 for _ in range(int(rng.integers(0, 4))):
-                    q = side.p(rng.uniform(u + 1, u1 - 1), sw + rng.uniform(1.5, depth_max))
+                    q = side.p(self.uni(u + 1, u1 - 1), sw + self.uni(1.5, depth_max))
                     self.bush(q[0], q[1])
                 if rng.random() < 0.3:
-                    q = side.p(rng.uniform(u + 1, u1 - 1), sw + rng.uniform(1.5, depth_max))
+                    q = side.p(self.uni(u + 1, u1 - 1), sw + self.uni(1.5, depth_max))
                     self.person(q[0], q[1], rng.uniform(0, 2 * np.pi))
             u = u1
 

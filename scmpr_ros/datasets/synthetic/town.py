@@ -156,7 +156,7 @@ def plan_query(rng: np.random.Generator, route: RoutePath, s_lo: float, s_hi: fl
 
     pieces, rev = [], []
     s1 = s_lo + rng.uniform(1.0, 5.0)
-    s2 = near_safe(s1 + 0.55 * length, s1 + 20, s_hi - 4) if length >= 90 else None
+    s2 = near_safe(s1 + 0.55 * length, s1 + 20, s_hi - 4) if length >= 70 else None
     s3 = near_safe(s2 - 0.22 * length, s_lo + 4, s2 - 15) if s2 is not None else None
     if s2 is not None and s3 is not None:
         c1, c2, c3 = c_fwd(), c_rev(), c_fwd()
