@@ -27,7 +27,8 @@ def _replay_report(result, score: dict | None) -> str:
     lines = [
         f"images published {s['images_published']}, localized {s['results']}, dropped {s['dropped']}, "
         f"rejected {s['rejected']} ({s['device']})",
-        f"processed {_fmt(s['processed_hz'], ' Hz')} over {s['play_wall_s']:.1f} s of playback",
+        f"processed {_fmt(s['processed_hz'], ' Hz')} (images in at {_fmt(s['input_hz'], ' Hz')}) over "
+        f"{s['play_wall_s']:.1f} s of playback",
         f"end-to-end latency p50 {_fmt(s['e2e_latency_ms']['p50'], ' ms')}, p95 {_fmt(s['e2e_latency_ms']['p95'], ' ms')}"
         f" (encoder+search p50 {_fmt(s['compute_ms']['p50'], ' ms')}, p95 {_fmt(s['compute_ms']['p95'], ' ms')})",
         f"RSS {s['rss_mb']['start']:.0f} -> {s['rss_mb']['end']:.0f} MB (max {s['rss_mb']['max']:.0f})",
@@ -63,6 +64,82 @@ def _write_outputs(out: Path, result, score: dict | None) -> None:
         plot_trajectory(d["db_xyz"][:, :2], d["query_xyz"][:, :2], d["hits"], out / "trajectory.png",
                         title="ROS replay: top-1 hits (green) and misses (red)", evaluated=d["evaluated"],
                         top1_xy=top1)
+
+
+def run_demo(work: Path, model: Path, *, frames: int, seed: int, image_size: tuple[int, int], azimuth_steps: int,
+             rate: float, device: str | None, regenerate: bool, echo=print) -> dict:
+    """Town (cached) -> map with the model (cached per model checksum) -> query bag (cached) -> replay -> score.
+
+    Returns the replay summary with the score; writes replay_summary.json, hypotheses.csv and
+    trajectory.png under ``work/results``.
+    """
+    import time
+
+    import yaml
+
+    from scmpr_ros.bags.kitti_to_bag import kitti_to_bag
+    from scmpr_ros.config import default_config_dir, load_config
+    from scmpr_ros.datasets import open_sequence
+    from scmpr_ros.datasets.synthetic.writer import MANIFEST, generate_town, read_manifest
+    from scmpr_ros.io_utils import atomic_write_text
+    from scmpr_ros.model import load_checkpoint, model_checksum
+    from scmpr_ros.nodes.replay import run_replay, score_replay
+    from scmpr_ros.retrieval.builder import build_map
+
+    work = Path(work)
+    town = work / "town"
+    wanted = {"seed": seed, "frames": frames, "image_size": list(image_size), "azimuth_steps": azimuth_steps}
+    stamp = work / "town_params.yaml"
+    t0 = time.perf_counter()
+    if regenerate or not (town / MANIFEST).is_file() or not stamp.is_file() or yaml.safe_load(stamp.read_text()) != wanted:
+        echo(f"[1/4] generating the synthetic town (seed {seed}, {frames} frames) in {town} ...")
+        generate_town(town, seed=seed, frames=frames, conditions="day", image_size=image_size,
+                      azimuth_steps=azimuth_steps, overwrite=True)
+        atomic_write_text(stamp, yaml.safe_dump(wanted))
+        for old in work.glob("*.scmpr-map"):
+            old.unlink()
+        for old in work.glob("query_*_bag"):
+            import shutil
+
+            shutil.rmtree(old)
+    else:
+        echo(f"[1/4] synthetic town cached in {town}")
+    manifest = read_manifest(town)
+    map_seq = next(k for k, v in manifest["sequences"].items() if v["pass"] == "map")
+    query_seq = next(k for k, v in manifest["sequences"].items() if v["pass"] == "query")
+    t1 = time.perf_counter()
+
+    net, _model_cfg, _ = load_checkpoint(model, "cpu")
+    checksum = model_checksum(net)
+    map_file = work / f"town_{checksum[:12]}.scmpr-map"
+    if not map_file.is_file():
+        echo(f"[2/4] building the map of sequence {map_seq} with {model} ...")
+        base = default_config_dir() / "scmpr.yaml"
+        cfg = load_config(base) if base.is_file() else load_config()
+        build_map(open_sequence(town, map_seq), net, cfg, map_file, checksum, metadata={"model_file": str(model)})
+    else:
+        echo(f"[2/4] map cached: {map_file}")
+    del net
+    t2 = time.perf_counter()
+    bag = work / f"query_{query_seq}_bag"
+    if not bag.is_dir():
+        echo(f"[3/4] converting query sequence {query_seq} to a rosbag2 ...")
+        kitti_to_bag(town, query_seq, bag, include_lidar=False)
+    else:
+        echo(f"[3/4] query bag cached: {bag}")
+    t3 = time.perf_counter()
+    echo(f"[4/4] replaying {bag.name} at rate {rate}: bag_player -> localizer <- map_server over loopback DDS ...")
+    result = run_replay(bag, map_file, model, rate=rate, device=device)
+    score = score_replay(result, 5.0)
+    t4 = time.perf_counter()
+    out = work / "results"
+    _write_outputs(out, result, score)
+    summary = result.summary() | {"score": {k: v for k, v in score.items() if not k.startswith("_")}}
+    summary["stage_seconds"] = {"town": t1 - t0, "map": t2 - t1, "bag": t3 - t2, "replay": t4 - t3}
+    echo(_replay_report(result, score))
+    echo("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items())
+         + f"; plot {out / 'trajectory.png'}")
+    return summary
 
 
 def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
@@ -115,6 +192,23 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
         if out is not None:
             _write_outputs(out, result, score)
             typer.echo(f"outputs in {out}")
+
+    @app.command("demo")
+    def demo_cmd(
+        work: Path = typer.Option(Path("runs/demo"), "--work", help="cache + output folder"),
+        model: Optional[Path] = typer.Option(None, "--model", help="checkpoint (default: the shipped nano model)"),
+        frames: int = typer.Option(40, "--frames", help="frames of the town's mapping pass"),
+        seed: int = typer.Option(7, "--seed", help="town seed"),
+        width: int = typer.Option(620, "--width", help="rendered image width"),
+        height: int = typer.Option(188, "--height", help="rendered image height"),
+        azimuth_steps: int = typer.Option(1024, "--azimuth-steps", help="LiDAR columns per revolution"),
+        rate: float = typer.Option(1.0, "--rate", help="playback rate"),
+        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+        regenerate: bool = typer.Option(False, "--regenerate", help="rebuild the town, map and bag"),
+    ) -> None:
+        """End to end: synthetic town -> map -> query bag -> replay through the ROS nodes -> R@1, Hz, latency, plot."""
+        run_demo(work, model or _default_model(), frames=frames, seed=seed, image_size=(width, height),
+                 azimuth_steps=azimuth_steps, rate=rate, device=device, regenerate=regenerate, echo=typer.echo)
 
     @benchmark_app.command("ros")
     def benchmark_ros_cmd(

@@ -125,6 +125,7 @@ class ReplayResult:
             "dropped": int(self.localizer["dropped"]),
             "rejected": int(self.localizer["rejected"]),
             "processed_hz": self.processed_hz(),
+            "input_hz": self.images_published / self.play_wall_s if self.play_wall_s > 0 else float("nan"),
             "play_wall_s": self.play_wall_s,
             "e2e_latency_ms": {"p50": pct(50), "p95": pct(95), "max": float(lat.max()) if lat.size else float("nan")},
             "compute_ms": {"p50": self.localizer["compute_p50_ms"], "p95": self.localizer["compute_p95_ms"]},
@@ -195,7 +196,9 @@ def run_replay(
             executor.spin_once(timeout_sec=0.05)
         if localizer.active is None:
             raise ScmprError(f"localizer got no map within {map_timeout_s:.0f} s ({localizer.map_status})")
+        wanted = [image_topic, str(localizer.p["camera_info_topic"]), ODOM_TOPIC]  # what the nodes + scoring use
         player = BagPlayer(context=ctx, parameter_overrides=[Parameter("bag", value=str(bag)),
+                                                              Parameter("topics", value=[t for t in wanted if t in info.topics]),
                                                               Parameter("rate", value=float(rate)),
                                                               Parameter("min_subscribers", value=2),
                                                               Parameter("loop", value=bool(loop))])
