@@ -9,12 +9,14 @@ import typer
 
 
 def _parse_size(text: str) -> tuple[int, int]:
+    from scmpr_ros.errors import InputError
+
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"expected WIDTHxHEIGHT such as 1241x376, got {text!r}") from None
+        raise InputError(f"--image-size: expected WIDTHxHEIGHT such as 1241x376, got {text!r}") from None
     if w < 16 or h < 16:
-        raise typer.BadParameter(f"image size must be at least 16x16, got {text!r}")
+        raise InputError(f"--image-size: must be at least 16x16, got {text!r}")
     return w, h
 
 

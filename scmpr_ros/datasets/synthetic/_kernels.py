@@ -217,7 +217,7 @@ def shade_radiance(cond, t, tri, nrm, dirs, origin, tex, color, param, tab0, tab
                 if cos_a > 0:
                     cone += 0.04
                 ndl = max(nx * lx + ny * ly + nz * lz, 0.0)
-                e = 30.0 * cone * ndl / max(dist * dist, 1.0)
+                e = 25.0 * cone * ndl / max(dist * dist, 1.0)
                 lr += 0.95 * e
                 lg += 0.95 * e
                 lb += e
@@ -227,7 +227,7 @@ def shade_radiance(cond, t, tri, nrm, dirs, origin, tex, color, param, tab0, tab
                 dd = math.sqrt(d2) + 1e-6
                 ndl = max((nx * lx + ny * ly + nz * lz) / dd, 0.0)
                 down = min(max((lz / dd - 0.1) / 0.5, 0.0), 1.0)
-                e = 22.0 * ndl * down / (d2 + 1.0)
+                e = 12.0 * ndl * down / (d2 + 1.0)
                 lr += warm_r * e
                 lg += warm_g * e
                 lb += warm_b * e

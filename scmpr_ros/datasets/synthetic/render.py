@@ -150,7 +150,7 @@ class TownRenderer:
             k_exp, mix, noise_sd, shot, flakes = 2.0, 0.38, 0.012, 0.0, 0.0015
             code = kern.WINTER
         else:
-            zen, hor, fog, fog_dist = (0.002, 0.0025, 0.006), (0.012, 0.010, 0.009), (0.006, 0.0055, 0.005), 160.0
+            zen, hor, fog, fog_dist = (0.0008, 0.001, 0.0025), (0.005, 0.0042, 0.0036), (0.003, 0.0028, 0.0025), 160.0
             fwd = T_town_velo[:3, 0]
             left = T_town_velo[:3, 1]
             base = T_town_velo[:3, 3] + fwd * 1.9 - np.array([0.0, 0.0, 1.0])
@@ -161,7 +161,7 @@ class TownRenderer:
                 dist = np.linalg.norm(self.lamps - hits.origin, axis=1)
                 near = np.argsort(dist)[:8]
                 lamps = self.lamps[near[dist[near] < 90.0]].astype(f32)
-            k_exp, mix, noise_sd, shot, flakes = 7.0, 0.0, 0.03, 0.03, 0.0
+            k_exp, mix, noise_sd, shot, flakes = 4.0, 0.0, 0.03, 0.03, 0.0
             code = kern.NIGHT
         rad = kern.shade_radiance(code, hits.t, hits.tri, hits.normal, hits.dirs, hits.origin.astype(f32), m["tex"], m["color"],
                                m["param"], self.noise.tables[0], self.noise.tables[1], self.sun, vis,

@@ -149,10 +149,13 @@ def plan_query(rng: np.random.Generator, route: RoutePath, s_lo: float, s_hi: fl
         wob = 0.12 * np.sin(s / rng.uniform(9, 20) + rng.uniform(0, 6.3))
         return np.stack([s, c + wob], 1)
 
-    def uturn(s: float, ca: float, cb: float, direction: float) -> np.ndarray:
+    def uturn(s: float, ca: float, cb: float, direction: float) -> tuple[np.ndarray, np.ndarray]:
+        """Half circle from (s, ca) to (s, cb) bulging towards ``direction``; flag = heading now reversed."""
         mid, r = (ca + cb) / 2, abs(ca - cb) / 2
         phi = np.linspace(0, np.pi, max(int(np.pi * r / step), 8))[1:-1]
-        return np.stack([s + direction * r * np.sin(phi), mid + (ca - mid) * np.cos(phi)], 1)
+        pts = np.stack([s + direction * r * np.sin(phi), mid + (ca - mid) * np.cos(phi)], 1)
+        past_half = phi > np.pi / 2
+        return pts, past_half if direction > 0 else ~past_half
 
     pieces, rev = [], []
     s1 = s_lo + rng.uniform(1.0, 5.0)
@@ -164,12 +167,14 @@ def plan_query(rng: np.random.Generator, route: RoutePath, s_lo: float, s_hi: fl
         b = straight(s2, s3, c2)
         remaining = length - (s2 - s1) - (s2 - s3)
         c = straight(s3, min(s3 + max(remaining, 10.0), s_hi - 1.0), c3)
-        parts = [(a, False), (uturn(s2, a[-1, 1], b[0, 1], 1.0), True), (b, True), (uturn(s3, b[-1, 1], c[0, 1], -1.0), False), (c, False)]
+        u1, f1 = uturn(s2, a[-1, 1], b[0, 1], 1.0)
+        u2, f2 = uturn(s3, b[-1, 1], c[0, 1], -1.0)
+        parts = [(a, False), (u1, f1), (b, True), (u2, f2), (c, False)]
     else:
         parts = [(straight(s_hi - 1.0, s_lo + 1.0, c_rev()), True)]
     for arr, flag in parts:
         pieces.append(arr)
-        rev.append(np.full(len(arr), flag))
+        rev.append(np.broadcast_to(np.asarray(flag, dtype=bool), (len(arr),)))
     return np.concatenate(pieces), np.concatenate(rev)
 
 
@@ -189,24 +194,27 @@ class SyntheticTown:
         spacing = _spacings(rng_pass, self.frames - 1)
         s0 = 6.0
         map_len = float(spacing.sum())
-        self.layout = plan_layout(np.random.default_rng([self.seed, 2]), s0 + map_len + 12.0)
+        # the lane is offset from the centre line, so corners change its length: plan with a margin
+        self.layout = plan_layout(np.random.default_rng([self.seed, 2]), s0 + 1.25 * map_len + 20.0)
         builder = TownBuilder(np.random.default_rng([self.seed, 3]), self.layout)
         builder.populate()
         self.mesh = builder.mb.arrays()
         self.lamps = np.asarray(builder.lamps).reshape(-1, 3)
         route = self.layout.route
 
-        # mapping pass: right lane with small steering wobble
-        s = s0 + np.concatenate([[0.0], np.cumsum(spacing)])
-        k = np.arange(self.frames)
-        c = MAP_LANE_C + 0.08 * np.sin(k / rng_pass.uniform(8, 20) + rng_pass.uniform(0, 6.3))
-        xy, th = route.at(s, c)
-        yaw = th + 0.008 * np.sin(k / rng_pass.uniform(5, 12) + rng_pass.uniform(0, 6.3))
-        self.map_pass = DrivePass("map", _poses(xy, yaw), _times(rng_pass, self.frames), s, c, np.zeros(self.frames, bool))
+        # mapping pass: right lane with small lateral and steering wobble, spacing along the lane itself
+        s_dense = np.arange(s0, route.length - 1.0, 0.1)
+        c_dense = MAP_LANE_C + 0.08 * np.sin(s_dense / rng_pass.uniform(12, 30) + rng_pass.uniform(0, 6.3))
+        xy, yaw, fi = _sample_dense(route, np.stack([s_dense, c_dense], 1), spacing)
+        if len(xy) != self.frames:
+            raise RuntimeError(f"route too short for {self.frames} frames ({len(xy)})")  # planning margin makes this unreachable
+        yaw = yaw + 0.008 * np.sin(np.arange(self.frames) / rng_pass.uniform(5, 12) + rng_pass.uniform(0, 6.3))
+        self.map_pass = DrivePass("map", _poses(xy, yaw), _times(rng_pass, self.frames), s_dense[fi], c_dense[fi],
+                                  np.zeros(self.frames, bool))
 
         # query pass: same streets, 1-2 m aside, partly reversed; similar length
         rng_q = np.random.default_rng([self.seed, 4])
-        sc, rev = plan_query(rng_q, route, s[0], s[-1])
+        sc, rev = plan_query(rng_q, route, float(self.map_pass.s[0]), float(self.map_pass.s[-1]))
         qspacing = _spacings(rng_q, int(self.frames * 1.3) + 10)
         qxy, qyaw, qi = _sample_dense(route, sc, qspacing)
         qn = len(qxy)
