@@ -73,6 +73,9 @@ def test_run_replay_localizes_every_image_and_scores_it(replay_world):
     lat = res.e2e_latency_ms()
     assert len(lat) == res.result_count == len(res.results) and np.all(lat > 0) and np.all(lat < 5000)
     assert s["e2e_latency_ms"]["p95"] >= s["e2e_latency_ms"]["p50"] > 0
+    ov = res.overhead_ms()  # e2e minus mailbox wait minus recognizer compute, per image
+    assert len(ov) == len(lat) and -5.0 < np.median(ov) < np.median(lat)
+    assert len(res.trace) == s["results"]
     assert 0 < s["processed_hz"] <= 5.0 * 1.3
     assert s["rss_mb"]["end"] > 0
     sc = score_replay(res, threshold_m=5.0)
@@ -106,6 +109,8 @@ def test_replay_and_benchmark_commands(replay_world, tmp_path):
     assert b["images_published"] > NUM_IMAGES  # the 2.4 s bag looped at rate 2 for 3 s
     assert b["results"] > 0 and b["e2e_latency_ms"]["p50"] > 0 and "rss_growth_mb" in b
     assert len(b["rss_over_time"]) >= 3
+    assert set(b["targets"]) == {"processed >= 10 Hz", "ROS overhead p95 <= 5 ms (e2e - mailbox wait - encoder)",
+                                 "RSS growth < 20 MB"}
 
 
 def test_replay_reports_a_missing_bag(tmp_path, replay_world):

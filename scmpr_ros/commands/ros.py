@@ -30,7 +30,8 @@ def _replay_report(result, score: dict | None) -> str:
         f"processed {_fmt(s['processed_hz'], ' Hz')} (images in at {_fmt(s['input_hz'], ' Hz')}) over "
         f"{s['play_wall_s']:.1f} s of playback",
         f"end-to-end latency p50 {_fmt(s['e2e_latency_ms']['p50'], ' ms')}, p95 {_fmt(s['e2e_latency_ms']['p95'], ' ms')}"
-        f" (encoder+search p50 {_fmt(s['compute_ms']['p50'], ' ms')}, p95 {_fmt(s['compute_ms']['p95'], ' ms')})",
+        f" (encoder+search p50 {_fmt(s['compute_ms']['p50'], ' ms')}, p95 {_fmt(s['compute_ms']['p95'], ' ms')};"
+        f" ROS overhead p50 {_fmt(s['ros_overhead_ms']['p50'], ' ms')}, p95 {_fmt(s['ros_overhead_ms']['p95'], ' ms')})",
         f"RSS {s['rss_mb']['start']:.0f} -> {s['rss_mb']['end']:.0f} MB (max {s['rss_mb']['max']:.0f})",
     ]
     if score is not None:
@@ -233,7 +234,15 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
         s["rss_growth_mb"] = float(warm[-1] - warm[0])
         s["rss_over_time"] = [{"t_s": round(t, 1), "mb": round(m, 1)} for t, m in rss]
         typer.echo(_replay_report(result, None))
-        typer.echo(f"RSS growth after warm-up {s['rss_growth_mb']:+.1f} MB")
+        targets = [  # the targets on 2 CPU cores with the nano model
+            ("processed >= 10 Hz", s["processed_hz"] >= 10.0, f"{s['processed_hz']:.1f} Hz"),
+            ("ROS overhead p95 <= 5 ms (e2e - mailbox wait - encoder)", s["ros_overhead_ms"]["p95"] <= 5.0,
+             f"{s['ros_overhead_ms']['p95']:.1f} ms"),
+            ("RSS growth < 20 MB", s["rss_growth_mb"] < 20.0, f"{s['rss_growth_mb']:+.1f} MB"),
+        ]
+        s["targets"] = {name: {"met": bool(ok), "value": val} for name, ok, val in targets}
+        for name, ok, val in targets:
+            typer.echo(f"  {'met ' if ok else 'MISS'}  {name}: {val}")
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "benchmark_ros.json", json.dumps(s, indent=2, default=float))

@@ -56,6 +56,7 @@ class Recorder(Node):
         self.image_times: dict[int, float] = {}  # latest arrival per stamp (a looping bag repeats stamps)
         self.results: dict[int, dict[str, Any]] = {}  # latest outputs per stamp
         self.latencies_ms: list[float] = []  # one per PoseArray: its arrival - its image's arrival
+        self.events: list[tuple[int, float, float]] = []  # per PoseArray: stamp, image arrival, result arrival
         self.result_count = 0
         self.create_subscription(Image, image_topic, self._on_image, SENSOR_QOS)
         self.create_subscription(PoseArray, HYPOTHESES_TOPIC, self._on_poses, OUTPUT_QOS)
@@ -80,6 +81,7 @@ class Recorder(Node):
             self.result_count += 1
             if stamp in self.image_times:
                 self.latencies_ms.append((t - self.image_times[stamp]) * 1e3)
+                self.events.append((stamp, self.image_times[stamp], t))
 
     def _on_scores(self, msg: PointCloud2) -> None:
         h = read_hypotheses(msg)
@@ -107,10 +109,26 @@ class ReplayResult:
     result_count: int  # PoseArrays received (a looping bag gives several per stamp)
     latencies_ms: np.ndarray  # end-to-end, one per PoseArray
     localizer: dict[str, Any]  # Localizer.stats() at the end
+    events: list = field(default_factory=list)  # recorder: (stamp, image arrival, PoseArray arrival)
+    trace: list = field(default_factory=list)  # localizer: (stamp, arrival, start, recognize 0/1, published)
     rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MB)
 
     def e2e_latency_ms(self) -> np.ndarray:
         return np.sort(np.asarray(self.latencies_ms, dtype=np.float64))
+
+    def overhead_ms(self) -> np.ndarray:
+        """Per image: end-to-end latency minus mailbox wait minus recognizer compute = the ROS cost
+        (DDS in and out, message conversion, publishing)."""
+        by_stamp: dict[int, list] = {}
+        for row in self.trace:
+            by_stamp.setdefault(row[0], []).append(row)
+        out = []
+        for stamp, t_img, t_res in self.events:
+            done = [r for r in by_stamp.get(stamp, []) if r[4] <= t_res]  # recognized before the result arrived
+            if done:
+                _, t_recv, t_start, t0, t1, _t2 = done[-1]
+                out.append(((t_res - t_img) - (t_start - t_recv) - (t1 - t0)) * 1e3)
+        return np.sort(np.asarray(out, dtype=np.float64))
 
     def processed_hz(self) -> float:
         return self.result_count / self.play_wall_s if self.play_wall_s > 0 else float("nan")
@@ -118,6 +136,8 @@ class ReplayResult:
     def summary(self) -> dict[str, Any]:
         lat = self.e2e_latency_ms()
         pct = lambda q: float(np.percentile(lat, q)) if lat.size else float("nan")  # noqa: E731
+        ov = self.overhead_ms()
+        opct = lambda q: float(np.percentile(ov, q)) if ov.size else float("nan")  # noqa: E731
         rss = [m for _, m in self.rss_mb]
         return {
             "images_published": self.images_published,
@@ -129,6 +149,7 @@ class ReplayResult:
             "play_wall_s": self.play_wall_s,
             "e2e_latency_ms": {"p50": pct(50), "p95": pct(95), "max": float(lat.max()) if lat.size else float("nan")},
             "compute_ms": {"p50": self.localizer["compute_p50_ms"], "p95": self.localizer["compute_p95_ms"]},
+            "ros_overhead_ms": {"p50": opct(50), "p95": opct(95)},
             "device": self.localizer["device"],
             "rss_mb": {"start": rss[0] if rss else float("nan"), "end": rss[-1] if rss else float("nan"),
                        "max": max(rss) if rss else float("nan")},
@@ -236,7 +257,8 @@ def run_replay(
             images_published=player.published_per_topic.get(image_topic, 0),
             play_wall_s=max(0.0, play_end - (t_play or play_end)),
             results=recorder.complete(), result_count=recorder.result_count,
-            latencies_ms=np.array(recorder.latencies_ms),
+            latencies_ms=np.array(recorder.latencies_ms), events=list(recorder.events),
+            trace=list(localizer.trace),
             localizer=localizer.stats(), rss_mb=rss,
         )
     finally:
