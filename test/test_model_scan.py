@@ -91,8 +91,11 @@ def test_half_precision_input_keeps_dtype_and_is_close():
 
 def test_backend_resolution_and_errors(monkeypatch):
     cpu = torch.device("cpu")
-    assert resolve_backend("auto", cpu) == "torch"
-    assert resolve_backend("cpu", cpu) == "torch"
+    fast = "numba" if scan.numba_available() else "torch"
+    assert resolve_backend("auto", cpu) == fast  # inference: the compiled kernel when there is one
+    assert resolve_backend("cpu", cpu) == fast
+    assert resolve_backend("auto", cpu, grad=True) == "torch"  # training: the differentiable path
+    assert resolve_backend("torch", cpu) == "torch"
     assert resolve_backend("reference", cpu) == "reference"
     with pytest.raises(ScanBackendError, match="unknown backend"):
         resolve_backend("triton", cpu)

@@ -3,11 +3,13 @@
     Δ = softplus(delta + delta_bias) (if delta_softplus);  h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t
     y_t = C_t · h_t + D u_t;  out = y ⊙ silu(z) (if z is given)
 
-Backends: ``cuda`` (mamba_ssm kernel, imported lazily), ``torch`` (CPU/any device, pure torch with
+Backends: ``cuda`` (mamba_ssm kernel, imported lazily), ``numba`` (CPU inference: the fused
+compiled kernel of ``scan_numba``, no autograd), ``torch`` (CPU/any device, pure torch with
 autograd: a two-level *chunked* linear recurrence -- a sequential loop over the steps of a chunk,
 all chunks at once, then a carry pass over chunks; the gradient is the same recurrence run in
 reverse) and ``reference`` (the plain sequential loop, for tests).  Decays are multiplied, never
-divided, so nothing overflows (a log-cumsum formulation would).
+divided, so nothing overflows (a log-cumsum formulation would).  ``auto`` / ``cpu`` on a CPU take
+numba when no gradient is needed and numba is importable, else torch.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from torch import Tensor
 
 from scmpr_ros.errors import ScmprError
 
-BACKENDS = ("auto", "cuda", "cpu", "torch", "reference")
+BACKENDS = ("auto", "cuda", "cpu", "numba", "torch", "reference")
 CUDA_INSTALL_HINT = (
     "the CUDA selective-scan kernel needs mamba-ssm: `pip install .[cuda]` "
     "(it builds with nvcc and needs a CUDA build of torch); or set model.scan_backend to 'torch'"
@@ -58,12 +60,24 @@ def cuda_kernel_available() -> bool:
     return torch.cuda.is_available() and _mamba_selective_scan_fn() is not None
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map a configured backend name to the one that runs on ``device``: cuda | torch | reference."""
+def numba_available() -> bool:
+    from scmpr_ros.model import scan_numba
+
+    return scan_numba.available()
+
+
+def resolve_backend(backend: str, device: torch.device, grad: bool = False) -> str:
+    """Map a configured backend name to the one that runs on ``device``: cuda | numba | torch | reference.
+
+    ``grad``: whether the call must be differentiable (the numba kernel has no backward)."""
     if backend not in BACKENDS:
         raise ScanBackendError(f"model.scan_backend: unknown backend {backend!r} (choose one of {', '.join(BACKENDS)})")
-    if backend == "auto":
-        return "cuda" if device.type == "cuda" and _mamba_selective_scan_fn() is not None else "torch"
+    if backend in ("auto", "cpu"):
+        if backend == "auto" and device.type == "cuda" and _mamba_selective_scan_fn() is not None:
+            return "cuda"
+        if device.type == "cpu" and not grad and numba_available():
+            return "numba"
+        return "torch"
     if backend == "cuda":
         if _mamba_selective_scan_fn() is None:
             raise ScanBackendError(f"model.scan_backend=cuda: mamba_ssm is not importable; {CUDA_INSTALL_HINT}")
@@ -73,9 +87,49 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 "or set model.scan_backend to 'auto'"
             )
         return "cuda"
-    if backend == "cpu":
-        return "torch"
+    if backend == "numba":
+        if not numba_available():
+            from scmpr_ros.model.scan_numba import NUMBA_IMPORT_ERROR
+
+            raise ScanBackendError(
+                "model.scan_backend=numba: numba is not importable or disabled by SCMPR_DISABLE_NUMBA "
+                f"({NUMBA_IMPORT_ERROR or 'disabled'}); `pip install numba` or set model.scan_backend to 'auto'"
+            )
+        if device.type != "cpu":
+            raise ScanBackendError(f"model.scan_backend=numba runs on the CPU, but the tensors are on {device}; use 'auto'")
+        if grad:
+            raise ScanBackendError(
+                "model.scan_backend=numba has no backward pass; train with 'auto' or 'torch' "
+                "(or run inference under torch.no_grad / torch.inference_mode)"
+            )
     return backend
+
+
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _np32(t: Optional[Tensor]):
+    """A float32 contiguous numpy view (a copy only when needed) of a CPU tensor, or None."""
+    if t is None:
+        return None
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def _numba_tokens(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> Tensor:
+    """Token-major numba scan: u, delta, z (B, L, Dc); B, C (B, L, N) or (B, L, G, N)."""
+    from scmpr_ros.model import scan_numba
+
+    if B.dim() == 3:
+        B, C = B.unsqueeze(2), C.unsqueeze(2)
+    y = scan_numba.scan_tokens(
+        _np32(u), _np32(delta), _np32(A), _np32(B), _np32(C), _np32(D), _np32(delta_bias),
+        bool(delta_softplus), torch.get_num_threads(),
+    )
+    out = torch.from_numpy(y)
+    if z is not None:
+        out = out * F.silu(z.float())
+    return out.to(u.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +310,12 @@ def selective_scan(
     """``mamba_ssm.selective_scan_fn`` semantics: u, delta, z (B, D, L); A (D, N) real;
     B, C (B, N, L) or (B, G, N, L); D, delta_bias (D,). Returns (B, D, L) in u.dtype."""
     _check_shapes(u, delta, A, B, C)
-    which = resolve_backend(backend, u.device)
+    which = resolve_backend(backend, u.device, _needs_grad(u, delta, A, B, C, D, z, delta_bias))
+    if which == "numba":
+        tb = (lambda t: t.permute(0, 3, 1, 2)) if B.dim() == 4 else (lambda t: t.transpose(1, 2))
+        y = _numba_tokens(u.transpose(1, 2), delta.transpose(1, 2), A, tb(B), tb(C), D,
+                          None if z is None else z.transpose(1, 2), delta_bias, delta_softplus)
+        return y.transpose(1, 2)
     if which == "cuda":
         fn = _mamba_selective_scan_fn()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
@@ -335,8 +394,10 @@ def selective_scan_token_major(
 ) -> Tensor:
     """Dispatch for token-major callers (VMamba): u, delta (B, L, Dc); B, C (B, L, G, N).
 
-    The torch backend runs token-major directly; cuda/reference transpose to the mamba layout."""
-    which = resolve_backend(backend, u.device)
+    The numba and torch backends run token-major directly; cuda/reference transpose to the mamba layout."""
+    which = resolve_backend(backend, u.device, _needs_grad(u, delta, A, B, C, D, delta_bias))
+    if which == "numba":
+        return _numba_tokens(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
     if which == "torch":
         return selective_scan_tokens(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
     y = selective_scan(

@@ -5,6 +5,9 @@ reversed) -> selective scan (d_state N, Δ = softplus(W_Δ x_Δ + b)) -> cross-m
 directions mapped back) -> LayerNorm -> Linear.  Block: x += SS2D(LN(x)); x += MLP(LN(x)).
 Patch embedding: two stride-2 3x3 convs (stride 4); downsampling: a stride-2 3x3 conv + LN.
 Activations stay (B, H, W, C) so the scan reads token-major tensors without transposes.
+CPU inference (no autograd, scan backend auto | cpu | numba) runs the SS2D core as one x_proj matmul
+plus one fused numba kernel (Δ projection, 4-direction scan and cross-merge in place, no copies);
+training and the other backends keep the differentiable cross-scan -> scan -> merge in torch.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scmpr_ros.errors import ScmprError
-from scmpr_ros.model.scan import selective_scan_token_major
+from scmpr_ros.model.scan import resolve_backend, selective_scan_token_major
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,43 @@ class SS2D(nn.Module):
         y = self.forward_core(x)
         return self.out_proj(self.out_norm(y))
 
+    def _fused_ok(self, x: Tensor) -> bool:
+        """The numba path serves this call: CPU float32, no gradient wanted, backend allows it."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or self.scan_backend not in ("auto", "cpu", "numba"):
+            return False
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return resolve_backend(self.scan_backend, x.device, grad) == "numba"
+
     def forward_core(self, x: Tensor) -> Tensor:
         """Cross-scan -> selective scan -> cross-merge on a channels-last (B, H, W, d_inner) map."""
+        if self._fused_ok(x):
+            return self.forward_core_fused(x)
+        return self.forward_core_torch(x)
+
+    def forward_core_fused(self, x: Tensor) -> Tensor:
+        """The same as ``forward_core_torch`` (inference only): one matmul for the x_proj of all four
+        directions at every pixel, then the fused numba kernel reads the map in each scan order."""
+        from scmpr_ros.model import scan_numba
+
+        bsz, h, w, d = x.shape
+        xt = x.detach().reshape(bsz, h * w, d).contiguous()
+        proj = xt @ self.x_proj_weight.detach().reshape(-1, d).t()  # (B, L, K (R + 2N))
+        A = -torch.exp(self.A_logs.detach().float())
+        y = scan_numba.ss2d_scan(
+            xt.numpy(),
+            proj.numpy(),
+            self.dt_projs_weight.detach().numpy(),
+            A.numpy(),
+            self.Ds.detach().numpy(),
+            self.dt_projs_bias.detach().numpy(),
+            h,
+            w,
+            torch.get_num_threads(),
+        )
+        return torch.from_numpy(y).view(bsz, h, w, d)
+
+    def forward_core_torch(self, x: Tensor) -> Tensor:
+        """Differentiable cross-scan -> selective scan -> cross-merge (any backend)."""
         bsz, h, w, d = x.shape
         length = h * w
         k, r, n = self.K, self.dt_rank, self.d_state
