@@ -20,7 +20,7 @@ from scmpr_ros.semantics import CLASS_NAMES, IGNORE_ID, NUM_CLASSES
 
 SEGMENTATION_MODES = ("ground_truth", "learned")
 SEGMENTER_FORMAT = "scmpr-range-segmenter"
-SEGMENTER_VERSION = 1
+SEGMENTER_VERSION = 2  # 2: 13 pixel features
 
 
 class PointSegmenter(Protocol):
@@ -46,23 +46,52 @@ class GroundTruthSegmenter:
 
 
 # -- learned range-image segmenter ----------------------------------------------------------------
-def _local_min(a: np.ndarray, size: int) -> np.ndarray:
-    """Minimum over a size x size window (edge-padded), separable."""
+def _local_reduce(a: np.ndarray, rows: int, cols: int, fn) -> np.ndarray:
+    """fn (np.min / np.max) over a rows x cols window (edge-padded, columns wrap), separable."""
+    hr, hc = rows // 2, cols // 2
+    p = np.pad(a, ((hr, hr), (0, 0)), mode="edge")
+    r = fn(np.stack([p[i : i + a.shape[0]] for i in range(rows)]), axis=0)
+    p = np.concatenate([r[:, -hc:], r, r[:, :hc]], axis=1) if hc else r
+    return fn(np.stack([p[:, j : j + a.shape[1]] for j in range(cols)]), axis=0)
+
+
+def _local_mean(a: np.ndarray, w: np.ndarray, size: int) -> np.ndarray:
+    """Weighted mean over a size x size window (weights w, e.g. the valid mask)."""
     h = size // 2
-    p = np.pad(a, h, mode="edge")
-    rows = np.min(np.stack([p[i : i + a.shape[0], :] for i in range(size)]), axis=0)
-    return np.min(np.stack([rows[:, j : j + a.shape[1]] for j in range(size)]), axis=0)
+
+    def box(x):
+        x = np.pad(x, ((h, h), (h, h)), mode="constant")
+        c = np.cumsum(np.cumsum(x, 0), 1)
+        c = np.pad(c, ((1, 0), (1, 0)))
+        return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+
+    return box(a * w) / np.maximum(box(w.astype(np.float64)), 1e-9)
 
 
 def pixel_features(ri: RangeImage, cfg: LidarConfig) -> np.ndarray:
-    """(H, W, F) float32 features of each pixel: encoder channels, height above the local lowest
-    point (a 9 x 9 window, ground proxy), log range."""
+    """(H, W, F) float32 pixel features: the encoder channels; height above the lowest point of a
+    9 x 9 and a 5 x 41 window (ground proxies); height of the highest point of a 9 x 9 window above
+    the pixel; range roughness (3 x 3 std / range); normal spread (1 - |mean normal| over 5 x 5); log range."""
+    v = ri.valid
     x = np.moveaxis(encoder_input(ri, cfg), 0, -1)
-    z = np.where(ri.valid, ri.xyz[..., 2], np.inf)
-    zmin = _local_min(z, 9)
-    above = np.where(ri.valid & np.isfinite(zmin), ri.xyz[..., 2] - zmin, 0.0)
-    logr = np.where(ri.valid, np.log1p(ri.range), 0.0)
-    return np.concatenate([x, np.clip(above, 0, 10)[..., None] / 5.0, logr[..., None] / 4.0], -1).astype(np.float32)
+    z = ri.xyz[..., 2].astype(np.float64)
+    zlo = np.where(v, z, np.inf)
+    zhi = np.where(v, z, -np.inf)
+    feats = [x]
+    for rows, cols in ((9, 9), (5, 41)):
+        zmin = _local_reduce(zlo, rows, cols, np.min)
+        feats.append((np.where(v & np.isfinite(zmin), np.clip(z - zmin, 0, 10), 0.0) / 5.0)[..., None])
+    zmax = _local_reduce(zhi, 9, 9, np.max)
+    feats.append((np.where(v & np.isfinite(zmax), np.clip(zmax - z, 0, 10), 0.0) / 5.0)[..., None])
+    r = ri.range.astype(np.float64)
+    m1 = _local_mean(r, v, 3)
+    m2 = _local_mean(r * r, v, 3)
+    rough = np.sqrt(np.maximum(m2 - m1 * m1, 0)) / np.maximum(r, 1e-3)
+    feats.append(np.where(v, np.clip(rough, 0, 1) * 5.0, 0.0)[..., None])
+    nm = np.stack([_local_mean(ri.normals[..., k].astype(np.float64), v, 5) for k in range(3)], -1)
+    feats.append(np.where(v, 1.0 - np.linalg.norm(nm, axis=-1), 0.0)[..., None])
+    feats.append((np.where(v, np.log1p(r), 0.0) / 4.0)[..., None])
+    return np.concatenate(feats, -1).astype(np.float32)
 
 
 class RangeImageSegmenter:
@@ -161,7 +190,7 @@ def make_segmenter(cfg: LidarConfig, sequence: Any) -> PointSegmenter:
 def train_range_segmenter(
     range_images: list[RangeImage],
     cfg: LidarConfig,
-    hidden: int = 48,
+    hidden: int = 64,
     steps: int = 1500,
     batch: int = 4096,
     lr: float = 3e-3,
@@ -174,7 +203,7 @@ def train_range_segmenter(
         ok = ri.valid & (ri.labels != IGNORE_ID)
         feats.append(pixel_features(ri, cfg)[ok])
         labels.append(ri.labels[ok].astype(np.int64))
-    X = np.concatenate(feats) if feats else np.zeros((0, 9), np.float32)
+    X = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
     y = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     if len(y) < 100:
         raise DatasetError(f"only {len(y)} labelled pixels to train the segmenter on; give it labelled scans")
