@@ -79,7 +79,8 @@ def test_kitti_to_bag_reads_back(kitti_root, tmp_path, storage):
     assert summary.frames == N and out.is_dir()
     assert not list(tmp_path.glob(".bag.tmp-*")), "temporary directory left behind"
     info = bag_info(out)
-    assert info.storage == storage
+    assert info.storage == storage and info.message_count == 5 * N + 1
+    assert (info.start_ns, info.end_ns) == (summary.start_ns, summary.end_ns)
     types = {t: s.msgtype for t, s in info.topics.items()}
     assert types == {
         IMAGE_TOPIC: "sensor_msgs/msg/Image",

@@ -101,3 +101,30 @@ def test_player_refuses_missing_bag_and_unknown_topics(tmp_path):
             BagPlayer(context=ctx, parameter_overrides=[
                 rclpy.parameter.Parameter("bag", value=str(tmp_path / "bag")),
                 rclpy.parameter.Parameter("topics", value=["/nope"])])
+
+
+def test_loop_shifts_header_stamps_so_they_stay_unique(tmp_path):
+    ns = unique_namespace()
+    write_bag(tmp_path / "bag", ns, n=4)  # span 0.3 s -> loop offset 1.3 s
+    with ros_context() as ctx:
+        spin = Spinner(ctx)
+        try:
+            sink = spin.add(Node("sink", context=ctx, namespace=ns))
+            got: list[tuple[int, int]] = []
+            sink.create_subscription(Image, f"{ns}/image", lambda m: got.append(
+                (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec, int(image_to_rgb(m)[0, 0, 0]))), SENSOR_QOS)
+            player = spin.add(BagPlayer(context=ctx, namespace=ns, parameter_overrides=[
+                rclpy.parameter.Parameter("bag", value=str(tmp_path / "bag")),
+                rclpy.parameter.Parameter("rate", value=3.0),
+                rclpy.parameter.Parameter("loop", value=True),
+                rclpy.parameter.Parameter("topics", value=[f"{ns}/image"]),
+                rclpy.parameter.Parameter("wait_for_topics", value=[f"{ns}/image"])]))
+            assert wait_for(lambda: len(got) >= 10, 15.0)
+            player.stop()
+            assert wait_for(player.done.is_set, 5.0)
+        finally:
+            spin.close()
+    offset = 3 * PERIOD + 1_000_000_000
+    expected = [T0 + k * offset + i * PERIOD for k in range(3) for i in range(4)]
+    assert [g[0] for g in got[:10]] == expected[:10]
+    assert [g[1] for g in got[:10]] == [i % 4 for i in range(10)]  # same payload every pass

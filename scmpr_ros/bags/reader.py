@@ -27,8 +27,8 @@ class BagInfo:
     path: Path
     storage: str  # sqlite3 | mcap
     topics: dict[str, TopicSummary] = field(default_factory=dict)
-    start_ns: int = 0
-    end_ns: int = 0
+    start_ns: int = 0  # log time of the first message
+    end_ns: int = 0  # log time of the last message
     message_count: int = 0
 
     @property
@@ -66,8 +66,9 @@ def bag_info(path: str | Path) -> BagInfo:
             topics[conn.topic] = TopicSummary(conn.msgtype, conn.msgcount + (prev.count if prev else 0))
         storage = "mcap" if any(Path(path).glob("*.mcap")) else "sqlite3"
         count = int(reader.message_count)
+        # rosbags' end_time is 1 ns after the last message; BagInfo holds the last message's time
         return BagInfo(Path(path), storage, topics, int(reader.start_time) if count else 0,
-                       int(reader.end_time) if count else 0, count)
+                       int(reader.end_time) - 1 if count else 0, count)
     finally:
         reader.close()
 

@@ -216,7 +216,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
         bag: Path = typer.Option(..., "--bag", help="rosbag2 with camera images"),
         map_file: Path = typer.Option(..., "--map", help=".scmpr-map built with --model"),
         model: Optional[Path] = typer.Option(None, "--model", help="checkpoint (default: shipped nano model)"),
-        rate: float = typer.Option(10.0, "--rate", help="playback rate"),
+        rate: float = typer.Option(10.0, "--rate", help="camera images per second (the bag's timing is scaled to it)"),
         duration: float = typer.Option(300.0, "--duration", help="seconds of playback (the bag loops if shorter)"),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="write benchmark_ros.json here"),
@@ -225,8 +225,8 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
         from scmpr_ros.io_utils import atomic_write_text
         from scmpr_ros.nodes.replay import run_replay
 
-        result = run_replay(bag, map_file, model or _default_model(), rate=rate, device=device, duration_s=duration,
-                            loop=True)
+        result = run_replay(bag, map_file, model or _default_model(), image_rate_hz=rate, device=device,
+                            duration_s=duration, loop=True)
         s = result.summary()
         rss = result.rss_mb
         # growth after warm-up: the first 10 % of the run (model/map first use) is not counted

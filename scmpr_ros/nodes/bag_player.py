@@ -5,12 +5,15 @@ t_wall = t_start + (t_bag - t_bag0) / rate.  With ``clock`` true, rosgraph_msgs/
 bag time (t_bag0 + elapsed_wall * rate) at ``clock_frequency`` Hz and before every message, for
 nodes with use_sim_time.  Topics whose message package is not importable here (e.g. tf2_msgs
 without a ROS install) are skipped with a warning.  Topics recorded with transient-local QoS are
-republished latched.  Parameters: bag, rate, clock, clock_frequency, topics, wait_for_topics,
-min_subscribers, wait_timeout_s, start_delay_s, loop.
+republished latched.  With ``loop``, pass k >= 1 shifts /clock and the header stamps of messages that
+start with a std_msgs/Header by k x (bag span + 1 s), patched in the CDR bytes, so stamps stay unique
+and increasing (benchmarks key results on them).  Parameters: bag, rate, clock, clock_frequency,
+topics, wait_for_topics, min_subscribers, wait_timeout_s, start_delay_s, loop.
 """
 from __future__ import annotations
 
 import importlib
+import struct
 import sys
 import threading
 import time
@@ -53,6 +56,23 @@ def message_class(msgtype: str):
         return None
 
 
+def shift_header_stamp(raw: bytes, offset_ns: int) -> bytes:
+    """CDR bytes of a message whose first field is std_msgs/Header, with header.stamp moved by offset_ns."""
+    if len(raw) < 12 or raw[0] != 0 or raw[1] not in (0, 1):
+        raise ScmprError("not a plain CDR message (unknown encapsulation); cannot shift its stamp")
+    fmt = "<iI" if raw[1] == 1 else ">iI"
+    sec, nsec = struct.unpack_from(fmt, raw, 4)
+    sec2, nsec2 = divmod(sec * 1_000_000_000 + nsec + int(offset_ns), 1_000_000_000)
+    out = bytearray(raw)
+    struct.pack_into(fmt, out, 4, sec2, nsec2)
+    return bytes(out)
+
+
+def starts_with_header(cls) -> bool:
+    fields = list(cls.get_fields_and_field_types().values())
+    return bool(fields) and fields[0] == "std_msgs/Header"
+
+
 class BagPlayer(Node):
     def __init__(self, node_name: str = "bag_player", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -80,7 +100,9 @@ class BagPlayer(Node):
         self.loop = bool(g("loop"))
         latched_topics = self._latched_topics()
         self.pubs = {}
+        self.stamped: set[str] = set()
         self.skipped: dict[str, str] = {}
+        self.loop_offset_ns = (self.info.end_ns - self.info.start_ns) + 1_000_000_000
         for topic in self.topics:
             msgtype = self.info.topics[topic].msgtype
             cls = message_class(msgtype)
@@ -89,6 +111,8 @@ class BagPlayer(Node):
                 self.get_logger().warn(f"{topic}: message type {msgtype} is not importable here; not replayed")
                 continue
             self.pubs[topic] = self.create_publisher(cls, topic, LATCHED_QOS if topic in latched_topics else PLAYBACK_QOS)
+            if starts_with_header(cls):
+                self.stamped.add(topic)
         self.clock_pub = None
         if self.clock:
             from rosgraph_msgs.msg import Clock
@@ -158,16 +182,21 @@ class BagPlayer(Node):
             if self.start_delay > 0 and self._stop.wait(self.start_delay):
                 return
             replay = [t for t in self.topics if t in self.pubs]
+            k = 0
             while not self._stop.is_set():
                 t_start = time.monotonic()
                 t_bag0 = None
+                shift = k * self.loop_offset_ns
                 for topic, _type, t_ns, raw in iter_raw(self.bag, replay):
                     if t_bag0 is None:
                         t_bag0 = t_ns
-                    if not self._sleep_until(t_start + (t_ns - t_bag0) / 1e9 / self.rate, t_bag0, t_start, t_ns):
+                    if not self._sleep_until(t_start + (t_ns - t_bag0) / 1e9 / self.rate, t_bag0 + shift, t_start,
+                                             t_ns + shift):
                         return
                     if self.clock_pub is not None:
-                        self._publish_clock(t_ns)
+                        self._publish_clock(t_ns + shift)
+                    if shift and topic in self.stamped:
+                        raw = shift_header_stamp(raw, shift)
                     self.pubs[topic].publish(raw)
                     self.last_publish_wall = time.monotonic()
                     if self.first_publish_wall is None:
@@ -176,6 +205,7 @@ class BagPlayer(Node):
                     self.published_per_topic[topic] += 1
                 if not self.loop:
                     break
+                k += 1
             self.get_logger().info(f"finished {self.bag}: {self.published} messages")
         except Exception as exc:  # noqa: BLE001 - report and end playback
             self.get_logger().error(f"playback failed: {type(exc).__name__}: {exc}")

@@ -163,6 +163,7 @@ def run_replay(
     *,
     params_file: str | Path | None = None,
     rate: float = 1.0,
+    image_rate_hz: float | None = None,
     device: str | None = None,
     duration_s: float | None = None,
     loop: bool = False,
@@ -172,7 +173,10 @@ def run_replay(
     threads: int = 4,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
-    """Replay ``bag`` through map_server + localizer; return what the localizer published."""
+    """Replay ``bag`` through map_server + localizer; return what the localizer published.
+
+    ``rate`` scales the bag's timing; ``image_rate_hz`` instead picks the scale that makes the images
+    arrive at that many Hz."""
     from scmpr_ros.bags.reader import bag_info
     from scmpr_ros.nodes.bag_player import BagPlayer
     from scmpr_ros.nodes.localizer import Localizer
@@ -217,6 +221,11 @@ def run_replay(
             executor.spin_once(timeout_sec=0.05)
         if localizer.active is None:
             raise ScmprError(f"localizer got no map within {map_timeout_s:.0f} s ({localizer.map_status})")
+        if image_rate_hz is not None:
+            n_img, span = info.topics[image_topic].count, (info.end_ns - info.start_ns) / 1e9
+            if n_img < 2 or span <= 0 or not image_rate_hz > 0:
+                raise ScmprError(f"cannot play {bag} at {image_rate_hz} images/s ({n_img} images over {span:.2f} s)")
+            rate = float(image_rate_hz) / ((n_img - 1) / span)
         wanted = [image_topic, str(localizer.p["camera_info_topic"]), ODOM_TOPIC]  # what the nodes + scoring use
         player = BagPlayer(context=ctx, parameter_overrides=[Parameter("bag", value=str(bag)),
                                                               Parameter("topics", value=[t for t in wanted if t in info.topics]),
