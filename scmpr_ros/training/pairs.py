@@ -260,30 +260,28 @@ def plan_passes(root: Path, sequences: Sequence[str] | None = None, need_labels:
     for n in names:
         try:
             seqs[n] = open_sequence(root, n)
-        except DatasetError:
+        except DatasetError as exc:
             if sequences:
                 raise
             continue  # e.g. a KITTI sequence without images
         if not (seqs[n].has_images and seqs[n].has_poses):
             seqs.pop(n)
-
-    def same_poses(a: Any, b: Any) -> bool:
-        return a.num_frames == b.num_frames and np.allclose(
-            np.nan_to_num(a.poses_cam[:, :3, 3]), np.nan_to_num(b.poses_cam[:, :3, 3]), atol=0.05
-        )
-
-    plans: list[dict] = []
-    scans = {n: _has_scans(seqs[n]) for n in seqs}
-    for n in sorted(seqs, key=lambda n: not scans[n]):  # passes with scans first (stable)
-        cond = str(entries[n].get("condition", "day"))
-        # a pass that shares the poses of an earlier one (synthetic night / winter) adds images only
-        home = next((p for p in plans if same_poses(seqs[n], seqs[p["scan"]])), None)
-        if home is not None:
-            home["images"].setdefault(cond, n)
+    scan_passes = [n for n in seqs if (seqs[n].has_labels or not need_labels) and _has_scans(seqs[n])]
+    plans = []
+    for n in scan_passes:
+        role = {"map": 0, "query": 1}.get(str(entries[n].get("pass")), 2)
+        plans.append({"scan": n, "role": role, "images": {str(entries[n].get("condition", "day")): n}})
+    for n in seqs:
+        if n in scan_passes:
             continue
-        if (seqs[n].has_labels or not need_labels) and scans[n]:
-            role = {"map": 0, "query": 1}.get(str(entries[n].get("pass")), 2)
-            plans.append({"scan": n, "role": role, "images": {cond: n}})
+        cond = str(entries[n].get("condition", "day"))
+        for plan in plans:  # a camera-only pass joins the scan pass it shares poses with
+            a, b = seqs[n], seqs[plan["scan"]]
+            if a.num_frames == b.num_frames and np.allclose(
+                np.nan_to_num(a.poses_cam[:, :3, 3]), np.nan_to_num(b.poses_cam[:, :3, 3]), atol=0.05
+            ):
+                plan["images"].setdefault(cond, n)
+                break
     if not plans:
         raise PairsError(f"{root}: no sequence with images, labelled scans and poses to train on")
     return plans
