@@ -245,16 +245,20 @@ def shade_radiance(cond, t, tri, nrm, dirs, origin, tex, color, param, tab0, tab
     return out
 
 
+GAUSS_TABLE = np.random.default_rng(20240607).standard_normal(1 << 16).astype(np.float32)
+GAMMA_LUT_SIZE = 4096
+# gamma curve indexed by sqrt(v): fine steps near black where the eye (and the curve) is steep
+GAMMA_LUT = ((np.arange(GAMMA_LUT_SIZE, dtype=np.float64) / (GAMMA_LUT_SIZE - 1)) ** 2) ** (1 / 2.2)
+GAMMA_LUT = GAMMA_LUT.astype(np.float32)
+
+
 @njit(cache=True, inline="always")
-def _gauss(i, c, seed):
-    s = 0.0
-    for j in range(4):
-        s += _hash(i, seed, c * 4 + j)
-    return (s - 2.0) * 1.7320508
+def _gauss(i, c, seed, table):
+    return table[int(_hash(i, seed, c) * 65536.0) & 0xFFFF]
 
 
 @njit(cache=True, parallel=True)
-def finish(rad, k_exp, contrast_mix, noise_sd, shot, flakes, seed):
+def finish(rad, k_exp, contrast_mix, noise_sd, shot, flakes, seed, gauss, gamma_lut):
     """Tone curve, contrast reduction towards the mean, gamma, noise -> uint8 (P,3)."""
     npx = rad.shape[0]
     tone = np.empty_like(rad)
@@ -266,15 +270,47 @@ def finish(rad, k_exp, contrast_mix, noise_sd, shot, flakes, seed):
         for c in range(3):
             mean[c] = tone[:, c].mean()
     out = np.empty((npx, 3), dtype=np.uint8)
+    top = gamma_lut.shape[0] - 1
     for i in prange(npx):
         flake = flakes > 0 and _hash(i, seed, 99) < flakes
-        luma = _gauss(i, 3, seed) * noise_sd * 0.5
+        luma = _gauss(i, 3, seed, gauss) * noise_sd * 0.5
         for c in range(3):
             v = tone[i, c] * (1 - contrast_mix) + mean[c] * contrast_mix
             if flake:
                 v = min(v + 0.35, 1.0)
-            v = max(v, 0.0) ** (1 / 2.2)
-            v += _gauss(i, c, seed) * (noise_sd + shot * math.sqrt(v)) + luma
+            v = gamma_lut[int(math.sqrt(min(max(v, 0.0), 1.0)) * top + 0.5)]
+            v += _gauss(i, c, seed, gauss) * (noise_sd + shot * math.sqrt(v)) + luma
             v = min(max(v, 0.0), 1.0)
             out[i, c] = np.uint8(v * 255.0 + 0.5)
     return out
+
+
+@njit(cache=True, parallel=True)
+def make_rays(origin, R, dirs_T):
+    """(N,6) float32 rays: origin and R @ direction for directions given as (3,N)."""
+    n = dirs_T.shape[1]
+    rays = np.empty((n, 6), dtype=np.float32)
+    for i in prange(n):
+        dx, dy, dz = dirs_T[0, i], dirs_T[1, i], dirs_T[2, i]
+        rays[i, 0], rays[i, 1], rays[i, 2] = origin[0], origin[1], origin[2]
+        rays[i, 3] = R[0, 0] * dx + R[0, 1] * dy + R[0, 2] * dz
+        rays[i, 4] = R[1, 0] * dx + R[1, 1] * dy + R[1, 2] * dz
+        rays[i, 5] = R[2, 0] * dx + R[2, 1] * dy + R[2, 2] * dz
+    return rays
+
+
+@njit(cache=True, parallel=True)
+def post_cast(prim, normals, rays):
+    """Triangle id per ray (-1 = no hit) and normals flipped to face the ray (in place)."""
+    n = prim.shape[0]
+    tri = np.empty(n, dtype=np.int64)
+    for i in prange(n):
+        if prim[i] == 4294967295:
+            tri[i] = -1
+        else:
+            tri[i] = prim[i]
+            if normals[i, 0] * rays[i, 3] + normals[i, 1] * rays[i, 4] + normals[i, 2] * rays[i, 5] > 0:
+                normals[i, 0] = -normals[i, 0]
+                normals[i, 1] = -normals[i, 1]
+                normals[i, 2] = -normals[i, 2]
+    return tri

@@ -63,7 +63,7 @@ class TownRenderer:
         u, v = np.meshgrid(np.arange(self.width, dtype=np.float64), np.arange(self.height, dtype=np.float64))
         pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], axis=1)
         d = pix @ np.linalg.inv(self.K).T
-        self.cam_dirs_T = np.ascontiguousarray((d / np.linalg.norm(d, axis=1, keepdims=True)).T.astype(np.float32))
+        self.cam_dirs_T = np.ascontiguousarray((d / np.linalg.norm(d, axis=1, keepdims=True)).T, dtype=np.float32)
         if azimuth_steps < 16:
             raise ValueError(f"azimuth_steps must be >= 16, got {azimuth_steps}")
         self.azimuth_steps = int(azimuth_steps)
@@ -71,29 +71,23 @@ class TownRenderer:
         az = np.pi - 2 * np.pi * np.arange(self.azimuth_steps) / self.azimuth_steps
         el, a = np.meshgrid(elev, az)  # azimuth-major: one column of 64 beams after another
         self.lidar_dirs = np.stack([np.cos(el) * np.cos(a), np.cos(el) * np.sin(a), np.sin(el)], -1).reshape(-1, 3).astype(np.float32)
-        self.lidar_dirs_T = np.ascontiguousarray(self.lidar_dirs.T)
+        self.lidar_dirs_T = np.ascontiguousarray(self.lidar_dirs.T, dtype=np.float32)
 
     # --- ray casting ----------------------------------------------------------------------------
-    def _cast(self, origin: np.ndarray, dirs: np.ndarray) -> dict:
-        rays = np.empty((len(dirs), 6), dtype=np.float32)
-        rays[:, :3] = origin
-        rays[:, 3:] = dirs
-        out = self.scene.cast_rays(self.o3d.core.Tensor(rays))
+    def _cast(self, T_town_sensor: np.ndarray, dirs_T: np.ndarray) -> dict:
+        """Cast rays with sensor-frame directions (3,N); normals come back facing the rays."""
+        R = np.ascontiguousarray(T_town_sensor[:3, :3], dtype=np.float32)
+        origin = np.ascontiguousarray(T_town_sensor[:3, 3], dtype=np.float32)
+        rays = kern.make_rays(origin, R, dirs_T)
+        out = self.scene.cast_rays(self.o3d.core.Tensor.from_numpy(rays))
         t = out["t_hit"].numpy()
-        tri = out["primitive_ids"].numpy().astype(np.int64)
-        hit = np.isfinite(t)
-        tri[~hit] = -1
-        return {"t": t, "tri": tri, "normal": out["primitive_normals"].numpy(), "hit": hit}
+        normals = out["primitive_normals"].numpy()
+        tri = kern.post_cast(out["primitive_ids"].numpy(), normals, rays)
+        return {"t": t, "tri": tri, "normal": normals, "dirs": rays[:, 3:], "origin": origin, "R": R}
 
     def cast_camera(self, T_town_cam: np.ndarray) -> CameraHits:
-        R = np.asarray(T_town_cam[:3, :3], dtype=np.float32)
-        origin = np.asarray(T_town_cam[:3, 3], dtype=np.float32)
-        dirs = np.ascontiguousarray((R @ self.cam_dirs_T).T)
-        res = self._cast(origin, dirs)
-        n = res["normal"]
-        flip = np.einsum("ij,ij->i", n, dirs) > 0
-        n[flip] *= -1
-        return CameraHits(res["t"], res["tri"], n, dirs, origin, R, self.width, self.height)
+        res = self._cast(T_town_cam, self.cam_dirs_T)
+        return CameraHits(res["t"], res["tri"], res["normal"], res["dirs"], res["origin"], res["R"], self.width, self.height)
 
     def class_image(self, hits: CameraHits) -> np.ndarray:
         """Per-pixel common class id (IGNORE_ID for sky), (H, W) uint8."""
@@ -104,24 +98,20 @@ class TownRenderer:
 
     def scan(self, T_town_velo: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """LiDAR scan in the velo frame: points (M,4) float32 x,y,z,reflectance and uint32 labels."""
-        R = np.asarray(T_town_velo[:3, :3], dtype=np.float32)
-        origin = np.asarray(T_town_velo[:3, 3], dtype=np.float32)
-        dirs_w = np.ascontiguousarray((R @ self.lidar_dirs_T).T)
-        res = self._cast(origin, dirs_w)
+        res = self._cast(T_town_velo, self.lidar_dirs_T)
         t = res["t"]
-        keep = res["hit"] & (t > LIDAR_MIN_RANGE_M) & (t < LIDAR_MAX_RANGE_M)
+        keep = (res["tri"] >= 0) & (t > LIDAR_MIN_RANGE_M) & (t < LIDAR_MAX_RANGE_M)
         keep &= rng.random(len(t)) > 0.004  # dropped returns
         idx = np.nonzero(keep)[0]
         tri = res["tri"][idx]
         rng_m = t[idx] + rng.normal(0.0, LIDAR_RANGE_NOISE_M, len(idx)).astype(np.float32)
-        d_w = dirs_w[idx]
+        d_w = res["dirs"][idx]
         n = res["normal"][idx]
-        dot = np.einsum("ij,ij->i", n, d_w)
-        n[dot > 0] *= -1
-        p_w = origin + d_w * t[idx, None]
+        cos_inc = np.abs(np.einsum("ij,ij->i", n, d_w))
+        p_w = res["origin"] + d_w * t[idx, None]
         m = self.mesh
         factor = kern.lidar_reflectance_factor(tri, p_w, m["tex"], m["param"], m["color"], n, self.noise.tables[0], self.noise.tables[1])
-        refl = m["refl"][tri] * factor * (0.45 + 0.55 * np.abs(dot))
+        refl = m["refl"][tri] * factor * (0.45 + 0.55 * cos_inc)
         refl = np.clip(refl + rng.normal(0.0, 0.02, len(idx)), 0.0, 0.99).astype(np.float32)
         pts = np.empty((len(idx), 4), dtype=np.float32)
         pts[:, :3] = self.lidar_dirs[idx] * rng_m[:, None]
@@ -169,7 +159,7 @@ class TownRenderer:
         if condition == "night":
             self._lamp_glow(rad.reshape(hits.height, hits.width, 3), hits)
         seed = int(rng.integers(1, 1 << 30))
-        out = kern.finish(rad, f32(k_exp), f32(mix), f32(noise_sd), f32(shot), f32(flakes), seed)
+        out = kern.finish(rad, f32(k_exp), f32(mix), f32(noise_sd), f32(shot), f32(flakes), seed, kern.GAUSS_TABLE, kern.GAMMA_LUT)
         return out.reshape(hits.height, hits.width, 3)
 
     def _sun_visibility(self, hits: CameraHits) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -47,6 +48,50 @@ def _png(img: np.ndarray) -> bytes:
     if not ok:
         raise DatasetError("PNG encoding failed")
     return buf.tobytes()
+
+
+def _write_png(paths: Path | list[Path], img: np.ndarray) -> None:
+    data = _png(img)
+    for path in paths if isinstance(paths, list) else [paths]:
+        atomic_write_bytes(path, data)
+
+
+def _write_scan(home: Path, others: list[Path], stem: str, pts: np.ndarray, labels: np.ndarray) -> None:
+    atomic_write_bytes(home / "velodyne" / f"{stem}.bin", pts.astype("<f4").tobytes())
+    atomic_write_bytes(home / "labels" / f"{stem}.label", labels.astype("<u4").tobytes())
+    for d in others:
+        _link_or_copy(home / "velodyne" / f"{stem}.bin", d / "velodyne" / f"{stem}.bin")
+        _link_or_copy(home / "labels" / f"{stem}.label", d / "labels" / f"{stem}.label")
+
+
+class _BackgroundWriter:
+    """Encodes and writes files on one worker thread (cv2 and file I/O release the GIL) while the
+    next frame is ray-cast; at most ``depth`` jobs wait, and the first error is re-raised."""
+
+    def __init__(self, depth: int = 8):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-writer")
+        self.pending: deque = deque()
+        self.depth = depth
+
+    def submit(self, fn, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.depth:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        for f in self.pending:
+            f.cancel()
+        self.pending.clear()
+        self.pool.shutdown(wait=True)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -92,37 +137,36 @@ def generate_town(
     if progress:
         progress(0, total, "map pass")
 
-    query_dirs = {c: out / "sequences" / QUERY_SEQUENCE[c] for c in conds}
-    scan_home = query_dirs[conds[0]]
-    for name, seq_dirs in (("map", {"day": out / "sequences" / "00"}), ("query", query_dirs)):
-        drive = town.drive(name)
-        T_map_velo = town.poses_map(name)
-        for d in seq_dirs.values():
-            for sub in ("image_2", "velodyne", "labels") + (("semantic_2",) if class_images else ()):
-                (d / sub).mkdir(parents=True, exist_ok=True)
-            atomic_write_text(d / "calib.txt", format_calib(calib.P, calib.Tr))
-            atomic_write_text(d / "poses.txt", format_poses(calib.Tr @ T_map_velo @ Tr_inv))
-            atomic_write_text(d / "times.txt", format_times(drive.times))
-        home = seq_dirs["day"] if name == "map" else scan_home
-        for i in range(len(drive)):
-            stem = f"{i:06d}"
-            hits = town.cast_camera(name, i)
-            for cond, d in seq_dirs.items():
-                atomic_write_bytes(d / "image_2" / f"{stem}.png", _png(town.render_image(name, i, cond, hits)))
-            if class_images:
-                cls = _png(town.class_image(name, i, hits))
-                for d in seq_dirs.values():
-                    atomic_write_bytes(d / "semantic_2" / f"{stem}.png", cls)
-            pts, labels = town.scan(name, i)
-            atomic_write_bytes(home / "velodyne" / f"{stem}.bin", pts.astype("<f4").tobytes())
-            atomic_write_bytes(home / "labels" / f"{stem}.label", labels.astype("<u4").tobytes())
+    writer = _BackgroundWriter()
+    try:
+        query_dirs = {c: out / "sequences" / QUERY_SEQUENCE[c] for c in conds}
+        scan_home = query_dirs[conds[0]]
+        for name, seq_dirs in (("map", {"day": out / "sequences" / "00"}), ("query", query_dirs)):
+            drive = town.drive(name)
+            T_map_velo = town.poses_map(name)
             for d in seq_dirs.values():
-                if d != home:
-                    _link_or_copy(home / "velodyne" / f"{stem}.bin", d / "velodyne" / f"{stem}.bin")
-                    _link_or_copy(home / "labels" / f"{stem}.label", d / "labels" / f"{stem}.label")
-            done += 1
-            if progress:
-                progress(done, total, f"{name} pass")
+                for sub in ("image_2", "velodyne", "labels") + (("semantic_2",) if class_images else ()):
+                    (d / sub).mkdir(parents=True, exist_ok=True)
+                atomic_write_text(d / "calib.txt", format_calib(calib.P, calib.Tr))
+                atomic_write_text(d / "poses.txt", format_poses(calib.Tr @ T_map_velo @ Tr_inv))
+                atomic_write_text(d / "times.txt", format_times(drive.times))
+            home = seq_dirs["day"] if name == "map" else scan_home
+            for i in range(len(drive)):
+                stem = f"{i:06d}"
+                hits = town.cast_camera(name, i)
+                for cond, d in seq_dirs.items():
+                    writer.submit(_write_png, d / "image_2" / f"{stem}.png", town.render_image(name, i, cond, hits))
+                if class_images:
+                    writer.submit(_write_png, [d / "semantic_2" / f"{stem}.png" for d in seq_dirs.values()], town.class_image(name, i, hits))
+                pts, labels = town.scan(name, i)
+                writer.submit(_write_scan, home, [d for d in seq_dirs.values() if d != home], stem, pts, labels)
+                done += 1
+                if progress:
+                    progress(done, total, f"{name} pass")
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
 
     elapsed = time.perf_counter() - t_start
     manifest = {
