@@ -143,6 +143,9 @@ def test_lidar_only_sequence(tmp_path):
         seq.load_image(0)
     with pytest.raises(DatasetError, match="no labels/ folder"):
         seq.load_labels(0)
+    assert not seq.has_image_labels
+    with pytest.raises(DatasetError, match="no dense image labels|no semantic_2"):
+        seq.load_image_labels(0)
 
 
 def test_poses_missing_or_in_odometry_layout(tmp_path):

@@ -48,7 +48,7 @@ def test_loader_reads_back_the_ground_truth(town_dir, town):
         seq = open_sequence(town_dir, name)
         drive = town.drive(pass_name)
         assert seq.kind == "kitti" and seq.num_frames == len(drive)
-        assert seq.has_images and seq.has_labels and seq.has_poses and seq.pose_valid.all()
+        assert seq.has_images and seq.has_labels and seq.has_poses and seq.pose_valid.all() and seq.has_image_labels
         assert seq.calib.image_size == SIZE
         np.testing.assert_allclose(seq.poses_velo, town.poses_map(pass_name), atol=1e-6)
         np.testing.assert_allclose(seq.calib.T_cam_velo, town.calib.T_cam_velo, atol=1e-9)
@@ -98,7 +98,7 @@ def test_lidar_points_project_onto_pixels_of_their_class(town_dir):
             uv, depth = seq.calib.project(pts)
             u, v = np.round(uv[:, 0]).astype(int), np.round(uv[:, 1]).astype(int)
             vis = (depth > 1.0) & (u >= 0) & (u < SIZE[0]) & (v >= 0) & (v < SIZE[1]) & (lab != IGNORE_ID)
-            cls = cv2.imread(str(town_dir / "sequences" / name / "semantic_2" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
+            cls = seq.load_image_labels(i)
             assert cls.shape == (SIZE[1], SIZE[0])
             agree += int((cls[v[vis], u[vis]] == lab[vis]).sum())
             total += int(vis.sum())

@@ -157,6 +157,7 @@ class Sequence:
     poses_cam: np.ndarray
     frame_ids: list[str]  # file stems, one per frame
     label_valid: np.ndarray  # (N,) bool: frame i has per-point labels
+    has_image_labels: bool = False  # dense per-pixel classes (synthetic town only): load_image_labels(i)
     calib_keys: list[str]
     notes: list[str]
 
@@ -178,6 +179,9 @@ class Sequence:
 
     def load_labels(self, i: int) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def load_image_labels(self, i: int) -> np.ndarray:
+        raise DatasetError(f"{self.name}: this {self.kind} sequence has no dense image labels")
 
     def _no_images_error(self) -> DatasetError:
         return DatasetError(
@@ -202,6 +206,7 @@ class Sequence:
             "image_size": list(self.calib.image_size) if self.calib.image_size else None,
             "has_labels": bool(self.has_labels),
             "labelled_frames": int(self.label_valid.sum()),
+            "has_image_labels": bool(self.has_image_labels),
             "has_poses": bool(self.has_poses),
             "valid_poses": int(self.pose_valid.sum()),
             "path_length_m": round(path_len, 2),

@@ -157,6 +157,14 @@ class KittiSequence(Sequence):
         self.has_labels = bool(self._labels)
         self.label_valid = np.full(n, self.has_labels, dtype=bool)
 
+        # dense per-pixel classes of image_2 (written by the synthetic town with --class-images)
+        sem_dir = seq_dir / "semantic_2"
+        self._image_labels: list[Path] = []
+        if sem_dir.is_dir() and self.has_images:
+            self._image_labels = sorted(sem_dir.glob("*.png"))
+            self._check_pairing(sem_dir, [p.stem for p in self._image_labels], "class images", "semantic_2/NNNNNN.png")
+        self.has_image_labels = bool(self._image_labels)
+
         self.calib, self.Tr, self.T_cam2_cam0, self.calib_keys = calibration_from_file(seq_dir / "calib.txt", image_size)
 
         times_path = require_file(seq_dir / "times.txt", f"one timestamp in seconds per frame ({n} lines)")
@@ -217,6 +225,20 @@ class KittiSequence(Sequence):
 
     def load_scan(self, i: int) -> np.ndarray:
         return read_scan_bin(self._scans[self._check_index(i)])
+
+    def load_image_labels(self, i: int) -> np.ndarray:
+        """(H, W) uint8 common class per pixel of image i (255 = none), from semantic_2/."""
+        i = self._check_index(i)
+        if not self.has_image_labels:
+            raise DatasetError(f"{self.seq_dir}: no semantic_2/ folder; only the synthetic town (--class-images) has dense image labels")
+        import cv2
+
+        path = self._image_labels[i]
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        size = self.calib.image_size
+        if img is None or img.ndim != 2 or img.dtype != np.uint8 or (img.shape[1], img.shape[0]) != tuple(size):
+            raise DatasetError(f"{path}: expected a single-channel 8-bit PNG of {size[0]}x{size[1]} class ids")
+        return img
 
     def load_raw_labels(self, i: int) -> np.ndarray:
         """The uint32 SemanticKITTI labels (instance << 16 | class) of frame i."""
