@@ -20,7 +20,7 @@ from scmpr_ros.semantics import CLASS_NAMES, IGNORE_ID, NUM_CLASSES
 
 SEGMENTATION_MODES = ("ground_truth", "learned")
 SEGMENTER_FORMAT = "scmpr-range-segmenter"
-SEGMENTER_VERSION = 2  # 2: 13 pixel features
+SEGMENTER_VERSION = 3  # 3: 14 pixel features
 
 
 class PointSegmenter(Protocol):
@@ -70,8 +70,8 @@ def _local_mean(a: np.ndarray, w: np.ndarray, size: int) -> np.ndarray:
 
 def pixel_features(ri: RangeImage, cfg: LidarConfig) -> np.ndarray:
     """(H, W, F) float32 pixel features: the encoder channels; height above the lowest point of a
-    9 x 9 and a 5 x 41 window (ground proxies); height of the highest point of a 9 x 9 window above
-    the pixel; range roughness (3 x 3 std / range); normal spread (1 - |mean normal| over 5 x 5); log range."""
+    9 x 9 and a 5 x 41 window (ground proxies); height of the highest point above the pixel in a
+    9 x 9 window and in its 3 columns (walls vs buildings); range roughness (3 x 3 std / range); normal spread (1 - |mean normal| over 5 x 5); log range."""
     v = ri.valid
     x = np.moveaxis(encoder_input(ri, cfg), 0, -1)
     z = ri.xyz[..., 2].astype(np.float64)
@@ -81,8 +81,9 @@ def pixel_features(ri: RangeImage, cfg: LidarConfig) -> np.ndarray:
     for rows, cols in ((9, 9), (5, 41)):
         zmin = _local_reduce(zlo, rows, cols, np.min)
         feats.append((np.where(v & np.isfinite(zmin), np.clip(z - zmin, 0, 10), 0.0) / 5.0)[..., None])
-    zmax = _local_reduce(zhi, 9, 9, np.max)
-    feats.append((np.where(v & np.isfinite(zmax), np.clip(zmax - z, 0, 10), 0.0) / 5.0)[..., None])
+    for rows, cols in ((9, 9), (2 * ri.height - 1, 3)):  # local overhang; the whole column above
+        zmax = _local_reduce(zhi, rows, cols, np.max)
+        feats.append((np.where(v & np.isfinite(zmax), np.clip(zmax - z, 0, 10), 0.0) / 5.0)[..., None])
     r = ri.range.astype(np.float64)
     m1 = _local_mean(r, v, 3)
     m2 = _local_mean(r * r, v, 3)
@@ -210,8 +211,8 @@ def train_range_segmenter(
     mean, std = X.mean(0), X.std(0) + 1e-3
     Xn = (X - mean) / std
     counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
-    p = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)[y]  # equal mass per present class
-    p = np.sqrt(p)  # ... softened: rare classes over-sampled, not to exclusivity
+    # rare classes over-sampled: class mass ~ count^0.4 instead of count (1 = plain, 0 = balanced)
+    p = np.where(counts > 0, np.maximum(counts, 1) ** -0.6, 0.0)[y]
     p /= p.sum()
     dims = [X.shape[1], hidden, hidden, NUM_CLASSES]
     params = []

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
-from scmpr_ros.config import CameraConfig, LidarConfig, MapConfig
+from scmpr_ros.config import CameraConfig, MapConfig
 from scmpr_ros.errors import InputError
 from scmpr_ros.lidar.range_image import RangeImage, RangeProjector, estimate_normals
 from scmpr_ros.retrieval.semantic_grid import grid_from_points
@@ -428,19 +428,3 @@ def frustum_grid(
     """(rows, cols, N_S) grid of the viewpoint's visible labelled points seen by the reference camera."""
     v = ri.valid & (ri.labels != IGNORE_ID)
     return grid_from_points(ri.xyz[v], ri.labels[v], T_cam_velo, camera, rows, cols, min_fraction, NUM_CLASSES)
-
-
-def accumulate_scans(
-    scans: Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
-    lidar: LidarConfig,
-    voxel_size: float,
-    progress: Callable[[int], None] | None = None,
-) -> LabelledMap:
-    """Labelled map from (points (M, 4), labels (M,) | None, T_world_velo) of a mapping pass."""
-    proj = RangeProjector(lidar)
-    acc = MapAccumulator(voxel_size)
-    for i, (pts, lab, T) in enumerate(scans):
-        acc.add_range_image(proj.project(pts, lab), T)
-        if progress is not None:
-            progress(i + 1)
-    return acc.finish()
