@@ -19,6 +19,7 @@ import threading
 import time
 
 import rclpy
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -235,11 +236,14 @@ def main(args: list[str] | None = None) -> int:
         while rclpy.ok() and not node.done.is_set():
             executor.spin_once(timeout_sec=0.1)
         time.sleep(0.5)  # let reliable subscribers fetch the last messages
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGTERM
         pass
     except ScmprError as exc:
         print(f"bag_player: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 - a shutdown during start-up invalidates the context: exit quietly
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from rclpy.executors import ExternalShutdownException
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped
 from rclpy.node import Node
@@ -415,11 +416,14 @@ def main(args: list[str] | None = None) -> int:
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
         executor.spin()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGTERM
         pass
     except ScmprError as exc:
         print(f"localizer: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 - a shutdown during start-up invalidates the context: exit quietly
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()

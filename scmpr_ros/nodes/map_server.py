@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from rclpy.executors import ExternalShutdownException
 from geometry_msgs.msg import Pose, PoseArray
 from rclpy.node import Node
 from std_msgs.msg import String
@@ -152,11 +153,14 @@ def main(args: list[str] | None = None) -> int:
     try:
         node = MapServer()
         rclpy.spin(node)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGTERM
         pass
     except ScmprError as exc:
         print(f"map_server: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 - a shutdown during start-up invalidates the context: exit quietly
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()
