@@ -52,8 +52,12 @@ def test_place_frames_and_viewpoint_plan():
     valid[3] = False
     frames = place_frames(poses, valid, 2.0)
     assert frames[0] == 0 and 3 not in frames
-    assert np.all(np.diff(poses[frames, 0, 3]) >= 2.0 - 1e-9)
-    assert len(frames) == 10  # 0, 2, ..., 18 m; standing still adds none
+    np.testing.assert_allclose(poses[frames, 0, 3], [0, 2, 4, 6, 8, 10, 12, 14, 16, 18])  # the pause adds none
+    # frames 1.5 m apart, places every 2 m of path: the first frame past each multiple of 2 m
+    sparse = np.tile(np.eye(4), (13, 1, 1))
+    sparse[:, 0, 3] = np.arange(13) * 1.5
+    got = sparse[place_frames(sparse, np.ones(13, bool), 2.0), 0, 3]
+    np.testing.assert_allclose(got, [0, 3, 4.5, 6, 9, 10.5, 12, 15, 16.5, 18])
     cfg = MapConfig(place_spacing_m=2.0, yaw_offsets_deg=[0.0, 30.0], lateral_offsets_m=[-1.0, 0.0, 1.0])
     vps = plan_viewpoints(poses, valid, cfg)
     assert len(vps) == 10 * 2 * 3

@@ -193,7 +193,8 @@ def offset_pose(T_place: np.ndarray, lateral_m: float, yaw_deg: float) -> np.nda
 
 
 def place_frames(poses: np.ndarray, pose_valid: np.ndarray, spacing_m: float) -> np.ndarray:
-    """Frames where a new place starts: the first valid one, then every ``spacing_m`` of path."""
+    """Frames where a new place starts: the first valid one, then the first frame past each multiple
+    of ``spacing_m`` of travelled path (at most one place per frame; standing still adds none)."""
     if spacing_m <= 0:
         raise InputError(f"map.place_spacing_m must be > 0, got {spacing_m}")
     valid = np.flatnonzero(np.asarray(pose_valid, dtype=bool))
@@ -205,7 +206,7 @@ def place_frames(poses: np.ndarray, pose_valid: np.ndarray, spacing_m: float) ->
     for f, d in zip(valid, travelled):
         if d >= nxt:
             out.append(int(f))
-            nxt = d + spacing_m
+            nxt += spacing_m * (1 + np.floor((d - nxt) / spacing_m))  # next multiple beyond d
     return np.asarray(out, dtype=np.int64)
 
 
