@@ -150,6 +150,7 @@ class TrainingConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch
     log_every: int = 10  # steps between JSONL metric lines
     prototype_momentum: float = 0.9  # EMA of the LiDAR class prototypes fed to CSA while training
+    time_budget_s: float = 0.0  # > 0: shorten the schedule to end within this wall time (shared machines)
 
 
 @dataclass

@@ -166,3 +166,12 @@ def test_ddp_two_cpu_ranks_hold_identical_weights(cache_file: Path, tmp_path: Pa
     assert not set(torch.cat(b0).tolist()) & set(torch.cat(b1).tolist())  # ranks saw different places
     # Different data on each rank, yet the same weights: the gradients were averaged across ranks.
     assert all(torch.equal(w0[k], w1[k]) for k in w0), "DDP ranks diverged after a step"
+
+
+def test_time_budget_shortens_the_schedule(cache_file: Path, tmp_path: Path) -> None:
+    cfg = small_cfg(epochs=2, steps_per_epoch=8, warmup_steps=2, time_budget_s=0.001, val_every=10)
+    res = train(cfg, cache_file, tmp_path / "budget", progress=False)
+    assert res.steps == 6  # fitted after max(warmup, 5) steps: no time left, so one more step
+    assert res.model_path.is_file() and res.last_val  # a final validation and model even when cut short
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "budget" / METRICS_LOG) if r["kind"] == "step"]
+    assert lrs[-1] == pytest.approx(cfg.training.lr * cfg.training.min_lr_ratio, rel=1e-6)  # cosine ended

@@ -110,3 +110,23 @@ def test_cache_round_trip_and_conditions(tmp_path) -> None:
         PairCache.load(tmp_path / "bad.npz")
     both = PairCache.concatenate([cache.subset(np.arange(3)), cache.subset(np.arange(3, 6))])
     assert len(both) == 6 and both.group.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_compact_cache_round_trip_is_close(tmp_path) -> None:
+    cache = _tiny_cache()
+    cache.range_input = np.clip(cache.range_input.astype(np.float32), 0, 1).astype(np.float16)
+    cache.range_input[:, 3:6] = cache.range_input[:, 3:6] * 2 - 1  # normals in [-1, 1]
+    cache.range_input[:, 6] = cache.range_input[:, 0] > 0
+    yy, xx = np.mgrid[0:8, 0:16]
+    smooth = np.stack([xx * 12, yy * 25, 100 + 0 * xx], -1).astype(np.uint8)  # JPEG keeps smooth images
+    cache.images[:] = smooth
+    small = cache.save(tmp_path / "small.npz", compact=True)
+    back = PairCache.load(small)
+    assert back.images.shape == cache.images.shape and back.range_input.shape == cache.range_input.shape
+    err = np.abs(back.range_input.astype(np.float32) - cache.range_input.astype(np.float32)).max(axis=(0, 2, 3))
+    assert err[0] < 1e-3 and err[1] < 1e-3 and err[2] < 3e-3 and err[3:6].max() < 5e-3 and err[6] == 0
+    present = cache.image_present
+    assert np.abs(back.images[present].astype(float) - cache.images[present].astype(float)).mean() < 4
+    assert (back.images[~present] == 0).all()
+    for name in ("image_present", "image_labels", "range_labels", "positions", "group", "sequence"):
+        assert np.array_equal(getattr(back, name), getattr(cache, name)), name

@@ -149,10 +149,16 @@ class PairCache:
             frame=self.frame[idx], sequence=self.sequence[idx], meta=dict(self.meta),
         )
 
-    def save(self, path: str | Path, compress: bool = True) -> Path:
+    def save(self, path: str | Path, compress: bool = True, compact: bool = False) -> Path:
+        """``compact``: JPEG images (quality 92) and quantised range channels (range 1/65535 of
+        max_range, z 1/3000 of 10 m, reflectance 1/255, normals 1/127): ~4x smaller, for moving a
+        cache to another machine; everything else is stored exactly."""
         arrays = {k: getattr(self, k) for k in _ARRAY_FIELDS}
+        if compact:
+            arrays.update(_compact_arrays(self))
         arrays["conditions"] = np.array(self.conditions)
-        arrays["meta_json"] = np.frombuffer(json.dumps({"version": CACHE_VERSION, **self.meta}).encode(), dtype=np.uint8)
+        meta = {"version": CACHE_VERSION, **self.meta, "compact": bool(compact)}
+        arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buf = io.BytesIO()
         (np.savez_compressed if compress else np.savez)(buf, **arrays)
         atomic_write_bytes(path, buf.getvalue())
@@ -166,13 +172,18 @@ class PairCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta_json"]).decode())
-                arrays = {k: z[k] for k in _ARRAY_FIELDS}
                 conditions = tuple(str(c) for c in z["conditions"])
+                if meta.get("compact"):
+                    arrays = {k: z[k] for k in _ARRAY_FIELDS if k not in ("images", "range_input")}
+                    arrays.update(_expand_arrays(z, len(conditions)))
+                else:
+                    arrays = {k: z[k] for k in _ARRAY_FIELDS}
         except (KeyError, ValueError, OSError) as exc:
             raise PairsError(f"{path}: not a pair cache or corrupt ({exc}); delete it and rebuild") from exc
         if meta.get("version") != CACHE_VERSION:
             raise PairsError(f"{path}: pair cache version {meta.get('version')} != {CACHE_VERSION}; delete it and rebuild")
         meta.pop("version", None)
+        meta.pop("compact", None)
         return cls(conditions=conditions, meta=meta, **arrays)
 
     @classmethod
@@ -207,6 +218,56 @@ _ARRAY_FIELDS = (
     "images", "image_present", "image_labels", "range_input", "range_labels",
     "positions", "yaw", "group", "role", "frame", "sequence",
 )
+
+
+_Q_RANGE, _Q_Z, _Q_REFL, _Q_NORMAL = 65535.0, 3000.0, 255.0, 127.0
+
+
+def _compact_arrays(c: "PairCache") -> dict[str, np.ndarray]:
+    import cv2
+
+    chunks, offsets = [], [0]
+    for i in range(len(c)):
+        for k in range(len(c.conditions)):
+            if c.image_present[i, k]:
+                ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(c.images[i, k][:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 92])
+                if not ok:
+                    raise PairsError("JPEG encoding of a training image failed")
+                chunks.append(buf.reshape(-1))
+            else:
+                chunks.append(np.zeros(0, np.uint8))
+            offsets.append(offsets[-1] + len(chunks[-1]))
+    r = c.range_input.astype(np.float32)
+    return {
+        "images": np.concatenate(chunks) if chunks else np.zeros(0, np.uint8),
+        "image_offsets": np.asarray(offsets, np.int64),
+        "image_shape": np.asarray(c.images.shape, np.int64),
+        "range_input": np.zeros(0, np.float16),
+        "q_range": np.clip(np.round(r[:, 0] * _Q_RANGE), 0, 65535).astype(np.uint16),
+        "q_z": np.clip(np.round(r[:, 1] * _Q_Z), -32767, 32767).astype(np.int16),
+        "q_refl": np.clip(np.round(r[:, 2] * _Q_REFL), 0, 255).astype(np.uint8),
+        "q_normals": np.clip(np.round(r[:, 3:6] * _Q_NORMAL), -127, 127).astype(np.int8),
+    }
+
+
+def _expand_arrays(z: Any, num_conditions: int) -> dict[str, np.ndarray]:
+    import cv2
+
+    shape = tuple(int(v) for v in z["image_shape"])
+    data, offsets = z["images"], z["image_offsets"]
+    images = np.zeros(shape, np.uint8)
+    for j in range(len(offsets) - 1):
+        a, b = int(offsets[j]), int(offsets[j + 1])
+        if b > a:
+            images[j // num_conditions, j % num_conditions] = cv2.imdecode(data[a:b], cv2.IMREAD_COLOR)[:, :, ::-1]
+    q_range = z["q_range"]
+    rng = np.empty((q_range.shape[0], 7) + q_range.shape[1:], np.float16)
+    rng[:, 0] = q_range.astype(np.float32) / _Q_RANGE
+    rng[:, 1] = z["q_z"].astype(np.float32) / _Q_Z
+    rng[:, 2] = z["q_refl"].astype(np.float32) / _Q_REFL
+    rng[:, 3:6] = z["q_normals"].astype(np.float32) / _Q_NORMAL
+    rng[:, 6] = q_range > 0
+    return {"images": images, "range_input": rng}
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,28 +321,30 @@ def plan_passes(root: Path, sequences: Sequence[str] | None = None, need_labels:
     for n in names:
         try:
             seqs[n] = open_sequence(root, n)
-        except DatasetError as exc:
+        except DatasetError:
             if sequences:
                 raise
             continue  # e.g. a KITTI sequence without images
         if not (seqs[n].has_images and seqs[n].has_poses):
             seqs.pop(n)
-    scan_passes = [n for n in seqs if (seqs[n].has_labels or not need_labels) and _has_scans(seqs[n])]
-    plans = []
-    for n in scan_passes:
-        role = {"map": 0, "query": 1}.get(str(entries[n].get("pass")), 2)
-        plans.append({"scan": n, "role": role, "images": {str(entries[n].get("condition", "day")): n}})
-    for n in seqs:
-        if n in scan_passes:
-            continue
+
+    def same_poses(a: Any, b: Any) -> bool:
+        return a.num_frames == b.num_frames and np.allclose(
+            np.nan_to_num(a.poses_cam[:, :3, 3]), np.nan_to_num(b.poses_cam[:, :3, 3]), atol=0.05
+        )
+
+    plans: list[dict] = []
+    scans = {n: _has_scans(seqs[n]) for n in seqs}
+    for n in sorted(seqs, key=lambda n: not scans[n]):  # passes with scans first (stable)
         cond = str(entries[n].get("condition", "day"))
-        for plan in plans:  # a camera-only pass joins the scan pass it shares poses with
-            a, b = seqs[n], seqs[plan["scan"]]
-            if a.num_frames == b.num_frames and np.allclose(
-                np.nan_to_num(a.poses_cam[:, :3, 3]), np.nan_to_num(b.poses_cam[:, :3, 3]), atol=0.05
-            ):
-                plan["images"].setdefault(cond, n)
-                break
+        # a pass that shares the poses of an earlier one (synthetic night / winter) adds images only
+        home = next((p for p in plans if same_poses(seqs[n], seqs[p["scan"]])), None)
+        if home is not None:
+            home["images"].setdefault(cond, n)
+            continue
+        if (seqs[n].has_labels or not need_labels) and scans[n]:
+            role = {"map": 0, "query": 1}.get(str(entries[n].get("pass")), 2)
+            plans.append({"scan": n, "role": role, "images": {cond: n}})
     if not plans:
         raise PairsError(f"{root}: no sequence with images, labelled scans and poses to train on")
     return plans
@@ -368,10 +431,16 @@ def build_pair_cache(
     meta = {
         "sources": [{"root": str(root), "plans": plans}],
         "image_hw": list(out_hw),
-        "lidar": {k: getattr(cfg.lidar, k) for k in ("range_height", "range_width", "fov_up_deg", "fov_down_deg", "max_range_m", "crop_to_camera_fov")},
+        "lidar": _lidar_meta(cfg),
         "frame_stride": frame_stride,
     }
     return PairCache(conditions=tuple(conditions), meta=meta, **arrays)
+
+
+def _lidar_meta(cfg: ScmprConfig) -> dict:
+    keys = ("range_height", "range_width", "fov_up_deg", "fov_down_deg", "min_range_m", "max_range_m",
+            "crop_to_camera_fov", "segmentation", "segmenter_weights")
+    return {k: getattr(cfg.lidar, k) for k in keys}
 
 
 def load_or_build_cache(
@@ -382,14 +451,17 @@ def load_or_build_cache(
     frame_stride: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> PairCache:
-    """A cache file if given and present (or a .npz passed as data_dir), else built from the datasets."""
+    """A cache file if given and present (or a .npz / a folder of .npz passed as data_dir), else built
+    from the datasets (and saved to ``cache_path`` when given)."""
     data_dir = Path(data_dir)
     if data_dir.is_file() and data_dir.suffix == ".npz":
         return PairCache.load(data_dir)
+    caches_here = sorted(data_dir.glob("*.npz")) if data_dir.is_dir() else []
+    if caches_here and not (data_dir / "sequences").is_dir():  # a folder of pair caches (one per town)
+        return PairCache.concatenate([PairCache.load(p) for p in caches_here])
     if cache_path is not None and Path(cache_path).is_file():
         cache = PairCache.load(cache_path)
-        want = [int(cfg.model.image_height), int(cfg.model.image_width)]
-        if list(cache.meta.get("image_hw", [])) == want:
+        if cache.meta.get("lidar") == _lidar_meta(cfg):  # images are resized to the model at batch time
             return cache
     caches = []
     for g, root in enumerate(find_datasets(data_dir)):
@@ -485,9 +557,15 @@ def make_batch(
     rgb = [cache.images[i, c] for i, c in zip(ids, cond)]
     if augment:
         rgb = [photometric_augment(im, rng, cfg.training.augment_strength) for im in rgb]
+    labels = cache.image_labels[ids]
+    hw = (int(cfg.model.image_height), int(cfg.model.image_width))
+    if labels.shape[1:] != hw:  # a cache built at another size: nearest-neighbour labels, resized images
+        import cv2
+
+        labels = np.stack([cv2.resize(lab, hw[::-1], interpolation=cv2.INTER_NEAREST) for lab in labels])
     return {
         "images": preprocess_images(rgb, cfg.model),
-        "image_labels": torch.from_numpy(cache.image_labels[ids].astype(np.int64)),
+        "image_labels": torch.from_numpy(labels.astype(np.int64)),
         "range": torch.from_numpy(cache.range_input[ids].astype(np.float32)),
         "range_labels": torch.from_numpy(cache.range_labels[ids].astype(np.int64)),
         "ids": torch.from_numpy(ids),

@@ -441,8 +441,9 @@ def train(
             "or a smaller training.batch_size"
         )
     total_steps = steps_per_epoch * t.epochs
+    plan = {"total": total_steps, "budget_fixed": t.time_budget_s <= 0}  # total may shrink to fit time_budget_s
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, t.warmup_steps, t.min_lr_ratio)
+        optimizer, lambda s: lr_factor(s, plan["total"], t.warmup_steps, t.min_lr_ratio)
     )
     use_amp = t.amp and device.startswith("cuda")
     amp_dtype = torch.bfloat16 if t.amp_dtype == "bfloat16" else torch.float16
@@ -457,6 +458,7 @@ def train(
         scaler.load_state_dict(state["scaler"])
         step, start_epoch, start_batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
         best = float(state["best"])
+        plan.update(state.get("plan", {}))
         if state.get("prototypes") is not None:
             prototypes, proto_seen = state["prototypes"].to(device), state["proto_seen"].to(device)
         torch.set_rng_state(state["torch_rng"])
@@ -473,7 +475,7 @@ def train(
         save_checkpoint(out / LAST_MODEL, model, cfg.model, meta)
         _save_state(out, {
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "step": step, "epoch": epoch, "batch": batch, "best": best,
+            "step": step, "epoch": epoch, "batch": batch, "best": best, "plan": dict(plan),
             "prototypes": None if prototypes is None else prototypes.detach().cpu(),
             "proto_seen": None if proto_seen is None else proto_seen.detach().cpu(),
             "torch_rng": torch.get_rng_state(),
@@ -483,7 +485,8 @@ def train(
 
     progress_ctx = _progress(enabled=progress and main, total=total_steps, done=step)
     t0 = time.time()
-    stop = False
+    stop = finished = False
+    steps_at_start = step
     seen_batches: list[np.ndarray] = []
     with progress_ctx as bar:
         for epoch in range(start_epoch, t.epochs):
@@ -522,7 +525,18 @@ def train(
                     on_step(step, record)
                 if bar is not None:
                     bar.update(step, loss=record["loss"], epoch=epoch)
+                if not plan["budget_fixed"] and step - steps_at_start >= max(t.warmup_steps, 5):
+                    # time budget: fit the cosine schedule to the measured speed (10 % kept for validation)
+                    rate = (step - steps_at_start) / max(time.time() - t0, 1e-6)
+                    fit = step + int((0.9 * t.time_budget_s - (time.time() - t0)) * rate)
+                    plan.update(total=max(step + 1, min(plan["total"], fit)), budget_fixed=True)
+                    if bar is not None:
+                        bar.set_total(plan["total"])
+                        bar.note(f"time budget {t.time_budget_s / 60:.0f} min at {rate * 60:.1f} steps/min: {plan['total']} steps")
                 done_epoch = b == len(my_batches) - 1
+                if step >= plan["total"] and not done_epoch:
+                    finished = True
+                    break
                 if max_steps is not None and step >= max_steps:
                     checkpoint(epoch + int(done_epoch), 0 if done_epoch else b + 1)
                     stop = True
@@ -531,7 +545,8 @@ def train(
                     checkpoint(epoch, b + 1)
             if stop:
                 break
-            if main and ((epoch + 1) % max(t.val_every, 1) == 0 or epoch + 1 == t.epochs):
+            finished = finished or step >= plan["total"]
+            if main and ((epoch + 1) % max(t.val_every, 1) == 0 or epoch + 1 == t.epochs or finished):
                 last_val = validate(model, val_cache, val_ids, cfg, device)
                 _append_jsonl(log_path, {"kind": "val", "step": step, "epoch": epoch, **last_val, "time": time.time() - t0})
                 if bar is not None:
@@ -544,6 +559,8 @@ def train(
                     checkpoint(epoch + 1, 0)
             else:
                 checkpoint(epoch + 1, 0)
+            if finished:
+                break
     wall = time.time() - t0
     final = out / FINAL_MODEL
     if main and not stop:
@@ -578,6 +595,9 @@ def _config_yaml(cfg: ScmprConfig) -> str:
 class _Bar:
     def __init__(self, progress, task):
         self.progress, self.task = progress, task
+
+    def set_total(self, total: int) -> None:
+        self.progress.update(self.task, total=total)
 
     def update(self, step: int, loss: float, epoch: int) -> None:
         self.progress.update(self.task, completed=step, description=f"epoch {epoch + 1} loss {loss:.3f}")
