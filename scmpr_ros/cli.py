@@ -42,25 +42,17 @@ def build_app() -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; usage errors exit 2 with typer's message, user-facing errors print one line."""
+    from scmpr_ros.errors import ScmprError
+
     app = build_app()
     try:
-        app(args=argv, standalone_mode=False)
-    except SystemExit as exc:  # typer/click exits
-        return int(exc.code or 0)
-    except Exception as exc:  # noqa: BLE001 - user-facing boundary: one line, no traceback
-        from scmpr_ros.errors import ScmprError
-
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        if isinstance(exc, (ScmprError, FileNotFoundError, ValueError)):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+        app(args=argv, prog_name="scmpr")  # standalone mode: typer reports usage errors itself
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except (ScmprError, OSError) as exc:  # user-facing boundary: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
