@@ -102,11 +102,14 @@ def test_fused_ss2d_core_matches_torch_and_reference(d_model, d_state, h, w):
     with torch.inference_mode():
         assert op._fused_ok(x)
         fused = op.forward_core_fused(x)
+        unfused = op.forward_core_torch(x)  # cross-scan copies + the token-major numba kernel
+        op.scan_backend = "torch"
         torch_path = op.forward_core_torch(x)
         op.scan_backend = "reference"
         ref = op.forward_core(x)  # the reference backend never takes the fused path
     assert fused.shape == (2, h, w, op.d_inner)
     assert (fused - torch_path).abs().max().item() < 1e-4
+    assert (fused - unfused).abs().max().item() < 1e-4
     assert (fused - ref).abs().max().item() < 1e-4
     assert fused.abs().max().item() > 1.0  # a real signal, not zeros
 

@@ -316,14 +316,14 @@ def scan_benchmark(
     o_ker = np.empty((1, length, channels), np.float32)
     h, w, d, rank = ss2d
     torch.manual_seed(seed)
-    op = SS2D(max(1, d // 2), d_state=d_state, ssm_ratio=d / max(1, d // 2), dt_rank=rank).eval()
+    op = SS2D(max(1, d // 2), d_state=d_state, ssm_ratio=d / max(1, d // 2), dt_rank=rank, scan_backend="torch").eval()
     xs = torch.randn(1, h, w, op.d_inner, generator=g)
     runs = {
         "limit": lambda: scan_numba.recurrence(a_lim, b_lim, threads, out=o_lim),
         "numba": lambda: scan_numba.scan_tokens(*npy, True, threads, out=o_ker),
         "torch": lambda: selective_scan_tokens(u, delta, A, B, C, D, None, bias, True),
         "ss2d_numba": lambda: op.forward_core_fused(xs),
-        "ss2d_torch": lambda: op.forward_core_torch(xs),
+        "ss2d_torch": lambda: op.forward_core_torch(xs),  # backend torch: cross-scan copies + chunked scan
     }
     with torch.inference_mode():
         times = _interleaved(runs, iters, warmup, limits={"torch": torch_iters, "ss2d_torch": torch_iters})

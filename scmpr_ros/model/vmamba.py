@@ -215,7 +215,8 @@ class PatchEmbed(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, H/4, W/4, C)
-        x = self.conv1(x).permute(0, 2, 3, 1)
+        # channels-last input: the conv writes NHWC, so the permute below is free (no copy before the LN)
+        x = self.conv1(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
         x = F.gelu(self.norm1(x))
         return self.norm2(_conv_cl(self.conv2, x))
 
