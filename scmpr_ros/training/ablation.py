@@ -42,7 +42,7 @@ def map_pass_of(root: Path) -> str:
     return "00"
 
 
-def ensure_eval_town(out: Path, eval_data: Path | None, frames: int) -> Path:
+def ensure_eval_town(out: Path, eval_data: Path | None, frames: int, image_size: tuple[int, int] = (620, 188)) -> Path:
     if eval_data is not None:
         if not Path(eval_data).is_dir():
             raise AblationError(f"--eval-data {eval_data}: not a directory")
@@ -51,7 +51,7 @@ def ensure_eval_town(out: Path, eval_data: Path | None, frames: int) -> Path:
 
     town = out / f"eval_town_{EVAL_TOWN_SEED}"
     if not (town / "synth_manifest.yaml").is_file():
-        generate_town(town, seed=EVAL_TOWN_SEED, frames=frames)
+        generate_town(town, seed=EVAL_TOWN_SEED, frames=frames, image_size=image_size, overwrite=True)
     return town
 
 
