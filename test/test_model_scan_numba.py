@@ -165,7 +165,7 @@ def test_compile_falls_back_when_the_function_cannot_be_cached():
     exec("def f(x):\n    return x * 2.0\n", namespace)  # no source file: numba has no cache locator for it
     saved = dict(scan_numba.CACHE_INFO)
     try:
-        fn = scan_numba._compile(namespace["f"], cache=True, parallel=False)
+        fn = scan_numba._compile(namespace["f"], cache=True)
         assert fn(np.float32(1.5)) == 3.0
         assert "cache unavailable" in scan_numba.CACHE_INFO["reason"]
     finally:

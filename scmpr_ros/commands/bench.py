@@ -648,7 +648,9 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         ros_map: Optional[Path] = typer.Option(None, "--ros-map", help=".scmpr-map for the ROS loop section"),
         ros_model: Optional[Path] = typer.Option(None, "--ros-model", help="checkpoint (default: the shipped nano)"),
         ros_duration: float = typer.Option(60.0, "--ros-duration", help="seconds of ROS playback"),
-        omp_wait_policy: str = typer.Option("keep", "--omp-wait-policy", help="keep | passive | active"),
+        omp_wait_policy: str = typer.Option(
+            "passive", "--omp-wait-policy",
+            help="passive (default: idle OpenMP threads sleep; spinning ones ruin timings on a shared machine) | active | keep"),
     ) -> None:
         """Encoder, scan, search and ROS loop into OUT/benchmark.json + OUT/benchmark.md (with machine info)."""
         from scmpr_ros.errors import InputError, ScmprError

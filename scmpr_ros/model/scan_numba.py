@@ -3,8 +3,9 @@
 Per step t and channel c (Δ = softplus(δ + b_Δ) = max(x, 0) + log1p(e^-|x|)):
     h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t,   y_t = C_t · h_t + D u_t
 all fused in one pass that reads the contiguous channel vector of each token (no transposes, no
-temporaries), parallel over (batch, group/direction, channel block).  ``exp`` / ``log`` are branch-free
-Cephes-style float32 polynomials (≈1 ulp) so LLVM vectorises the channel loop (no SVML here).
+temporaries), parallel over (batch, group, channel block) on a small pool of GIL-free threads.
+``exp`` / ``log`` are branch-free Cephes-style float32 polynomials (≈1 ulp) so LLVM vectorises the
+channel loop (no SVML here).
 ``ss2d_scan`` runs the four VMamba cross-scan directions (row, column, both reversed) of a
 channels-last map in one call and sums them back into place (the cross-merge), so neither the
 cross-scan copies nor the merge exist as tensors.  Caching: ``cache=True`` in numba's cache dir
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -22,7 +24,7 @@ import numpy as np
 try:  # numba is optional: without it the pure-torch scan is used
     import numba
     from llvmlite import ir as _llir
-    from numba import carray, njit, prange
+    from numba import carray, njit
     from numba.core import types as _nbt
     from numba.extending import intrinsic
 
@@ -108,7 +110,11 @@ if NUMBA_AVAILABLE:
         absolute error stays below 1e-7 (where e^-|x| < 6e-8 it rounds away: error < 6e-8)."""
         return max(x, np.float32(0.0)) + _log12(np.float32(1.0) + _fexp(-abs(x)))
 
-    _JIT_KERNEL = dict(parallel=True, fastmath=_FASTMATH, nogil=True, boundscheck=False, error_model="numpy")
+    # Kernels are serial over a range of tasks and release the GIL; ``_run_tasks`` spreads the tasks
+    # over a small pool of Python threads.  (numba's parallel=True would bring a second OpenMP runtime
+    # next to torch's: its idle threads spin against torch's on a loaded machine, it is not fork-safe,
+    # and it compiles several times slower.)
+    _JIT_KERNEL = dict(fastmath=_FASTMATH, nogil=True, boundscheck=False, error_model="numpy")
 
     # Rows are taken as carray(_ptr(a, flat offset), n): C-contiguous 1-D arrays without a reference
     # count, so the channel loops vectorise and a new row per step costs nothing.  Blocks are as wide
@@ -118,7 +124,7 @@ if NUMBA_AVAILABLE:
     def _row(a, offset, n):
         return carray(_ptr(a, offset), n)
 
-    def _scan_tokens_py(u, delta, At, Bm, Cm, Dv, bias, softplus, out, per, nsub):
+    def _scan_tokens_py(u, delta, At, Bm, Cm, Dv, bias, softplus, out, per, nsub, task_lo, task_hi):
         """u, delta, out (Bn, L, Dc); At (N, Dc); Bm, Cm (Bn, L, G, N); Dv, bias (Dc,); all C-contiguous.
 
         Per step two passes over the channel block: Δ (softplus) into a small buffer, then the
@@ -127,8 +133,7 @@ if NUMBA_AVAILABLE:
         n_state = At.shape[0]
         groups = Bm.shape[2]
         sub = (per + nsub - 1) // nsub
-        ntask = bn * groups * nsub
-        for task in prange(ntask):
+        for task in range(task_lo, task_hi):  # tasks: bn * groups * nsub
             b = task // (groups * nsub)
             g = (task // nsub) % groups
             lo = g * per + (task % nsub) * sub
@@ -179,7 +184,7 @@ if NUMBA_AVAILABLE:
                     for i in range(cnt):
                         ot[i] = yb[i]
 
-    def _ss2d_scan_py(x, proj, Wdt, At, Dv, bias, out, height, width, nsub):
+    def _ss2d_scan_py(x, proj, Wdt, At, Dv, bias, out, height, width, nsub, task_lo, task_hi):
         """Four-direction cross-scan + Δ projection + scan + cross-merge of a channels-last map.
 
         x, out (Bn, H*W, d); proj (Bn, H*W, K*(R+2N)): per direction k the x_proj outputs
@@ -192,7 +197,7 @@ if NUMBA_AVAILABLE:
         n_state = At.shape[1]
         wp = rank + 2 * n_state
         sub = (d + nsub - 1) // nsub
-        for task in prange(bn * nsub):
+        for task in range(task_lo, task_hi):  # tasks: bn * nsub
             b = task // nsub
             lo = (task % nsub) * sub
             hi = min(d, lo + sub)
@@ -253,11 +258,11 @@ if NUMBA_AVAILABLE:
                         for i in range(cnt):
                             ot[i] += yb[i]
 
-    def _recurrence_py(a, b, out, nsub):
+    def _recurrence_py(a, b, out, nsub, task_lo, task_hi):
         """The memory-traffic limit: h_t = a_t h_{t-1} + b_t over contiguous (L, d) arrays."""
         length, d = a.shape
         sub = (d + nsub - 1) // nsub
-        for task in prange(nsub):
+        for task in range(task_lo, task_hi):  # tasks: nsub
             lo = task * sub
             hi = min(d, lo + sub)
             cnt = hi - lo
@@ -288,8 +293,8 @@ _KERNEL_LOCK = threading.Lock()
 CACHE_INFO: dict = {"cached": None, "compile_s": None, "reason": ""}
 
 
-def _compile(fn, cache: bool, parallel: bool = True):
-    opts = dict(_JIT_KERNEL) if parallel else dict(fastmath=_FASTMATH, nogil=True, error_model="numpy")
+def _compile(fn, cache: bool):
+    opts = dict(_JIT_KERNEL)
     if cache:
         try:
             return njit(cache=True, **opts)(fn)
@@ -310,7 +315,7 @@ def kernels() -> Optional[dict]:
                 "tokens": _compile(_scan_tokens_py, cache),
                 "ss2d": _compile(_ss2d_scan_py, cache),
                 "recurrence": _compile(_recurrence_py, cache),
-                "math": _compile(_math_check_py, cache, parallel=False),
+                "math": _compile(_math_check_py, cache),
             }
             CACHE_INFO["cached"] = bool(getattr(_KERNELS["ss2d"], "_cache", None)) and not CACHE_INFO["reason"]
     return _KERNELS
@@ -326,9 +331,36 @@ def _nsub(parts: int, channels: int, threads: int) -> int:
     return max(1, min(want, channels // _BLOCK_MULTIPLE))
 
 
-def _set_threads(threads: int) -> int:
-    n = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_PID = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of idle-blocking worker threads (re-created after a fork, grown on demand)."""
+    global _POOL, _POOL_PID
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_PID != os.getpid() or _POOL._max_workers < workers:
+            _POOL = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="scmpr-scan")
+            _POOL_PID = os.getpid()
+        return _POOL
+
+
+def _run_tasks(kernel, args: tuple, ntask: int, threads: int) -> int:
+    """kernel(*args, lo, hi) over tasks [0, ntask) split into ``threads`` contiguous ranges; the
+    calling thread runs the first range.  Returns the number of threads used."""
+    n = max(1, min(int(threads), ntask))
+    if n == 1:
+        kernel(*args, 0, ntask)
+        return 1
+    bounds = [ntask * i // n for i in range(n + 1)]
+    pool = _pool(n - 1)
+    futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, n)]
+    try:
+        kernel(*args, bounds[0], bounds[1])
+    finally:
+        for f in futures:
+            f.result()
     return n
 
 
@@ -378,9 +410,9 @@ def scan_tokens(
     Dv = np.zeros(dc, np.float32) if D is None else _c32(D, "D", (dc,))
     bias = np.zeros(dc, np.float32) if delta_bias is None else _c32(delta_bias, "delta_bias", (dc,))
     out = _out(out, (bn, length, dc), zero=False)
-    nt = _set_threads(threads)
     per = dc // groups
-    k["tokens"](u, delta, At, B, C, Dv, bias, bool(delta_softplus), out, per, _nsub(bn * groups, per, nt))
+    nsub = _nsub(bn * groups, per, threads)
+    _run_tasks(k["tokens"], (u, delta, At, B, C, Dv, bias, bool(delta_softplus), out, per, nsub), bn * groups * nsub, threads)
     return out
 
 
@@ -412,8 +444,8 @@ def ss2d_scan(
     Dv = _c32(D.reshape(n_dir, d), "D", (n_dir, d))
     bias = _c32(delta_bias.reshape(n_dir, d), "delta_bias", (n_dir, d))
     out = _out(out, (bn, length, d), zero=True)
-    nt = _set_threads(threads)
-    k["ss2d"](x, proj, Wdt, At, Dv, bias, out, int(height), int(width), _nsub(bn, d, nt))
+    nsub = _nsub(bn, d, threads)
+    _run_tasks(k["ss2d"], (x, proj, Wdt, At, Dv, bias, out, int(height), int(width), nsub), bn * nsub, threads)
     return out
 
 
@@ -423,8 +455,8 @@ def recurrence(a: np.ndarray, b: np.ndarray, threads: int, out: Optional[np.ndar
     a = _c32(a, "a", b.shape)
     b = _c32(b, "b", a.shape)
     out = _out(out, a.shape, zero=False)
-    nt = _set_threads(threads)
-    k["recurrence"](a, b, out, _nsub(1, a.shape[1], nt))
+    nsub = _nsub(1, a.shape[1], threads)
+    _run_tasks(k["recurrence"], (a, b, out, nsub), nsub, threads)
     return out
 
 
