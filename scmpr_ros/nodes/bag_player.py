@@ -225,16 +225,15 @@ class BagPlayer(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    from rclpy.executors import SingleThreadedExecutor
+    from scmpr_ros.nodes.executors import make_executor, spin_until_shutdown
 
     rclpy.init(args=args)
     node = None
     try:
         node = BagPlayer()
-        executor = SingleThreadedExecutor()
+        executor = make_executor()
         executor.add_node(node)
-        while rclpy.ok() and not node.done.is_set():
-            executor.spin_once(timeout_sec=0.1)
+        spin_until_shutdown(executor, done=node.done)
         time.sleep(0.5)  # let reliable subscribers fetch the last messages
     except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGTERM
         pass

@@ -407,15 +407,15 @@ class Localizer(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    from rclpy.executors import MultiThreadedExecutor
+    from scmpr_ros.nodes.executors import make_executor, spin_until_shutdown
 
     rclpy.init(args=args)
     node = None
     try:
         node = Localizer()
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = make_executor()
         executor.add_node(node)
-        executor.spin()
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGTERM
         pass
     except ScmprError as exc:

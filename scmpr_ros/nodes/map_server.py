@@ -26,6 +26,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from scmpr_ros.config import NodesConfig
 from scmpr_ros.errors import ScmprError
+from scmpr_ros.nodes.executors import make_executor, spin_until_shutdown
 from scmpr_ros.nodes.map_transport import MapAnnouncement, stored_checksum
 from scmpr_ros.nodes.qos import LATCHED_QOS, MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
 
@@ -152,7 +153,9 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = MapServer()
-        rclpy.spin(node)
+        executor = make_executor()
+        executor.add_node(node)
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGTERM
         pass
     except ScmprError as exc:

@@ -1,7 +1,7 @@
 """`scmpr replay` / `scmpr demo` / `scmpr benchmark ros` without launch_ros: the launch files' nodes in one process.
 
 map_server, localizer and bag_player (the same classes as the console scripts) plus a recorder node run
-in one rclpy Context on a MultiThreadedExecutor over loopback DDS, configured by the same ROS params
+in one rclpy Context on one executor (executors.py) over loopback DDS, configured by the same ROS params
 file as launch/localization.launch.py (``--ros-args --params-file``; per-run values as overrides).
 The recorder keys everything on the image stamp: end-to-end latency = PoseArray received - the same
 image received by the recorder.  Scoring uses the bag's ground-truth odometry and training.metrics.
@@ -19,7 +19,6 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, PointCloud2
@@ -27,6 +26,7 @@ from sensor_msgs.msg import Image, PointCloud2
 from scmpr_ros.bags.kitti_to_bag import ODOM_TOPIC
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.nodes.conversions import read_hypotheses, stamp_to_ns
+from scmpr_ros.nodes.executors import make_executor
 from scmpr_ros.nodes.qos import BEST_POSE_TOPIC, HYPOTHESES_TOPIC, OUTPUT_QOS, SCORES_TOPIC, SENSOR_QOS
 
 
@@ -171,6 +171,7 @@ def run_replay(
     map_timeout_s: float = 120.0,
     settle_s: float = 2.0,
     threads: int = 4,
+    executor_kind: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
     """Replay ``bag`` through map_server + localizer; return what the localizer published.
@@ -192,7 +193,7 @@ def run_replay(
         raise ScmprError("looping playback needs a duration")
     ctx = Context()
     rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(params)])
-    executor = MultiThreadedExecutor(num_threads=threads, context=ctx)
+    executor = make_executor(ctx, executor_kind, threads)
     nodes: list[Node] = []
     t_start = time.monotonic()
     rss: list[tuple[float, float]] = [(0.0, rss_mb())]
