@@ -50,8 +50,9 @@ def rss_mb() -> float:
 class Recorder(Node):
     """Collects the localizer's outputs and the image arrival times, keyed by image stamp (ns)."""
 
-    def __init__(self, image_topic: str, **kwargs) -> None:
+    def __init__(self, image_topic: str, keep_results: bool = True, **kwargs) -> None:
         super().__init__("scmpr_recorder", **kwargs)
+        self.keep_results = keep_results  # False for long benchmarks: only timings, so RSS measures the nodes
         self.lock = threading.Lock()
         self.image_times: dict[int, float] = {}  # latest arrival per stamp (a looping bag repeats stamps)
         self.results: dict[int, dict[str, Any]] = {}  # latest outputs per stamp
@@ -72,25 +73,28 @@ class Recorder(Node):
 
     def _on_poses(self, msg: PoseArray) -> None:
         t = time.monotonic()
-        poses = np.array([[p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
-                           p.orientation.z, p.orientation.w] for p in msg.poses])
         stamp = stamp_to_ns(msg.header.stamp)
         with self.lock:
-            e = self._entry(msg.header.stamp)
-            e.update(poses=poses, t_result=t, frame_id=msg.header.frame_id)
             self.result_count += 1
-            if stamp in self.image_times:
-                self.latencies_ms.append((t - self.image_times[stamp]) * 1e3)
-                self.events.append((stamp, self.image_times[stamp], t))
+            t_image = self.image_times.get(stamp) if self.keep_results else self.image_times.pop(stamp, None)
+            if t_image is not None:
+                self.latencies_ms.append((t - t_image) * 1e3)
+                self.events.append((stamp, t_image, t))
+            if self.keep_results:
+                poses = np.array([[p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
+                                   p.orientation.z, p.orientation.w] for p in msg.poses])
+                self._entry(msg.header.stamp).update(poses=poses, t_result=t, frame_id=msg.header.frame_id)
 
     def _on_scores(self, msg: PointCloud2) -> None:
-        h = read_hypotheses(msg)
-        with self.lock:
-            self._entry(msg.header.stamp)["hypotheses"] = h
+        if self.keep_results:
+            h = read_hypotheses(msg)
+            with self.lock:
+                self._entry(msg.header.stamp)["hypotheses"] = h
 
     def _on_best(self, msg: PoseWithCovarianceStamped) -> None:
-        with self.lock:
-            self._entry(msg.header.stamp)["covariance"] = np.array(msg.pose.covariance)
+        if self.keep_results:
+            with self.lock:
+                self._entry(msg.header.stamp)["covariance"] = np.array(msg.pose.covariance)
 
     def complete(self) -> dict[int, dict[str, Any]]:
         with self.lock:
@@ -211,7 +215,7 @@ def run_replay(
         image_topic = str(localizer.p["image_topic"])
         if image_topic not in info.topics:
             raise ScmprError(f"{bag} has no {image_topic} (topics: {sorted(info.topics)}); set image_topic")
-        recorder = Recorder(image_topic, context=ctx)
+        recorder = Recorder(image_topic, keep_results=not loop, context=ctx)
         nodes.append(recorder)
         for n in nodes:
             executor.add_node(n)
