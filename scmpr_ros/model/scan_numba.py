@@ -317,7 +317,7 @@ def kernels() -> Optional[dict]:
                 "recurrence": _compile(_recurrence_py, cache),
                 "math": _compile(_math_check_py, cache),
             }
-            CACHE_INFO["cached"] = bool(getattr(_KERNELS["ss2d"], "_cache", None)) and not CACHE_INFO["reason"]
+            CACHE_INFO["cached"] = cache and not CACHE_INFO["reason"]
     return _KERNELS
 
 
