@@ -33,7 +33,7 @@ class ModelConfig:
     image_width: int = 512
     d_state: int = 1
     ssm_ratio: float = 2.0
-    scan_backend: str = "auto"  # auto | cuda | cpu | torch | reference
+    scan_backend: str = "auto"  # auto | cuda | cpu | numba | torch | reference (auto: cuda kernel on GPU, numba for CPU inference, torch when training)
     feature_dim: int = 128  # SAFF output channels fed to NetVLAD
     netvlad_clusters: int = 16
     descriptor_dim: int = 256  # projection after NetVLAD; 0 keeps K*C
