@@ -12,8 +12,9 @@ pytest.importorskip("torch")
 from scmpr_ros.config import default_models_dir  # noqa: E402
 
 MODEL = default_models_dir() / "scmpr_nano.pt"
-# R@1 floor of the shipped model on a fresh small town, replayed so that every image is processed
-R1_FLOOR = 0.5
+# The floor: clearly better than a random ranking of the same map (whose R@1 is large on a small town),
+# and at least half the validation R@1 recorded in the shipped checkpoint.
+MARGIN_OVER_CHANCE = 0.15
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -25,9 +26,13 @@ def test_demo_replay_on_a_small_town_reaches_the_floor(tmp_path):
     lines: list[str] = []
     summary = run_demo(tmp_path, MODEL, frames=30, seed=11, image_size=(620, 188), azimuth_steps=1024,
                        rate=0.25, device="cpu", regenerate=False, echo=lines.append)
+    from scmpr_ros.model import load_checkpoint
+
     score = summary["score"]
     assert score["num_scored"] >= 10, summary
-    assert score["recall"]["R@1"] >= R1_FLOOR, summary
+    val_r1 = float(load_checkpoint(MODEL)[2].get("best_val_r1", 0.0))
+    floor = max(score["chance_r1"] + MARGIN_OVER_CHANCE, 0.5 * val_r1)
+    assert score["recall"]["R@1"] >= floor, (floor, summary)
     assert summary["results"] >= 0.8 * summary["images_published"], "rate 0.25 leaves time for every image"
     assert (tmp_path / "results" / "trajectory.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results" / "replay_summary.json").read_text())

@@ -82,6 +82,7 @@ def test_run_replay_localizes_every_image_and_scores_it(replay_world):
     last = T0 + (NUM_IMAGES - 1) * PERIOD
     # every query with a true match within 5 m is found at rank 1; the one 400 m away is not counted
     assert sc["recall"]["R@1"] == 1.0
+    assert sc["chance_r1"] == pytest.approx(1 / NUM_IMAGES)  # one viewpoint within 5 m of each query
     assert sc["num_scored"] == len(res.results) - (1 if last in res.results else 0)
     sc_tight = score_replay(res, threshold_m=1.0)  # 1.5 m from the viewpoint: nothing within 1 m
     assert sc_tight["num_scored"] == 0

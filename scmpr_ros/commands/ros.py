@@ -37,7 +37,7 @@ def _replay_report(result, score: dict | None) -> str:
     if score is not None:
         rec = ", ".join(f"{k} {v:.3f}" for k, v in score["recall"].items())
         lines.append(f"{rec} over {score['num_scored']} localized images with a true match within "
-                     f"{score['threshold_m']:.0f} m")
+                     f"{score['threshold_m']:.0f} m (a random ranking: R@1 {score['chance_r1']:.3f})")
     return "\n".join(lines)
 
 

@@ -304,9 +304,14 @@ def score_replay(result: ReplayResult, threshold_m: float = 5.0, ns=(1, 5)) -> d
         ranked[j, : len(ids)] = ids
     q_xyz = np.array([gt[s] for s in stamps])
     ns = tuple(n for n in ns if n <= k) or (1,)
-    rr = recall_at_n(ranked, q_xyz, np.asarray(m.poses)[:, :3], threshold_m, ns)
+    db_xyz = np.asarray(m.poses)[:, :3]
+    rr = recall_at_n(ranked, q_xyz, db_xyz, threshold_m, ns)
+    # R@1 of a random ranking: mean fraction of viewpoints within the threshold (small maps make it large)
+    near = (np.linalg.norm(q_xyz[:, None, :] - db_xyz[None, :, :], axis=-1) <= threshold_m).mean(axis=1)
+    chance = float(near[rr.evaluated].mean()) if rr.evaluated.any() else float("nan")
     return {
         "recall": {f"R@{n}": rr.recall[n] for n in rr.ns},
+        "chance_r1": chance,
         "num_scored": rr.num_evaluated,
         "num_results": len(result.results),
         "images_published": result.images_published,
