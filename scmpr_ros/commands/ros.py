@@ -198,7 +198,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
     def demo_cmd(
         work: Path = typer.Option(Path("runs/demo"), "--work", help="cache + output folder"),
         model: Optional[Path] = typer.Option(None, "--model", help="checkpoint (default: the shipped nano model)"),
-        frames: int = typer.Option(40, "--frames", help="frames of the town's mapping pass"),
+        frames: int = typer.Option(80, "--frames", help="frames of the town's mapping pass"),
         seed: int = typer.Option(7, "--seed", help="town seed"),
         width: int = typer.Option(620, "--width", help="rendered image width"),
         height: int = typer.Option(188, "--height", help="rendered image height"),
