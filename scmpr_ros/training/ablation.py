@@ -89,8 +89,11 @@ def run_ablation(
     eval_root = ensure_eval_town(out, Path(eval_data) if eval_data else None, eval_frames)
     map_seq = eval_map_sequence or map_pass_of(eval_root)
     queries = list(eval_query_sequences) if eval_query_sequences else ([map_seq] if not (eval_root / "synth_manifest.yaml").is_file() else None)
-    cache_path = out / "pairs.npz"
-    load_or_build_cache(data, cfg, cache_path, cfg.training.sequences or None, cfg.training.frame_stride)
+    data = Path(data)
+    prebuilt = data.suffix == ".npz" or (data.is_dir() and any(data.glob("*.npz")) and not (data / "sequences").is_dir())
+    cache_path = data if prebuilt else out / "pairs.npz"  # datasets: build the pairs once for all variants
+    if not prebuilt:
+        load_or_build_cache(data, cfg, cache_path, cfg.training.sequences or None, cfg.training.frame_stride)
     rows = []
     eval_device = "cpu" if device in ("auto", "cpu") else device
     for v in variants:

@@ -43,11 +43,10 @@ def query_sequences(queries_dir: Path, sequences: Sequence[str] | None, map_meta
         qs = [str(k) for k, v in manifest["sequences"].items() if v.get("pass") == "query"]
         if qs:
             return [(s, cond_of[s]) for s in qs]
-    seq_dir = queries_dir / "sequences"
-    if not seq_dir.is_dir():
-        raise EvaluationError(f"{queries_dir}: no sequences/ folder; pass the dataset root with --queries")
+    from scmpr_ros.datasets import list_sequences
+
     map_seq = str(map_meta.get("sequence", ""))
-    names = sorted(p.name for p in seq_dir.iterdir() if p.is_dir() and p.name != map_seq)
+    names = [s for s in list_sequences(queries_dir) if s != map_seq]
     if not names:
         raise EvaluationError(f"{queries_dir}: no query sequence found; name one with --sequence")
     return [(s, "day") for s in names]

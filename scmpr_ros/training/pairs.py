@@ -278,9 +278,12 @@ def find_datasets(data_dir: str | Path) -> list[Path]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise PairsError(f"training data directory not found: {data_dir}")
-    if (data_dir / "sequences").is_dir() or (data_dir / "synth_manifest.yaml").is_file():
+    def is_dataset(p: Path) -> bool:  # KITTI / synthetic town / KITTI-360 root
+        return (p / "sequences").is_dir() or (p / "synth_manifest.yaml").is_file() or (p / "data_3d_raw").is_dir()
+
+    if is_dataset(data_dir):
         return [data_dir]
-    roots = sorted(p for p in data_dir.iterdir() if p.is_dir() and (p / "sequences").is_dir())
+    roots = sorted(p for p in data_dir.iterdir() if p.is_dir() and is_dataset(p))
     if not roots:
         raise PairsError(
             f"{data_dir}: no dataset found (expected sequences/ in it or in its subfolders); "
@@ -315,7 +318,9 @@ def plan_passes(root: Path, sequences: Sequence[str] | None = None, need_labels:
         entries = {str(k): v for k, v in manifest["sequences"].items()}
         names = [n for n in entries if not sequences or n in sequences]
     else:
-        names = list(sequences) if sequences else sorted(p.name for p in (root / "sequences").iterdir() if p.is_dir())
+        from scmpr_ros.datasets import list_sequences
+
+        names = list(sequences) if sequences else list_sequences(root)
         entries = {n: {"pass": "both", "condition": "day"} for n in names}
     seqs = {}
     for n in names:
@@ -463,7 +468,7 @@ def load_or_build_cache(
         cache = PairCache.load(cache_path)
         if cache.meta.get("lidar") == _lidar_meta(cfg):  # images are resized to the model at batch time
             return cache
-    caches = []
+    caches: list[PairCache] = []
     for g, root in enumerate(find_datasets(data_dir)):
         cb = (lambda i, n, r=root: progress(r.name, i, n)) if progress else None
         caches.append(build_pair_cache(root, cfg, sequences, frame_stride, group=g, progress=cb))
