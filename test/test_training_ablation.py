@@ -37,8 +37,8 @@ def test_ablation_ladder_end_to_end(tmp_path: Path) -> None:
         assert set(r["per_condition"]) == {"day", "night", "winter"}
         assert all(0.0 <= v <= 1.0 for v in r["per_condition"].values())
     # each variant really is the configuration it claims: no SAFF/CSA parameters in the base model
-    base, base_cfg, _ = load_checkpoint(tmp_path / "abl" / "variant0" / "model.pt")
-    full, full_cfg, _ = load_checkpoint(tmp_path / "abl" / "variant3" / "model.pt")
+    base, base_cfg, _ = load_checkpoint(saved["rows"][0]["model"])
+    full, full_cfg, _ = load_checkpoint(saved["rows"][1]["model"])
     assert not base_cfg.use_semantics and base.csa is None and full.csa is not None
     assert sum(p.numel() for p in full.parameters()) > sum(p.numel() for p in base.parameters())
     assert (tmp_path / "abl" / "ablation.md").read_text().strip() == table.strip()

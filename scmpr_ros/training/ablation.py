@@ -108,6 +108,7 @@ def run_ablation(
                                      exclude_recent_s=None)
         rows.append({
             "name": name, "flags": flags, "paper": PAPER_KITTI_R1[v], "steps": res.steps, "train_s": train_s,
+            "model": str(model_path),
             "r1": summary["overall"]["R@1"], "r5": summary["overall"]["R@5"],
             "per_condition": {c: r["recall"]["R@1"] for c, r in summary["per_condition"].items()},
             "summary": summary["per_condition"],
