@@ -21,11 +21,11 @@ def test_ablation_ladder_end_to_end(tmp_path: Path) -> None:
         cfg,
         model=dataclasses.replace(cfg.model, image_height=32, image_width=96, feature_dim=16, netvlad_clusters=4,
                                   descriptor_dim=16, lidar_dims=[8, 8, 16], attention_dim=8),
-        training=dataclasses.replace(cfg.training, epochs=1, batch_size=2, negative_radius_m=5.0, warmup_steps=1,
+        training=dataclasses.replace(cfg.training, epochs=1, steps_per_epoch=2, batch_size=2, negative_radius_m=5.0, warmup_steps=1,
                                      kmeans_batches=1, threads=1, val_max_queries=5, augment=False),
         map=dataclasses.replace(cfg.map, place_spacing_m=4.0, yaw_offsets_deg=[0.0, 180.0]),
     )
-    table = run_ablation(cfg, town, tmp_path / "abl", eval_data=town, steps=2, variants=(0, 3), progress=False)
+    table = run_ablation(cfg, town, tmp_path / "abl", eval_data=town, variants=(0, 3), progress=False)
     lines = table.splitlines()
     assert lines[2].startswith("| Configuration | R@1 day (%) | R@1 night (%) | R@1 winter (%)")
     rows = [ln for ln in lines if ln.startswith("| Ours") or ln.startswith("| +")]

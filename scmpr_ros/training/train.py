@@ -31,6 +31,7 @@ LAST_MODEL = "last.pt"
 BEST_MODEL = "best.pt"
 FINAL_MODEL = "model.pt"
 METRICS_LOG = "metrics.jsonl"
+BUDGET_REFIT_STEPS = 25  # with training.time_budget_s, re-fit the schedule to the speed this often
 KMEANS_EPOCH = 999_999  # batch-list id of the k-means initialisation (never a training epoch)
 
 
@@ -241,9 +242,12 @@ def encode_cache(model: Any, cache: PairCache, ids: np.ndarray, cfg: ScmprConfig
             lab = torch.from_numpy(cache.range_labels[sel].astype(np.int64)).to(device)
             lid = model.encode_lidar(r, lab)
             descs.append(lid.descriptor.float().cpu())
-            feats.append(lid.class_features.float().cpu())
-            present.append(lid.class_present.cpu())
-        protos = model.semantic_prototypes(torch.cat(feats).to(device), torch.cat(present).to(device))
+            if lid.class_features is not None:
+                feats.append(lid.class_features.float().cpu())
+                present.append(lid.class_present.cpu())
+        protos = None  # a model without CSA takes no context
+        if feats and getattr(model, "use_csa", False):
+            protos = model.semantic_prototypes(torch.cat(feats).to(device), torch.cat(present).to(device))
     return {"descriptors": torch.cat(descs).numpy(), "prototypes": protos}
 
 
@@ -487,6 +491,7 @@ def train(
     t0 = time.time()
     stop = finished = False
     steps_at_start = step
+    rate_window: list[tuple[int, float]] = []  # (step, seconds) where the last speed measurement began
     seen_batches: list[np.ndarray] = []
     with progress_ctx as bar:
         for epoch in range(start_epoch, t.epochs):
@@ -525,11 +530,17 @@ def train(
                     on_step(step, record)
                 if bar is not None:
                     bar.update(step, loss=record["loss"], epoch=epoch)
-                if not plan["budget_fixed"] and step - steps_at_start >= max(t.warmup_steps, 5):
-                    # time budget: fit the cosine schedule to the measured speed (10 % kept for validation)
-                    rate = (step - steps_at_start) / max(time.time() - t0, 1e-6)
-                    fit = step + int((0.9 * t.time_budget_s - (time.time() - t0)) * rate)
-                    plan.update(total=max(step + 1, min(plan["total"], fit)), budget_fixed=True)
+                if t.time_budget_s > 0 and step - steps_at_start >= max(t.warmup_steps, 5) and (
+                    not plan["budget_fixed"] or step % BUDGET_REFIT_STEPS == 0
+                ):
+                    # time budget: fit the cosine schedule to the measured speed (10 % kept for validation),
+                    # first after the warm-up, then every BUDGET_REFIT_STEPS steps from the recent speed
+                    now = time.time() - t0
+                    window = rate_window[-1] if rate_window else (steps_at_start, 0.0)
+                    rate = (step - window[0]) / max(now - window[1], 1e-6)
+                    rate_window.append((step, now))
+                    fit = step + int((0.9 * t.time_budget_s - now) * rate)
+                    plan.update(total=max(step + 1, min(total_steps, fit)), budget_fixed=True)
                     if bar is not None:
                         bar.set_total(plan["total"])
                         bar.note(f"time budget {t.time_budget_s / 60:.0f} min at {rate * 60:.1f} steps/min: {plan['total']} steps")
