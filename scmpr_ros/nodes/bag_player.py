@@ -109,7 +109,7 @@ class BagPlayer(Node):
             cls = message_class(msgtype)
             if cls is None:
                 self.skipped[topic] = msgtype
-                self.get_logger().warn(f"{topic}: message type {msgtype} is not importable here; not replayed")
+                self.get_logger().warning(f"{topic}: message type {msgtype} is not importable here; not replayed")
                 continue
             self.pubs[topic] = self.create_publisher(cls, topic, LATCHED_QOS if topic in latched_topics else PLAYBACK_QOS)
             if starts_with_header(cls):
@@ -168,13 +168,13 @@ class BagPlayer(Node):
         for topic in self.wait_for:
             pub = self.pubs.get(topic)
             if pub is None:
-                self.get_logger().warn(f"wait_for_topics: {topic} is not replayed; not waiting for it")
+                self.get_logger().warning(f"wait_for_topics: {topic} is not replayed; not waiting for it")
                 continue
             while pub.get_subscription_count() < self.min_subscribers and time.monotonic() < deadline \
                     and not self._stop.is_set():
                 time.sleep(0.02)
             if pub.get_subscription_count() < self.min_subscribers:
-                self.get_logger().warn(f"{pub.get_subscription_count()} subscribers on {topic} after "
+                self.get_logger().warning(f"{pub.get_subscription_count()} subscribers on {topic} after "
                                        f"{self.wait_timeout:.1f} s (waiting for {self.min_subscribers}); starting anyway")
 
     def _play(self) -> None:

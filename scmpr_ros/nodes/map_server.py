@@ -89,7 +89,7 @@ class MapServer(Node):
         if path:
             self._log_result(*self.load(path))
         else:
-            self.get_logger().warn("no map_file set; set it and call ~/reload_map")
+            self.get_logger().warning("no map_file set; set it and call ~/reload_map")
 
     # --------------------------------------------------------------------------------- loading
     def load(self, path: str) -> tuple[bool, str]:
