@@ -18,8 +18,6 @@ import sys
 import threading
 import time
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -225,30 +223,9 @@ class BagPlayer(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    from scmpr_ros.nodes.executors import make_executor, spin_until_shutdown
+    from scmpr_ros.nodes.executors import run_node_main
 
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = BagPlayer()
-        executor = make_executor()
-        executor.add_node(node)
-        spin_until_shutdown(executor, done=node.done)
-        time.sleep(0.5)  # let reliable subscribers fetch the last messages
-    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGTERM
-        pass
-    except ScmprError as exc:
-        print(f"bag_player: {exc}", file=sys.stderr)
-        return 2
-    except Exception:  # noqa: BLE001 - a shutdown during start-up invalidates the context: exit quietly
-        if rclpy.ok():
-            raise
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node_main("bag_player", BagPlayer, args, linger_s=0.5)
 
 
 if __name__ == "__main__":

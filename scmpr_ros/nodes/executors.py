@@ -36,3 +36,37 @@ def spin_until_shutdown(executor: Executor, context: Context | None = None, done
     """Run callbacks until the context shuts down (Ctrl-C, SIGTERM) or ``done`` is set."""
     while rclpy.ok(context=context) and not (done is not None and done.is_set()):
         executor.spin_once(timeout_sec=period_s)
+
+
+def run_node_main(name: str, node_factory, args: list[str] | None = None, linger_s: float = 0.0) -> int:
+    """The body of every node's ``main()``: init, spin until Ctrl-C / SIGTERM (or the node's ``done``
+    event, when it has one), clean shutdown. A user-facing ScmprError prints one line and exits 2."""
+    import sys
+    import time
+
+    from rclpy.executors import ExternalShutdownException
+
+    from scmpr_ros.errors import ScmprError
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = node_factory()
+        executor = make_executor()
+        executor.add_node(node)
+        spin_until_shutdown(executor, done=getattr(node, "done", None))
+        time.sleep(linger_s)
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGTERM
+        pass
+    except ScmprError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    except Exception:  # noqa: BLE001 - a shutdown during start-up invalidates the context: exit quietly
+        if rclpy.ok():
+            raise
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

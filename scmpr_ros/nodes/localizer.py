@@ -27,8 +27,6 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped
 from rclpy.node import Node
@@ -416,29 +414,9 @@ class Localizer(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    from scmpr_ros.nodes.executors import make_executor, spin_until_shutdown
+    from scmpr_ros.nodes.executors import run_node_main
 
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = Localizer()
-        executor = make_executor()
-        executor.add_node(node)
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGTERM
-        pass
-    except ScmprError as exc:
-        print(f"localizer: {exc}", file=sys.stderr)
-        return 2
-    except Exception:  # noqa: BLE001 - a shutdown during start-up invalidates the context: exit quietly
-        if rclpy.ok():
-            raise
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node_main("localizer", Localizer, args)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from geometry_msgs.msg import Pose, PoseArray
 from rclpy.node import Node
 from std_msgs.msg import String
@@ -26,7 +24,6 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from scmpr_ros.config import NodesConfig
 from scmpr_ros.errors import ScmprError
-from scmpr_ros.nodes.executors import make_executor, spin_until_shutdown
 from scmpr_ros.nodes.map_transport import MapAnnouncement, stored_checksum
 from scmpr_ros.nodes.qos import LATCHED_QOS, MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
 
@@ -149,27 +146,9 @@ class MapServer(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = MapServer()
-        executor = make_executor()
-        executor.add_node(node)
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C / SIGTERM
-        pass
-    except ScmprError as exc:
-        print(f"map_server: {exc}", file=sys.stderr)
-        return 2
-    except Exception:  # noqa: BLE001 - a shutdown during start-up invalidates the context: exit quietly
-        if rclpy.ok():
-            raise
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    from scmpr_ros.nodes.executors import run_node_main
+
+    return run_node_main("map_server", MapServer, args)
 
 
 if __name__ == "__main__":
