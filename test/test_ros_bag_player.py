@@ -85,7 +85,10 @@ def test_player_keeps_timing_times_rate_and_payload(tmp_path, storage):
     assert notes == [f"n{i}" for i in range(10)]
     span = got[-1][0] - got[0][0]
     expected = 9 * PERIOD / 1e9 / rate  # 0.45 s
-    assert expected - 0.05 < span < expected + 0.25, span
+    # Receive times carry the subscriber thread's scheduling delay (seen: +0.34 s on a loaded 2-core CI
+    # machine), so the upper bound only asks for 'clearly faster than rate 1' (0.9 s) while the lower
+    # bound still refuses playback faster than the rate.
+    assert expected - 0.05 < span < 0.95 * expected * rate, span
     assert clocks and all(b >= a for a, b in zip(clocks, clocks[1:]))
     assert T0 <= clocks[0] and clocks[-1] <= T0 + 9 * PERIOD + 50_000_000
     assert len(clocks) >= 20  # 100 Hz clock over ~0.45 s plus one per message
