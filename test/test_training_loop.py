@@ -175,3 +175,21 @@ def test_time_budget_shortens_the_schedule(cache_file: Path, tmp_path: Path) -> 
     assert res.model_path.is_file() and res.last_val  # a final validation and model even when cut short
     lrs = [r["lr"] for r in read_metrics(tmp_path / "budget" / METRICS_LOG) if r["kind"] == "step"]
     assert lrs[-1] == pytest.approx(cfg.training.lr * cfg.training.min_lr_ratio, rel=1e-6)  # cosine ended
+
+
+def test_warm_start_copies_what_fits() -> None:
+    from scmpr_ros.model import SCMPRModel
+    from scmpr_ros.training.train import warm_start
+
+    torch.manual_seed(0)
+    cfg = small_cfg()
+    full = SCMPRModel(cfg.model, lidar_in_channels=RANGE_CHANNELS)
+    base = SCMPRModel(dataclasses.replace(cfg.model, use_semantics=False), lidar_in_channels=RANGE_CHANNELS)
+    copied, total = warm_start(base, full)
+    assert 0 < copied < total or copied == total
+    assert total == len(base.state_dict())
+    src, dst = full.state_dict(), base.state_dict()
+    shared = [k for k in dst if k in src and src[k].shape == dst[k].shape]
+    assert len(shared) == copied
+    assert all(torch.equal(dst[k], src[k]) for k in shared)
+    assert base.csa is None  # the variant keeps its own architecture

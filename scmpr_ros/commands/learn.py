@@ -37,7 +37,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         cache: Optional[Path] = typer.Option(None, "--cache", help="pair cache .npz: built once, reused after"),
         val_data: Optional[Path] = typer.Option(None, "--val-data", help="held-out dataset for the validation R@1"),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimizer steps"),
-        init: Optional[Path] = typer.Option(None, "--init", help="start from these model weights instead of k-means init"),
+        init: Optional[Path] = typer.Option(None, "--init", help="warm start: copy the matching tensors of this checkpoint (no k-means init)"),
     ) -> None:
         """Train the SCM-PR model on cross-modal pairs (works on CPU, CUDA, and under torchrun)."""
         import dataclasses
@@ -100,13 +100,14 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         out: Path = typer.Option(Path("runs/ablation"), "--out", "-o", help="folder for the runs and ablation.md"),
         steps: Optional[int] = typer.Option(None, "--steps", help="optimizer steps per variant (default: the config's epochs)"),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+        init: Optional[Path] = typer.Option(None, "--init", help="warm-start every variant from this checkpoint's matching tensors"),
     ) -> None:
         """Train + evaluate the ladder: no semantics -> +SAFF -> +CSA -> +L_sem; writes a markdown table."""
         from scmpr_ros.training.ablation import run_ablation
 
         cfg = _load_cfg(config)
         table = run_ablation(cfg, data, out, eval_data=eval_data, eval_map_sequence=eval_sequence,
-                             eval_query_sequences=_split(query_sequence) or None, steps=steps, device=device)
+                             eval_query_sequences=_split(query_sequence) or None, steps=steps, device=device, init=init)
         typer.echo(table)
 
     @app.command("protocol")

@@ -1,6 +1,7 @@
 """``scmpr ablation``: the paper's Table 3 ladder at small scale, trained and evaluated end to end.
 
-Variants (each one trained from scratch with the same seed, data, steps and schedule):
+Variants (each trained with the same seed, data, steps and schedule, from scratch or warm-started
+from a trained model's tensors that fit the variant (``init``)):
 no semantics (VMamba + NetVLAD, plain LiDAR encoder) -> + SAFF -> + SAFF + CSA -> + SAFF + CSA + L_sem.
 Each model builds its own map of the evaluation town's mapping pass and is scored with
 ``scmpr evaluate`` (R@1 at 5 m, per condition), so the whole pipeline, re-rank included, is measured.
@@ -78,6 +79,7 @@ def run_ablation(
     eval_frames: int = 200,
     variants: Sequence[int] = (0, 1, 2, 3),
     progress: bool = True,
+    init: str | Path | None = None,
 ) -> str:
     """Train + evaluate each variant; writes ``ablation.md`` / ``ablation.json`` in ``out``; returns the table."""
     from scmpr_ros.training.evaluate import build_and_evaluate
@@ -101,7 +103,7 @@ def run_ablation(
         vcfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **flags))
         run_dir = out / f"variant{v}"
         t0 = time.time()
-        res = train(vcfg, cache_path, run_dir, device=device, max_steps=steps, progress=progress)
+        res = train(vcfg, cache_path, run_dir, device=device, max_steps=steps, progress=progress, init_checkpoint=init)
         train_s = time.time() - t0
         model_path = res.model_path
         summary = build_and_evaluate(model_path, eval_root, map_seq, queries, vcfg, run_dir, device=eval_device,
@@ -115,8 +117,9 @@ def run_ablation(
         })
     conditions = list(dict.fromkeys(c for r in rows for c in r["per_condition"]))
     steps_txt = f"{rows[0]['steps']} steps" if rows else ""
-    table = markdown_table(rows, conditions, f"Ablation (synthetic town seed {EVAL_TOWN_SEED if eval_data is None else eval_root.name}, "
-                                             f"{steps_txt} per variant, R@1 at 5 m)")
+    start = f", warm start from {Path(init).name}" if init else ", from scratch"
+    table = markdown_table(rows, conditions, f"Ablation (evaluation town {EVAL_TOWN_SEED if eval_data is None else eval_root.name}, "
+                                             f"{steps_txt} per variant{start}, R@1 at 5 m)")
     atomic_write_text(out / "ablation.md", table + "\n")
     atomic_write_text(out / "ablation.json", json.dumps({"rows": rows, "eval_data": str(eval_root), "map_sequence": map_seq}, indent=2, default=str))
     return table

@@ -207,6 +207,22 @@ def _update_prototypes(model: Any, protos: Any, seen: Any, lid: Any, momentum: f
 
 
 
+def warm_start(model: Any, source: Any) -> tuple[int, int]:
+    """Copy the tensors of ``source`` whose name and shape match into ``model`` (an ablation variant
+    takes what it shares with a trained model); returns (copied, tensors in model)."""
+    import torch
+
+    src = source.state_dict()
+    dst = model.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, t in dst.items():
+            if name in src and src[name].shape == t.shape:
+                t.copy_(src[name].to(t.dtype))
+                copied += 1
+    return copied, len(dst)
+
+
 def kmeans_init(model: Any, cache: PairCache, train_ids: np.ndarray, cfg: ScmprConfig, device: str) -> None:
     """NetVLAD centroids of both branches from k-means over features of a few training batches."""
     import torch
@@ -389,11 +405,13 @@ def train(
         raise TrainingError(f"only {len(train_ids)} training places for batch_size {t.batch_size}; add data or lower it")
 
     # ---- model
-    if init_checkpoint is not None:
-        model, _, _ = load_checkpoint(init_checkpoint, map_location="cpu")
-    else:
-        model = SCMPRModel(cfg.model, lidar_in_channels=RANGE_CHANNELS)
-        model.set_temperature(t.temperature, learnable=t.learn_temperature)
+    model = SCMPRModel(cfg.model, lidar_in_channels=RANGE_CHANNELS)
+    model.set_temperature(t.temperature, learnable=t.learn_temperature)
+    init_info = None
+    if init_checkpoint is not None:  # warm start: every tensor whose name and shape match
+        source, _, _ = load_checkpoint(init_checkpoint, map_location="cpu")
+        copied, total = warm_start(model, source)
+        init_info = {"kind": "init", "from": str(init_checkpoint), "tensors": copied, "of": total}
     model.to(device)
     model.train()
     state = _load_state(out) if resume else None
@@ -471,6 +489,8 @@ def train(
     elif main:
         log_path.unlink(missing_ok=True)
         atomic_write_text(out / "config.yaml", _config_yaml(cfg))
+        if init_info is not None:
+            _append_jsonl(log_path, init_info)
 
     def checkpoint(epoch: int, batch: int, path_model: Path | None = None) -> None:
         if not main:
