@@ -42,3 +42,12 @@ def test_ablation_ladder_end_to_end(tmp_path: Path) -> None:
     assert not base_cfg.use_semantics and base.csa is None and full.csa is not None
     assert sum(p.numel() for p in full.parameters()) > sum(p.numel() for p in base.parameters())
     assert (tmp_path / "abl" / "ablation.md").read_text().strip() == table.strip()
+
+    # an interrupted / repeated ablation reuses the variants finished with the same settings ...
+    mtime = Path(saved["rows"][1]["model"]).stat().st_mtime_ns
+    again = run_ablation(cfg, town, tmp_path / "abl", eval_data=town, variants=(0, 3), progress=False)
+    assert again == table and Path(saved["rows"][1]["model"]).stat().st_mtime_ns == mtime
+    # ... and trains again when a setting changed
+    cfg2 = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, seed=cfg.training.seed + 1))
+    run_ablation(cfg2, town, tmp_path / "abl", eval_data=town, variants=(3,), progress=False)
+    assert Path(saved["rows"][1]["model"]).stat().st_mtime_ns != mtime

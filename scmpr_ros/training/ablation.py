@@ -66,6 +66,32 @@ def markdown_table(rows: list[dict], conditions: Sequence[str], title: str) -> s
     return "\n".join(lines)
 
 
+ROW_FILE = "ablation_row.json"
+
+
+def variant_key(vcfg: ScmprConfig, data: Path, eval_root: Path, map_seq: str, steps: int | None, init) -> str:
+    """What a finished variant's row depends on: its model + training config, data, evaluation town, steps, init."""
+    import hashlib
+
+    blob = json.dumps({"model": dataclasses.asdict(vcfg.model), "training": dataclasses.asdict(vcfg.training),
+                       "map": dataclasses.asdict(vcfg.map), "retrieval": dataclasses.asdict(vcfg.retrieval),
+                       "data": str(Path(data).resolve()), "eval": str(Path(eval_root).resolve()), "map_seq": map_seq,
+                       "steps": steps, "init": str(Path(init).resolve()) if init else None}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_finished_row(run_dir: Path, key: str) -> dict | None:
+    """The saved row of a variant finished with the same settings (``key``), else None (re-run it)."""
+    path = run_dir / ROW_FILE
+    if not path.is_file():
+        return None
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return row if isinstance(row, dict) and row.get("key") == key else None
+
+
 def run_ablation(
     cfg: ScmprConfig,
     data: str | Path,
@@ -102,6 +128,11 @@ def run_ablation(
         name, flags = VARIANTS[v]
         vcfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **flags))
         run_dir = out / f"variant{v}"
+        key = variant_key(vcfg, cache_path, eval_root, map_seq, steps, init)
+        done = load_finished_row(run_dir, key)
+        if done is not None:  # an interrupted ablation: this variant finished with the same settings
+            rows.append(done)
+            continue
         t0 = time.time()
         res = train(vcfg, cache_path, run_dir, device=device, max_steps=steps, progress=progress, init_checkpoint=init)
         train_s = time.time() - t0
@@ -114,7 +145,9 @@ def run_ablation(
             "r1": summary["overall"]["R@1"], "r5": summary["overall"]["R@5"],
             "per_condition": {c: r["recall"]["R@1"] for c, r in summary["per_condition"].items()},
             "summary": summary["per_condition"],
+            "key": key,
         })
+        atomic_write_text(run_dir / ROW_FILE, json.dumps(rows[-1], indent=2, default=str))
     conditions = list(dict.fromkeys(c for r in rows for c in r["per_condition"]))
     steps_txt = f"{rows[0]['steps']} steps" if rows else ""
     start = f", warm start from {Path(init).name}" if init else ", from scratch"
