@@ -39,9 +39,10 @@ def test_evaluate_writes_figures_and_plots(fresh_town: Path, small_model_file: P
     map_path = _build_map(fresh_town, small_model_file, tmp_path)
     out = tmp_path / "eval"
     rc = main(["evaluate", "--model", str(small_model_file), "--map", str(map_path), "--queries", str(fresh_town),
-               "--out", str(out), "--threshold", "5", "--stride", "2"])
+               "--out", str(out), "--threshold", "5", "--stride", "2", "--sweep-beta", "0,0.1,5"])
     assert rc == 0
     text = capsys.readouterr().out
+    assert "R@1 by re-rank beta" in text
     for cond in ("day", "night", "winter", "all", "R@1", "R@5", "R@10"):
         assert cond in text
     res = json.loads((out / "results.json").read_text())
@@ -55,6 +56,16 @@ def test_evaluate_writes_figures_and_plots(fresh_town: Path, small_model_file: P
     for name in ("recall_at_n.png", "trajectory_day.png", "trajectory_night.png", "trajectory_winter.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    # the sweep re-ranks the same candidates: its row for the configured beta (0.1) is the main result
+    sweep = {row["beta"]: row for row in res["beta_sweep"]}
+    assert sorted(sweep) == [0.0, 0.1, 5.0]
+    assert sweep[0.1]["per_condition"] == {c: r["recall"]["R@1"] for c, r in res["per_condition"].items()}
+    assert sweep[0.1]["overall"]["R@1"] == res["overall"]["R@1"]
+    assert main(["evaluate", "--model", str(small_model_file), "--map", str(map_path), "--queries", str(fresh_town),
+                 "--sweep-beta", "0,x"]) != 0
+    assert main(["evaluate", "--model", str(small_model_file), "--map", str(map_path), "--queries", str(fresh_town),
+                 "--sweep-beta", "-1"]) != 0
+    assert "sweep-beta" in capsys.readouterr().err
     # a yaw gate can only remove true matches, never add hits
     out2 = tmp_path / "eval_gate"
     assert main(["evaluate", "--model", str(small_model_file), "--map", str(map_path), "--queries", str(fresh_town),

@@ -26,6 +26,17 @@ def _split(values: list[str] | None) -> list[str]:
     return out
 
 
+def _floats(text: str | None, option: str) -> list[float]:
+    """'0,0.3,1' -> [0.0, 0.3, 1.0]; a value that is not a number fails naming the option."""
+    out: list[float] = []
+    for v in _split([text] if text else []):
+        try:
+            out.append(float(v))
+        except ValueError:
+            raise typer.BadParameter(f"{v!r} is not a number (comma-separated list expected)", param_hint=option) from None
+    return out
+
+
 def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG001 - no benchmarks here
     @app.command("train")
     def train_cmd(
@@ -67,6 +78,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         max_queries: int = typer.Option(0, "--max-queries", help="at most this many queries per sequence (0 = all)"),
         config: List[Path] = typer.Option([], "--config", "-c", help="YAML overriding the retrieval section (alpha, beta, top_k)"),
         threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = default)"),
+        sweep_beta: Optional[str] = typer.Option(None, "--sweep-beta", help="also report R@1 re-ranked with each of these beta, e.g. 0,0.3,1,3 (one encoder pass; tune retrieval.beta on a validation town)"),
     ) -> None:
         """Recall@1/5/10 (overall and per condition) of camera queries against a LiDAR map."""
         from rich.progress import Progress
@@ -85,6 +97,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
                 model, map_file, queries, _split(sequence) or None, threshold_m=threshold, yaw_gate_deg=yaw_gate,
                 exclude_recent_s=exclude_recent, map_sequence=map_sequence, out_dir=out, device=device,
                 frame_stride=stride, max_queries=max_queries, config_paths=config, threads=threads, progress=cb,
+                beta_sweep=_floats(sweep_beta, "--sweep-beta"),
             )
         typer.echo(format_summary(summary))
         if out is not None:

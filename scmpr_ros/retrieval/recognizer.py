@@ -58,6 +58,16 @@ class PlaceRecognizer:
             self.prototypes = torch.from_numpy(protos.copy()).to(self.device)
         self.grid_rows, self.grid_cols = map_data.grid_shape[:2]
 
+    def rank_again(self, result: RecognitionResult, *, alpha: float | None = None, beta: float | None = None) -> list[Hypothesis]:
+        """The hypotheses of an earlier ``result`` re-ranked with other weights (no encoder pass):
+        the same index candidates (top ``rerank_k``), scored α·cos + β·ψ."""
+        r = self.cfg.retrieval
+        k = min(max(r.rerank_k, r.top_k), max(self.map.num_viewpoints, 1))
+        scores, ids = self.index.search(np.asarray(result.descriptor, dtype=np.float32)[None], k)
+        return rerank(scores[0], ids[0], result.query_grid, self.map.semantic_grids,
+                      r.alpha if alpha is None else float(alpha), r.beta if beta is None else float(beta), r.top_k,
+                      poses=self.map.poses, viewpoint_ids=self.map.viewpoint_ids)
+
     def recognize(self, rgb: np.ndarray) -> RecognitionResult:
         return self.recognize_batch([rgb])[0]
 

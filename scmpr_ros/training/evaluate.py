@@ -78,8 +78,13 @@ def evaluate(
     threads: int = 0,
     batch_size: int = 8,
     progress: Callable[[str, int, int], None] | None = None,
+    beta_sweep: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Run every query through the recognizer and score it; returns the JSON-ready summary."""
+    """Run every query through the recognizer and score it; returns the JSON-ready summary.
+
+    ``beta_sweep``: also re-rank the same candidates (the index's top ``rerank_k``) with each of these
+    β (α from the config) and report Recall@N per β and condition in ``summary["beta_sweep"]`` — to
+    choose ``retrieval.beta`` on a validation town with one encoder pass."""
     import torch
 
     from scmpr_ros.config import default_config_dir, load_config
@@ -92,6 +97,9 @@ def evaluate(
         raise EvaluationError(f"--threshold must be > 0 m, got {threshold_m}")
     if frame_stride < 1:
         raise EvaluationError(f"--stride must be >= 1, got {frame_stride}")
+    betas = [float(b) for b in beta_sweep]
+    if any(not np.isfinite(b) or b < 0 for b in betas):
+        raise EvaluationError(f"--sweep-beta values must be finite and >= 0, got {list(beta_sweep)}")
     if threads > 0:
         torch.set_num_threads(threads)
     queries_dir = Path(queries_dir)
@@ -121,6 +129,7 @@ def evaluate(
     plan = query_sequences(queries_dir, sequences, map_meta)
     per: dict[str, dict] = {}
     records: dict[str, dict] = {}
+    swept: dict[float, dict[str, Any]] = {b: {} for b in betas}
     timings: list[float] = []
     for seq_name, condition in plan:
         seq = open_sequence(queries_dir, seq_name)
@@ -130,6 +139,7 @@ def evaluate(
         if max_queries and len(frames) > max_queries:
             frames = [frames[j] for j in np.linspace(0, len(frames) - 1, max_queries).round().astype(int)]
         ranked = np.full((len(frames), k), -1, dtype=np.int64)
+        ranked_by_beta = {b: np.full((len(frames), k), -1, dtype=np.int64) for b in betas}
         q_T = np.stack([_query_pose(seq, i) for i in frames]) if frames else np.zeros((0, 4, 4))
         for s in range(0, len(frames), batch_size):
             chunk = frames[s : s + batch_size]
@@ -140,6 +150,9 @@ def evaluate(
             for j, res in enumerate(results):
                 rows = [h.index for h in res.hypotheses][:k]
                 ranked[s + j, : len(rows)] = rows
+                for b in betas:
+                    rows = [h.index for h in recognizer.rank_again(res, beta=b)][:k]
+                    ranked_by_beta[b][s + j, : len(rows)] = rows
             if progress is not None:
                 progress(f"{seq_name} ({condition})", s + len(chunk), len(frames))
         if not frames:
@@ -150,23 +163,26 @@ def evaluate(
                 f"--exclude-recent compares times of one sequence, but the map is from sequence "
                 f"{map_meta.get('sequence')} and the queries from {seq_name}; leave it out for cross-pass evaluation"
             )
-        result = recall_at_n(
-            ranked, q_T, db_xyz, threshold_m, ns,
-            query_yaw=heading_of(q_T, 0) if yaw_gate_deg is not None else None,
-            db_yaw=db_yaw if yaw_gate_deg is not None else None,
-            yaw_gate_deg=yaw_gate_deg,
-            query_times=q_times, db_times=db_times, exclude_recent_s=exclude_recent_s,
-        )
+        def score(order: np.ndarray):
+            return recall_at_n(
+                order, q_T, db_xyz, threshold_m, ns,
+                query_yaw=heading_of(q_T, 0) if yaw_gate_deg is not None else None,
+                db_yaw=db_yaw if yaw_gate_deg is not None else None,
+                yaw_gate_deg=yaw_gate_deg,
+                query_times=q_times, db_times=db_times, exclude_recent_s=exclude_recent_s,
+            )
+
+        result = score(ranked)
         key = condition if condition not in per else f"{condition}:{seq_name}"
+        for b in betas:
+            swept[b][key] = score(ranked_by_beta[b])
         per[key] = result.to_dict() | {"sequence": seq_name}
         records[key] = {"result": result, "query_xyz": positions_of(q_T), "frames": frames}
 
     # Aggregate over all queries (each condition weighted by its evaluated queries).
-    correct = np.concatenate([r["result"].correct for r in records.values()])
-    evaluated = np.concatenate([r["result"].evaluated for r in records.values()])
-    denom = max(int(evaluated.sum()), 1)
     ns_sorted = tuple(sorted(set(int(n) for n in ns)))
-    overall = {f"R@{n}": float(correct[:, i].sum()) / denom for i, n in enumerate(ns_sorted)}
+    overall = _pooled_recall([r["result"] for r in records.values()], ns_sorted)
+    evaluated = np.concatenate([r["result"].evaluated for r in records.values()])
     summary = {
         "model": str(model_path),
         "map": str(map_path),
@@ -181,10 +197,23 @@ def evaluate(
         "per_condition": per,
         "latency_ms_per_query_batched": {"median": float(np.median(timings)), "p95": float(np.percentile(timings, 95))} if timings else {},
     }
+    if betas:
+        summary["beta_sweep"] = [
+            {"beta": b, "per_condition": {c: r.recall[1] for c, r in swept[b].items()},
+             "overall": _pooled_recall(list(swept[b].values()), ns_sorted)}
+            for b in betas
+        ]
     if out_dir is not None:
         write_outputs(Path(out_dir), summary, records, db_xyz, ns_sorted)
         summary["outputs"] = str(out_dir)
     return summary
+
+
+def _pooled_recall(results: list, ns_sorted: tuple[int, ...]) -> dict[str, float]:
+    """Recall@N over the queries of several results pooled (each weighted by its evaluated queries)."""
+    correct = np.concatenate([r.correct for r in results])
+    denom = max(int(np.concatenate([r.evaluated for r in results]).sum()), 1)
+    return {f"R@{n}": float(correct[:, i].sum()) / denom for i, n in enumerate(ns_sorted)}
 
 
 def write_outputs(out: Path, summary: dict, records: dict, db_xyz: np.ndarray, ns: tuple[int, ...]) -> None:
@@ -226,6 +255,13 @@ def format_summary(summary: dict) -> str:
     if lat:
         extra += f"; {lat['median']:.1f} ms per query (batched, median)"
     lines.append(f"({summary['num_viewpoints']} map viewpoints, {extra})")
+    sweep = summary.get("beta_sweep") or []
+    if sweep:
+        conds = list(sweep[0]["per_condition"])
+        lines.append(f"R@1 by re-rank beta (alpha {summary['alpha']:g}): " + f"{'beta':>6} " + " ".join(f"{c:>8}" for c in conds) + f" {'all':>8}")
+        for row in sweep:
+            lines.append(" " * 34 + f"{row['beta']:>6g} " + " ".join(f"{100 * row['per_condition'][c]:>7.1f}%" for c in conds)
+                         + f" {100 * row['overall']['R@1']:>7.1f}%")
     return "\n".join(lines)
 
 
