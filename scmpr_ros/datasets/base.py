@@ -171,11 +171,20 @@ class Sequence:
             raise DatasetError(f"{self.name}: frame {i} out of range; the sequence has {self.num_frames} frames")
         return int(i)
 
-    def load_image(self, i: int) -> np.ndarray:  # pragma: no cover - overridden
-        raise NotImplementedError
+    # file-based loaders fill these: one image / one .bin scan path per frame
+    _images: list[Path]
+    _scans: list[Path]
 
-    def load_scan(self, i: int) -> np.ndarray:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def load_image(self, i: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB of frame i (checked against the calibration's image size)."""
+        i = self._check_index(i)
+        if not self.has_images:
+            raise self._no_images_error()
+        return read_rgb(self._images[i], self.calib.image_size)
+
+    def load_scan(self, i: int) -> np.ndarray:
+        """(N, 4) float32 x y z reflectance of frame i."""
+        return read_scan_bin(self._scans[self._check_index(i)])
 
     def load_labels(self, i: int) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError

@@ -16,8 +16,6 @@ from scmpr_ros.datasets.base import (
     Sequence,
     png_size,
     read_numbers_file,
-    read_rgb,
-    read_scan_bin,
     require_dir,
     require_file,
     scan_point_count,
@@ -216,15 +214,6 @@ class KittiSequence(Sequence):
         self.pose_source = path
         if not valid.all():
             self.notes.append(f"{int((~valid).sum())} frames have non-finite poses in {path.name}")
-
-    def load_image(self, i: int) -> np.ndarray:
-        i = self._check_index(i)
-        if not self.has_images:
-            raise self._no_images_error()
-        return read_rgb(self._images[i], self.calib.image_size)
-
-    def load_scan(self, i: int) -> np.ndarray:
-        return read_scan_bin(self._scans[self._check_index(i)])
 
     def load_image_labels(self, i: int) -> np.ndarray:
         """(H, W) uint8 common class per pixel of image i (255 = none), from semantic_2/."""

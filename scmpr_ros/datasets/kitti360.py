@@ -19,8 +19,6 @@ from scmpr_ros.datasets.base import (
     Sequence,
     png_size,
     read_numbers_file,
-    read_rgb,
-    read_scan_bin,
     require_dir,
     require_file,
 )
@@ -301,15 +299,6 @@ class Kitti360Sequence(Sequence):
         return min(covering)[1]
 
     # --- frame access -----------------------------------------------------------------------
-    def load_image(self, i: int) -> np.ndarray:
-        i = self._check_index(i)
-        if not self.has_images:
-            raise self._no_images_error()
-        return read_rgb(self._images[i], self.calib.image_size)
-
-    def load_scan(self, i: int) -> np.ndarray:
-        return read_scan_bin(self._scans[self._check_index(i)])
-
     def load_labels(self, i: int) -> np.ndarray:
         """Common class ids per point, transferred from the labelled window (IGNORE_ID if none near)."""
         i = self._check_index(i)
