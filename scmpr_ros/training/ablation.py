@@ -150,9 +150,10 @@ def run_ablation(
         atomic_write_text(run_dir / ROW_FILE, json.dumps(rows[-1], indent=2, default=str))
     conditions = list(dict.fromkeys(c for r in rows for c in r["per_condition"]))
     steps_txt = f"{rows[0]['steps']} steps" if rows else ""
-    start = f", warm start from {Path(init).name}" if init else ", from scratch"
+    start = f", warm start from {init}" if init else ", from scratch"
     table = markdown_table(rows, conditions, f"Ablation (evaluation town {EVAL_TOWN_SEED if eval_data is None else eval_root.name}, "
-                                             f"{steps_txt} per variant{start}, R@1 at 5 m)")
+                                             f"{steps_txt} per variant{start}, R@1 at 5 m, re-rank "
+                                             f"α {cfg.retrieval.alpha:g} β {cfg.retrieval.beta:g})")
     atomic_write_text(out / "ablation.md", table + "\n")
     atomic_write_text(out / "ablation.json", json.dumps({"rows": rows, "eval_data": str(eval_root), "map_sequence": map_seq}, indent=2, default=str))
     return table
