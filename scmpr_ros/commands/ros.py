@@ -4,6 +4,8 @@ rclpy is imported only inside the commands, through scmpr_ros.nodes (the one pac
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -112,11 +114,13 @@ def run_demo(work: Path, model: Path, *, frames: int, seed: int, image_size: tup
 
     net, _model_cfg, _ = load_checkpoint(model, "cpu")
     checksum = model_checksum(net)
-    map_file = work / f"town_{checksum[:12]}.scmpr-map"
+    # the town's query pass drives part of the route backwards: map it with a viewpoint facing each way
+    # (config/eval_synthetic.yaml); the cached map is keyed by the model and these map settings
+    cfg = load_config(*[p for p in (default_config_dir() / "scmpr.yaml", default_config_dir() / "eval_synthetic.yaml") if p.is_file()])
+    map_key = hashlib.sha256((checksum + json.dumps(dataclasses.asdict(cfg.map), sort_keys=True)).encode()).hexdigest()[:12]
+    map_file = work / f"town_{map_key}.scmpr-map"
     if not map_file.is_file():
         echo(f"[2/4] building the map of sequence {map_seq} with {model} ...")
-        base = default_config_dir() / "scmpr.yaml"
-        cfg = load_config(base) if base.is_file() else load_config()
         build_map(open_sequence(town, map_seq), net, cfg, map_file, checksum, metadata={"model_file": str(model)})
     else:
         echo(f"[2/4] map cached: {map_file}")
