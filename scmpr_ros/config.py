@@ -101,7 +101,7 @@ class RetrievalConfig:
     top_k: int = 10  # hypotheses returned
     rerank_k: int = 50  # candidates from the vector index that are re-ranked
     alpha: float = 1.0  # weight of the descriptor cosine
-    beta: float = 0.1  # weight of the semantic overlap psi
+    beta: float = 1.0  # weight of the semantic overlap psi (chosen on a validation town, models/README.md)
     # above this many viewpoints an ANN index is used: exact search is memory-bound (~25 ms per query
     # at 100k x 256 float32 on 2 cores), IVF answers in < 1 ms with recall@10 ~1 on place-like data
     ann_threshold: int = 50_000
@@ -164,7 +164,7 @@ class NodesConfig:
     camera_info_topic: str = "/camera/camera_info"
     top_k: int = 5
     alpha: float = 1.0
-    beta: float = 0.1
+    beta: float = 1.0
     frame_id: str = "map"
     publish_initialpose: bool = False
     min_confidence: float = 0.02
