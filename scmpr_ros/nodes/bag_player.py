@@ -124,6 +124,7 @@ class BagPlayer(Node):
         self.first_publish_wall: float | None = None
         self.last_publish_wall: float | None = None
         self._last_clock = 0
+        self.clock_published = 0
         self._thread = threading.Thread(target=self._play, name="scmpr_bag_player", daemon=True)
         self._thread.start()
 
@@ -160,6 +161,7 @@ class BagPlayer(Node):
         m = Clock()
         m.clock.sec, m.clock.nanosec = divmod(max(0, int(t_ns)), 1_000_000_000)
         self.clock_pub.publish(m)
+        self.clock_published += 1
 
     def _wait_for_subscribers(self) -> None:
         deadline = time.monotonic() + self.wait_timeout
