@@ -26,6 +26,7 @@ class RecognitionResult:
     timings: dict[str, float] = field(default_factory=dict)  # ms: preprocess encode grid search rerank total
     descriptor: np.ndarray | None = None  # (D,) query descriptor
     query_grid: np.ndarray | None = None  # (rows, cols, N_S) bool, None without a segmentation head
+    candidates: tuple[np.ndarray, np.ndarray] | None = None  # (cosines, map rows) of the index's top rerank_k
 
 
 class PlaceRecognizer:
@@ -59,13 +60,16 @@ class PlaceRecognizer:
         self.grid_rows, self.grid_cols = map_data.grid_shape[:2]
 
     def rank_again(self, result: RecognitionResult, *, alpha: float | None = None, beta: float | None = None) -> list[Hypothesis]:
-        """The hypotheses of an earlier ``result`` re-ranked with other weights (no encoder pass):
-        the same index candidates (top ``rerank_k``), scored α·cos + β·ψ."""
+        """The hypotheses of an earlier ``result`` re-ranked with other weights (no encoder pass, no
+        search): its index candidates (top ``rerank_k``), scored α·cos + β·ψ."""
+        if result.candidates is None:
+            raise InputError("rank_again needs a result of this recognizer's recognize / recognize_batch")
         r = self.cfg.retrieval
-        k = min(max(r.rerank_k, r.top_k), max(self.map.num_viewpoints, 1))
-        scores, ids = self.index.search(np.asarray(result.descriptor, dtype=np.float32)[None], k)
-        return rerank(scores[0], ids[0], result.query_grid, self.map.semantic_grids,
-                      r.alpha if alpha is None else float(alpha), r.beta if beta is None else float(beta), r.top_k,
+        return self._rerank(*result.candidates, result.query_grid,
+                            r.alpha if alpha is None else float(alpha), r.beta if beta is None else float(beta))
+
+    def _rerank(self, cosines: np.ndarray, rows: np.ndarray, grid: np.ndarray | None, alpha: float, beta: float) -> list[Hypothesis]:
+        return rerank(cosines, rows, grid, self.map.semantic_grids, alpha, beta, self.cfg.retrieval.top_k,
                       poses=self.map.poses, viewpoint_ids=self.map.viewpoint_ids)
 
     def recognize(self, rgb: np.ndarray) -> RecognitionResult:
@@ -96,9 +100,8 @@ class PlaceRecognizer:
         t4 = time.perf_counter()
         out = []
         for i in range(len(desc)):
-            hyps = rerank(scores[i], ids[i], grids[i], self.map.semantic_grids, r.alpha, r.beta, r.top_k,
-                          poses=self.map.poses, viewpoint_ids=self.map.viewpoint_ids)
-            out.append(RecognitionResult(hyps, descriptor=desc[i], query_grid=grids[i]))
+            hyps = self._rerank(scores[i], ids[i], grids[i], r.alpha, r.beta)
+            out.append(RecognitionResult(hyps, descriptor=desc[i], query_grid=grids[i], candidates=(scores[i], ids[i])))
         t5 = time.perf_counter()
         n = len(desc)
         timings = {

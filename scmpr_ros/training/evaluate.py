@@ -182,7 +182,6 @@ def evaluate(
     # Aggregate over all queries (each condition weighted by its evaluated queries).
     ns_sorted = tuple(sorted(set(int(n) for n in ns)))
     overall = _pooled_recall([r["result"] for r in records.values()], ns_sorted)
-    evaluated = np.concatenate([r["result"].evaluated for r in records.values()])
     summary = {
         "model": str(model_path),
         "map": str(map_path),
@@ -193,7 +192,7 @@ def evaluate(
         "exclude_recent_s": exclude_recent_s,
         "alpha": cfg.retrieval.alpha,
         "beta": cfg.retrieval.beta,
-        "overall": overall | {"num_evaluated": int(evaluated.sum())},
+        "overall": overall | {"num_evaluated": sum(r["result"].num_evaluated for r in records.values())},
         "per_condition": per,
         "latency_ms_per_query_batched": {"median": float(np.median(timings)), "p95": float(np.percentile(timings, 95))} if timings else {},
     }
@@ -212,7 +211,7 @@ def evaluate(
 def _pooled_recall(results: list, ns_sorted: tuple[int, ...]) -> dict[str, float]:
     """Recall@N over the queries of several results pooled (each weighted by its evaluated queries)."""
     correct = np.concatenate([r.correct for r in results])
-    denom = max(int(np.concatenate([r.evaluated for r in results]).sum()), 1)
+    denom = max(sum(r.num_evaluated for r in results), 1)
     return {f"R@{n}": float(correct[:, i].sum()) / denom for i, n in enumerate(ns_sorted)}
 
 
