@@ -102,8 +102,8 @@ def _images(n=NUM_IMAGES, seed=0):
 
 
 def _map_data(descriptors, grids, protos, checksum, n):
-    from scmpr_ros.retrieval.map_file import MapData
-    from scmpr_ros.nodes.transforms import quat_from_yaw
+    from scmpr_ros.mapping.map_file import MapData
+    from scmpr_ros.geometry import quat_from_yaw
 
     poses = np.zeros((n, 7))
     poses[:, 0] = np.arange(n) * 10.0
@@ -124,8 +124,8 @@ def build_test_world(d):
 
     from scmpr_ros.config import ModelConfig, ScmprConfig
     from scmpr_ros.model import SCMPRModel, load_checkpoint, model_checksum, save_checkpoint
-    from scmpr_ros.retrieval.map_file import write_map
-    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+    from scmpr_ros.mapping.map_file import write_map
+    from scmpr_ros.localization.recognizer import PlaceRecognizer
 
     torch.manual_seed(0)
     cfg = ModelConfig(image_height=64, image_width=128, descriptor_dim=64, feature_dim=32, netvlad_clusters=4)

@@ -7,18 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scmpr_ros.bags.kitti_to_bag import (
+from scmpr_ros.bags.kitti_to_bag import kitti_to_bag
+from scmpr_ros.msgs.topics import (
     CAMERA_INFO_TOPIC,
     CLOUD_TOPIC,
+    GROUND_TRUTH_TOPIC,
     IMAGE_TOPIC,
-    ODOM_TOPIC,
     TF_STATIC_TOPIC,
     TF_TOPIC,
-    kitti_to_bag,
 )
 from scmpr_ros.bags.reader import BagError, bag_info, iter_messages
-from scmpr_ros.nodes.conversions import image_to_rgb, read_points
-from scmpr_ros.nodes.transforms import matrix_from_pose7
+from scmpr_ros.msgs.conversions import image_to_rgb, read_points
+from scmpr_ros.geometry import matrix_from_pose7
 
 N = 6
 TIMES = np.array([0.0, 0.103, 0.207, 0.31, 0.414, 0.517])
@@ -86,19 +86,19 @@ def test_kitti_to_bag_reads_back(kitti_root, tmp_path, storage):
         IMAGE_TOPIC: "sensor_msgs/msg/Image",
         CAMERA_INFO_TOPIC: "sensor_msgs/msg/CameraInfo",
         CLOUD_TOPIC: "sensor_msgs/msg/PointCloud2",
-        ODOM_TOPIC: "nav_msgs/msg/Odometry",
+        GROUND_TRUTH_TOPIC: "nav_msgs/msg/Odometry",
         TF_TOPIC: "tf2_msgs/msg/TFMessage",
         TF_STATIC_TOPIC: "tf2_msgs/msg/TFMessage",
     }
     counts = {t: s.count for t, s in info.topics.items()}
-    assert counts == {IMAGE_TOPIC: N, CAMERA_INFO_TOPIC: N, CLOUD_TOPIC: N, ODOM_TOPIC: N, TF_TOPIC: N,
+    assert counts == {IMAGE_TOPIC: N, CAMERA_INFO_TOPIC: N, CLOUD_TOPIC: N, GROUND_TRUTH_TOPIC: N, TF_TOPIC: N,
                       TF_STATIC_TOPIC: 1}
     expected_stamps = [1_600_000_000_000_000_000 + int(round(t * 1e9)) for t in TIMES]
 
     by_topic: dict[str, list] = {}
     for topic, t_ns, msg in iter_messages(out):
         by_topic.setdefault(topic, []).append((t_ns, msg))
-    for topic in (IMAGE_TOPIC, CAMERA_INFO_TOPIC, CLOUD_TOPIC, ODOM_TOPIC):
+    for topic in (IMAGE_TOPIC, CAMERA_INFO_TOPIC, CLOUD_TOPIC, GROUND_TRUTH_TOPIC):
         stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in by_topic[topic]]
         assert stamps == expected_stamps, topic
         assert [t for t, _ in by_topic[topic]] == expected_stamps  # log time = header stamp
@@ -124,7 +124,7 @@ def test_kitti_to_bag_reads_back(kitti_root, tmp_path, storage):
         np.testing.assert_array_equal(pts["label"], seq.load_labels(i))
         assert len(set(pts["label"].tolist())) == 2
 
-    for i, (_, odom) in enumerate(by_topic[ODOM_TOPIC]):
+    for i, (_, odom) in enumerate(by_topic[GROUND_TRUTH_TOPIC]):
         assert odom.header.frame_id == "map" and odom.child_frame_id == "velodyne"
         p, q = odom.pose.pose.position, odom.pose.pose.orientation
         T = matrix_from_pose7([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
@@ -133,9 +133,9 @@ def test_kitti_to_bag_reads_back(kitti_root, tmp_path, storage):
         assert (tf.header.frame_id, tf.child_frame_id) == ("map", "velodyne")
         assert tf.transform.translation.x == pytest.approx(p.x)
     # 2 m over 0.207 s, forward along the LiDAR x axis (central differences in the child frame)
-    v = by_topic[ODOM_TOPIC][2][1].twist.twist.linear
+    v = by_topic[GROUND_TRUTH_TOPIC][2][1].twist.twist.linear
     assert v.x == pytest.approx(2.0 / 0.207, rel=0.01) and abs(v.y) < 0.05 * v.x and abs(v.z) < 1e-6
-    w = by_topic[ODOM_TOPIC][2][1].twist.twist.angular  # 0.1 rad over 0.207 s, about the LiDAR z axis
+    w = by_topic[GROUND_TRUTH_TOPIC][2][1].twist.twist.angular  # 0.1 rad over 0.207 s, about the LiDAR z axis
     assert abs(w.z) == pytest.approx(0.1 / 0.207, rel=0.01)
 
     static = by_topic[TF_STATIC_TOPIC][0][1].transforms[0]

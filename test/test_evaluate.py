@@ -110,7 +110,7 @@ def test_evaluate_refuses_a_map_of_another_model(fresh_town: Path, small_model_f
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="models/scmpr_nano.pt not shipped yet")
 def test_shipped_model_clears_its_floor_on_a_fresh_town(fresh_town: Path, tmp_path: Path) -> None:
-    from scmpr_ros.training.evaluate import evaluate
+    from scmpr_ros.evaluation.evaluate import evaluate
 
     map_path = _build_map(fresh_town, SHIPPED, tmp_path)
     res = evaluate(SHIPPED, map_path, fresh_town, out_dir=tmp_path / "eval")

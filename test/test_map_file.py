@@ -9,19 +9,8 @@ import pytest
 
 from scmpr_ros.config import CameraConfig
 from scmpr_ros.errors import MapFileError
-from scmpr_ros.retrieval.map_file import (
-    FORMAT_VERSION,
-    PREAMBLE_SIZE,
-    MapData,
-    PackedGrids,
-    camera_dict,
-    describe_map,
-    matrices_to_poses,
-    poses_to_matrices,
-    read_header,
-    read_map,
-    write_map,
-)
+from scmpr_ros.mapping.map_file import FORMAT_VERSION, PREAMBLE_SIZE, MapData, PackedGrids, camera_dict, describe_map, read_header, read_map, write_map
+from scmpr_ros.geometry import matrices_to_poses, poses_to_matrices
 from scmpr_ros.semantics import NUM_CLASSES
 
 

@@ -4,14 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scmpr_ros.training.metrics import (
-    MetricsError,
-    angle_difference,
-    heading_of,
-    positions_of,
-    rank_by_similarity,
-    recall_at_n,
-)
+from scmpr_ros.retrieval.metrics import MetricsError, rank_by_similarity, recall_at_n
+from scmpr_ros.geometry import angle_difference, heading_of, positions_of
 
 # Database: five places on a line, 10 m apart.
 DB = np.array([[0.0, 0, 0], [10, 0, 0], [20, 0, 0], [30, 0, 0], [40, 0, 0]])

@@ -15,7 +15,7 @@ from std_msgs.msg import String  # noqa: E402
 from ros_helpers import Spinner, ros_context, unique_namespace, wait_for  # noqa: E402
 from scmpr_ros.bags.reader import BagError, bag_info  # noqa: E402
 from scmpr_ros.nodes.bag_player import PLAYBACK_QOS, BagPlayer  # noqa: E402
-from scmpr_ros.nodes.conversions import image_fields, image_to_rgb, ns_to_sec_nanosec  # noqa: E402
+from scmpr_ros.msgs.conversions import image_fields, image_to_rgb, ns_to_sec_nanosec  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

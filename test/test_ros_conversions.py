@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("sensor_msgs.msg")
 from sensor_msgs.msg import Image  # noqa: E402
 
-from scmpr_ros.nodes import conversions as cv  # noqa: E402
-from scmpr_ros.nodes import transforms as tf  # noqa: E402
+from scmpr_ros.msgs import conversions as cv  # noqa: E402
+from scmpr_ros import geometry as tf  # noqa: E402
 
 
 def _rgb(h=6, w=9, seed=0):
@@ -137,7 +137,7 @@ def test_quaternions_are_xyzw_and_match_matrices():
 
 
 def test_conversions_and_bags_do_not_import_rclpy():
-    code = ("import sys, scmpr_ros.nodes.conversions, scmpr_ros.nodes.transforms, scmpr_ros.bags.reader, "
-            "scmpr_ros.bags.kitti_to_bag, scmpr_ros.nodes.map_transport; print('rclpy' in sys.modules)")
+    code = ("import sys, scmpr_ros.msgs.conversions, scmpr_ros.geometry, scmpr_ros.bags.reader, "
+            "scmpr_ros.bags.kitti_to_bag, scmpr_ros.msgs.map_announcement; print('rclpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -19,16 +19,11 @@ from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from ros_helpers import NUM_IMAGES, Spinner, build_test_world, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
-from scmpr_ros.nodes.conversions import read_hypotheses, rgb_to_image_msg, stamp_to_ns  # noqa: E402
+from scmpr_ros.msgs.conversions import read_hypotheses, rgb_to_image_msg, stamp_to_ns  # noqa: E402
 from scmpr_ros.nodes.localizer import Localizer  # noqa: E402
 from scmpr_ros.nodes.map_server import MapServer  # noqa: E402
-from scmpr_ros.nodes.qos import (  # noqa: E402
-    BEST_POSE_TOPIC,
-    HYPOTHESES_TOPIC,
-    OUTPUT_QOS,
-    SCORES_TOPIC,
-    SENSOR_QOS,
-)
+from scmpr_ros.nodes.qos import OUTPUT_QOS, SENSOR_QOS
+from scmpr_ros.msgs.topics import BEST_POSE_TOPIC, HYPOTHESES_TOPIC, SCORES_TOPIC
 
 pytestmark = pytest.mark.ros
 
@@ -81,8 +76,8 @@ def _start_localizer(ctx, ns, ckpt, **params):
 
 
 def test_late_localizer_gets_the_map_and_matches_the_library(world):
-    from scmpr_ros.retrieval.map_file import read_map
-    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+    from scmpr_ros.mapping.map_file import read_map
+    from scmpr_ros.localization.recognizer import PlaceRecognizer
 
     ckpt, map_path, images, _ = world
     ns = unique_namespace()

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 from scmpr_ros.nodes.localizer import InitialPoseGate, pose_covariance  # noqa: E402
-from scmpr_ros.nodes.transforms import quat_from_yaw  # noqa: E402
+from scmpr_ros.geometry import quat_from_yaw  # noqa: E402
 
 
 def _poses(xy, yaws):

@@ -18,9 +18,10 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from ros_helpers import Spinner, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
 from scmpr_ros.nodes.map_server import MapServer  # noqa: E402
-from scmpr_ros.nodes.map_transport import MapAnnouncement, stored_checksum  # noqa: E402
-from scmpr_ros.nodes.qos import LATCHED_QOS, MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC  # noqa: E402
-from scmpr_ros.retrieval.map_file import MapData, write_map  # noqa: E402
+from scmpr_ros.msgs.map_announcement import MapAnnouncement, stored_checksum  # noqa: E402
+from scmpr_ros.nodes.qos import LATCHED_QOS
+from scmpr_ros.msgs.topics import MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
+from scmpr_ros.mapping.map_file import MapData, write_map  # noqa: E402
 from scmpr_ros.semantics import NUM_CLASSES  # noqa: E402
 
 pytestmark = pytest.mark.ros

@@ -11,8 +11,8 @@ pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
 from ros_helpers import NUM_IMAGES, build_test_world  # noqa: E402
-from scmpr_ros.bags.kitti_to_bag import IMAGE_TOPIC, ODOM_TOPIC  # noqa: E402
-from scmpr_ros.nodes.conversions import image_fields, ns_to_sec_nanosec  # noqa: E402
+from scmpr_ros.msgs.topics import GROUND_TRUTH_TOPIC, IMAGE_TOPIC  # noqa: E402
+from scmpr_ros.msgs.conversions import image_fields, ns_to_sec_nanosec  # noqa: E402
 
 pytestmark = pytest.mark.ros
 T0 = 1_650_000_000_000_000_000
@@ -28,7 +28,7 @@ def _write_query_bag(path, images, offset_m=1.5):
     T = ts.types
     with Writer(path, version=9) as w:
         ci = w.add_connection(IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=ts)
-        co = w.add_connection(ODOM_TOPIC, "nav_msgs/msg/Odometry", typestore=ts)
+        co = w.add_connection(GROUND_TRUTH_TOPIC, "nav_msgs/msg/Odometry", typestore=ts)
         for i, img in enumerate(images):
             t = T0 + i * PERIOD
             sec, nsec = ns_to_sec_nanosec(t)
@@ -58,7 +58,7 @@ def replay_world(tmp_path_factory):
 
 
 def test_run_replay_localizes_every_image_and_scores_it(replay_world):
-    from scmpr_ros.nodes.replay import run_replay, score_replay
+    from scmpr_ros.nodes.replay import run_replay
 
     ckpt, map_path, bag = replay_world
     res = run_replay(bag, map_path, ckpt, rate=1.0, localizer_overrides={"threads": 1})
@@ -78,13 +78,13 @@ def test_run_replay_localizes_every_image_and_scores_it(replay_world):
     assert len(res.trace) == s["results"]
     assert 0 < s["processed_hz"] <= 5.0 * 1.3
     assert s["rss_mb"]["end"] > 0
-    sc = score_replay(res, threshold_m=5.0)
+    sc = res.score(threshold_m=5.0)
     last = T0 + (NUM_IMAGES - 1) * PERIOD
     # every query with a true match within 5 m is found at rank 1; the one 400 m away is not counted
     assert sc["recall"]["R@1"] == 1.0
     assert sc["chance_r1"] == pytest.approx(1 / NUM_IMAGES)  # one viewpoint within 5 m of each query
     assert sc["num_scored"] == len(res.results) - (1 if last in res.results else 0)
-    sc_tight = score_replay(res, threshold_m=1.0)  # 1.5 m from the viewpoint: nothing within 1 m
+    sc_tight = res.score(threshold_m=1.0)  # 1.5 m from the viewpoint: nothing within 1 m
     assert sc_tight["num_scored"] == 0
 
 

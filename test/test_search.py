@@ -7,9 +7,9 @@ import pytest
 from scmpr_ros.config import CameraConfig, RetrievalConfig
 from scmpr_ros.errors import InputError
 from scmpr_ros.retrieval.index import DescriptorIndex
-from scmpr_ros.retrieval.map_file import PackedGrids
+from scmpr_ros.mapping.map_file import PackedGrids
 from scmpr_ros.retrieval.rerank import rerank
-from scmpr_ros.retrieval.semantic_grid import (
+from scmpr_ros.semantics.grid import (
     grid_from_labels,
     grid_from_pixels,
     grid_from_points,
@@ -207,7 +207,7 @@ def test_ann_agrees_with_exact_on_top1(ann):
 @pytest.fixture(scope="module")
 def recognizer_parts(built_map, small_model_file):
     from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
-    from scmpr_ros.retrieval.map_file import read_map
+    from scmpr_ros.mapping.map_file import read_map
 
     model, model_cfg, _ = load_checkpoint(small_model_file)
     m = read_map(built_map, expected_dim=model.descriptor_dim, expected_model_checksum=model_checksum(model))
@@ -221,7 +221,7 @@ def _cfg(model_cfg, **retrieval):
 
 
 def test_recognizer_ranks_like_brute_force(recognizer_parts):
-    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+    from scmpr_ros.localization.recognizer import PlaceRecognizer
 
     model, model_cfg, m = recognizer_parts
     rng = np.random.default_rng(0)
@@ -257,7 +257,7 @@ def test_recognizer_refuses_a_map_of_another_model(recognizer_parts):
     import dataclasses
 
     from scmpr_ros.errors import MapFileError
-    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+    from scmpr_ros.localization.recognizer import PlaceRecognizer
 
     model, model_cfg, m = recognizer_parts
     other = dataclasses.replace(m, descriptors=np.zeros((m.num_viewpoints, 32), np.float16))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from scmpr_ros.config import ScmprConfig
 from scmpr_ros.model import load_checkpoint
-from scmpr_ros.training.ablation import PAPER_KITTI_R1, VARIANTS, run_ablation
+from scmpr_ros.evaluation.ablation import PAPER_KITTI_R1, VARIANTS, run_ablation
 
 
 def test_ablation_ladder_end_to_end(tmp_path: Path) -> None:

@@ -19,16 +19,18 @@ from typing import Callable
 import numpy as np
 
 from scmpr_ros.bags.reader import BagError
-from scmpr_ros.nodes.conversions import cloud_fields, image_fields, ns_to_sec_nanosec
-from scmpr_ros.nodes.transforms import quat_from_matrix
+from scmpr_ros.msgs.topics import (
+    CAMERA_INFO_TOPIC,
+    CLOUD_TOPIC,
+    GROUND_TRUTH_TOPIC,
+    IMAGE_TOPIC,
+    TF_STATIC_TOPIC,
+    TF_TOPIC,
+)
+from scmpr_ros.msgs.conversions import cloud_fields, image_fields, ns_to_sec_nanosec
+from scmpr_ros.geometry import quat_from_matrix
 
 # Default topic and frame names (the localizer's defaults in scmpr_ros.config.NodesConfig match).
-IMAGE_TOPIC = "/camera/image_raw"
-CAMERA_INFO_TOPIC = "/camera/camera_info"
-CLOUD_TOPIC = "/velodyne_points"
-ODOM_TOPIC = "/ground_truth/odometry"
-TF_TOPIC = "/tf"
-TF_STATIC_TOPIC = "/tf_static"
 MAP_FRAME = "map"
 VELO_FRAME = "velodyne"
 CAMERA_FRAME = "camera"
@@ -166,7 +168,7 @@ def kitti_to_bag(
             if include_lidar:
                 add(CLOUD_TOPIC, "sensor_msgs/msg/PointCloud2")
             if has_poses:
-                add(ODOM_TOPIC, "nav_msgs/msg/Odometry")
+                add(GROUND_TRUTH_TOPIC, "nav_msgs/msg/Odometry")
                 add(TF_TOPIC, "tf2_msgs/msg/TFMessage")
             add(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", [latched])
 
@@ -213,7 +215,7 @@ def kitti_to_bag(
                     twist = T["geometry_msgs/msg/Twist"](
                         linear=T["geometry_msgs/msg/Vector3"](x=float(v[0]), y=float(v[1]), z=float(v[2])),
                         angular=T["geometry_msgs/msg/Vector3"](x=float(w[0]), y=float(w[1]), z=float(w[2])))
-                    write(ODOM_TOPIC, t_ns, T["nav_msgs/msg/Odometry"](
+                    write(GROUND_TRUTH_TOPIC, t_ns, T["nav_msgs/msg/Odometry"](
                         header=_header(ts, t_ns, MAP_FRAME), child_frame_id=VELO_FRAME,
                         pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
                         twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36))))

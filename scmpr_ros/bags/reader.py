@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from scmpr_ros.errors import ScmprError
+from scmpr_ros.msgs.topics import GROUND_TRUTH_TOPIC
 
 
 class BagError(ScmprError):
@@ -112,3 +113,14 @@ def iter_messages(path: str | Path, topics: Iterable[str] | None = None) -> Iter
         if msgtype not in store.types:
             raise BagError(f"{path}: no definition for message type {msgtype} on {topic}")
         yield topic, t_ns, store.deserialize_cdr(raw, msgtype)
+
+
+def ground_truth_positions(path: str | Path, topic: str = GROUND_TRUTH_TOPIC) -> dict[int, tuple[float, float, float]]:
+    """Header stamp (ns) -> (x, y, z) of the bag's ground-truth odometry; empty when the bag has none."""
+    if topic not in bag_info(path).topics:
+        return {}
+    positions = {}
+    for _topic, _t, msg in iter_messages(path, [topic]):
+        p = msg.pose.pose.position
+        positions[int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)] = (p.x, p.y, p.z)
+    return positions

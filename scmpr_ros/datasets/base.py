@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from scmpr_ros.config import CameraConfig
 from scmpr_ros.errors import DatasetError
 
 
@@ -33,19 +34,6 @@ class Calibration:
             uvw = cam @ self.K.T
             uv = uvw[:, :2] / uvw[:, 2:3]
         return uv, depth
-
-
-def invert_pose(T: np.ndarray) -> np.ndarray:
-    """Inverse of a rigid 4x4 transform (or a stack of them)."""
-    T = np.asarray(T, dtype=np.float64)
-    R = T[..., :3, :3]
-    t = T[..., :3, 3]
-    out = np.zeros_like(T)
-    Rt = np.swapaxes(R, -1, -2)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -np.einsum("...ij,...j->...i", Rt, t)
-    out[..., 3, 3] = 1.0
-    return out
 
 
 def to_homogeneous(rows: np.ndarray) -> np.ndarray:
@@ -224,3 +212,14 @@ class Sequence:
             "duration_s": round(span[1] - span[0], 6),
             "notes": list(self.notes),
         }
+
+
+def camera_from_calibration(calib: Any, fallback: CameraConfig) -> CameraConfig:
+    """The dataset camera's intrinsics and size (falls back to the config's size without images)."""
+    K = np.asarray(calib.K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0:
+        raise DatasetError(f"calibration K must be a finite 3x3 intrinsic matrix, got {K.tolist()}")
+    size = getattr(calib, "image_size", None)
+    width, height = (int(size[0]), int(size[1])) if size else (fallback.width, fallback.height)
+    return CameraConfig(width=width, height=height, fx=float(K[0, 0]), fy=float(K[1, 1]),
+                        cx=float(K[0, 2]), cy=float(K[1, 2]))

@@ -21,7 +21,7 @@ import numpy as np
 from scmpr_ros.config import CameraConfig, MapConfig
 from scmpr_ros.errors import InputError
 from scmpr_ros.lidar.range_image import RangeImage, RangeProjector, estimate_normals
-from scmpr_ros.retrieval.semantic_grid import grid_from_points
+from scmpr_ros.semantics.grid import grid_from_points
 from scmpr_ros.semantics import IGNORE_ID, NUM_CLASSES
 
 RENDER_MODES = ("auto", "scan", "map")

@@ -36,20 +36,11 @@ from std_srvs.srv import Trigger
 
 from scmpr_ros.config import NodesConfig
 from scmpr_ros.errors import InputError, ScmprError
-from scmpr_ros.nodes.conversions import HYPOTHESIS_DTYPE, image_to_rgb, points_to_cloud_msg, stamp_to_ns
-from scmpr_ros.nodes.map_transport import MapAnnouncement
-from scmpr_ros.nodes.qos import (
-    BEST_POSE_TOPIC,
-    DIAGNOSTICS_TOPIC,
-    HYPOTHESES_TOPIC,
-    INITIALPOSE_TOPIC,
-    LATCHED_QOS,
-    MAP_TOPIC,
-    OUTPUT_QOS,
-    SCORES_TOPIC,
-    SENSOR_QOS,
-)
-from scmpr_ros.nodes.transforms import wrap_angle, yaw_from_quat
+from scmpr_ros.msgs.conversions import HYPOTHESIS_DTYPE, image_to_rgb, points_to_cloud_msg, stamp_to_ns
+from scmpr_ros.msgs.map_announcement import MapAnnouncement
+from scmpr_ros.nodes.qos import LATCHED_QOS, OUTPUT_QOS, SENSOR_QOS
+from scmpr_ros.msgs.topics import BEST_POSE_TOPIC, DIAGNOSTICS_TOPIC, HYPOTHESES_TOPIC, INITIALPOSE_TOPIC, MAP_TOPIC, SCORES_TOPIC
+from scmpr_ros.geometry import wrap_angle, yaw_from_quat
 
 # ------------------------------------------------------------------------------ pure helpers
 
@@ -219,8 +210,8 @@ class Localizer(Node):
         return dataclasses.replace(self.cfg, retrieval=retrieval)
 
     def _open_map(self, ann: MapAnnouncement) -> None:
-        from scmpr_ros.retrieval.map_file import read_map
-        from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+        from scmpr_ros.mapping.map_file import read_map
+        from scmpr_ros.localization.recognizer import PlaceRecognizer
 
         t0 = time.perf_counter()
         try:

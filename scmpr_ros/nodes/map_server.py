@@ -2,7 +2,7 @@
 
 Parameters: map_file, frame_id, max_published_poses.  On start and on ``~/reload_map``
 (std_srvs/Trigger, after ``ros2 param set /map_server map_file NEW``) it validates the file with
-scmpr_ros.retrieval.map_file.read_map; only a valid map replaces the active one (a failed reload
+scmpr_ros.mapping.map_file.read_map; only a valid map replaces the active one (a failed reload
 keeps the old map and says why in the response).  Publishes, latched: the announcement on
 ``scmpr/map`` (see map_transport.py: path + sha256 + version, not the payload), the viewpoint poses
 (geometry_msgs/PoseArray, decimated to max_published_poses) and an RViz MarkerArray.
@@ -24,8 +24,9 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from scmpr_ros.config import NodesConfig
 from scmpr_ros.errors import ScmprError
-from scmpr_ros.nodes.map_transport import MapAnnouncement, stored_checksum
-from scmpr_ros.nodes.qos import LATCHED_QOS, MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
+from scmpr_ros.msgs.map_announcement import MapAnnouncement, stored_checksum
+from scmpr_ros.nodes.qos import LATCHED_QOS
+from scmpr_ros.msgs.topics import MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
 
 
 #: ROS parameters of map_server (defaults: scmpr_ros.config.NodesConfig)
@@ -34,7 +35,7 @@ PARAMETERS = ("map_file", "frame_id", "max_published_poses")
 
 def load_and_validate(path: str, frame_id: str, version: int):
     """Read and validate a map file; return (MapData, MapAnnouncement).  Raises ScmprError."""
-    from scmpr_ros.retrieval.map_file import read_map
+    from scmpr_ros.mapping.map_file import read_map
 
     if not path:
         raise ScmprError("parameter map_file is empty; set it to a .scmpr-map file built with `scmpr build-map`")

@@ -23,11 +23,12 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, PointCloud2
 
-from scmpr_ros.bags.kitti_to_bag import ODOM_TOPIC
+from scmpr_ros.msgs.topics import GROUND_TRUTH_TOPIC
 from scmpr_ros.errors import ScmprError
-from scmpr_ros.nodes.conversions import read_hypotheses, stamp_to_ns
+from scmpr_ros.msgs.conversions import read_hypotheses, stamp_to_ns
 from scmpr_ros.nodes.executors import make_executor
-from scmpr_ros.nodes.qos import BEST_POSE_TOPIC, HYPOTHESES_TOPIC, OUTPUT_QOS, SCORES_TOPIC, SENSOR_QOS
+from scmpr_ros.nodes.qos import OUTPUT_QOS, SENSOR_QOS
+from scmpr_ros.msgs.topics import BEST_POSE_TOPIC, HYPOTHESES_TOPIC, SCORES_TOPIC
 
 
 def default_params_file() -> Path:
@@ -137,6 +138,15 @@ class ReplayResult:
     def processed_hz(self) -> float:
         return self.result_count / self.play_wall_s if self.play_wall_s > 0 else float("nan")
 
+    def score(self, threshold_m: float = 5.0, ns: tuple[int, ...] = (1, 5)) -> dict[str, Any]:
+        """Recall@N of the published hypotheses against the bag's ground truth (evaluation.replay_scoring)."""
+        from scmpr_ros.bags.reader import ground_truth_positions
+        from scmpr_ros.evaluation.replay_scoring import score_replay
+
+        score = score_replay(self.results, ground_truth_positions(self.bag), self.map_file, threshold_m, ns)
+        score["images_published"] = self.images_published
+        return score
+
     def summary(self) -> dict[str, Any]:
         lat = self.e2e_latency_ms()
         pct = lambda q: float(np.percentile(lat, q)) if lat.size else float("nan")  # noqa: E731
@@ -231,7 +241,7 @@ def run_replay(
             if n_img < 2 or span <= 0 or not image_rate_hz > 0:
                 raise ScmprError(f"cannot play {bag} at {image_rate_hz} images/s ({n_img} images over {span:.2f} s)")
             rate = float(image_rate_hz) / ((n_img - 1) / span)
-        wanted = [image_topic, str(localizer.p["camera_info_topic"]), ODOM_TOPIC]  # what the nodes + scoring use
+        wanted = [image_topic, str(localizer.p["camera_info_topic"]), GROUND_TRUTH_TOPIC]  # what the nodes + scoring use
         player = BagPlayer(context=ctx, parameter_overrides=[Parameter("bag", value=str(bag)),
                                                               Parameter("topics", value=[t for t in wanted if t in info.topics]),
                                                               Parameter("rate", value=float(rate)),
@@ -280,42 +290,3 @@ def run_replay(
         for n in reversed(nodes):
             n.destroy_node()
         rclpy.shutdown(context=ctx)
-
-
-def score_replay(result: ReplayResult, threshold_m: float = 5.0, ns=(1, 5)) -> dict[str, Any]:
-    """Recall@N of the published hypotheses against the bag's ground-truth odometry (same stamps)."""
-    from scmpr_ros.bags.reader import iter_messages
-    from scmpr_ros.retrieval.map_file import read_map
-    from scmpr_ros.training.metrics import recall_at_n
-
-    gt = {}
-    for _topic, _t, msg in iter_messages(result.bag, [ODOM_TOPIC]):
-        p = msg.pose.pose.position
-        gt[int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)] = (p.x, p.y, p.z)
-    m = read_map(result.map_file, verify_checksum=False)
-    index_of = {int(v): i for i, v in enumerate(np.asarray(m.viewpoint_ids))}
-    stamps = sorted(s for s in result.results if s in gt)
-    if not stamps:
-        raise ScmprError(f"no published result has a ground-truth pose in {result.bag} ({ODOM_TOPIC})")
-    k = max(len(result.results[s]["hypotheses"]) for s in stamps)
-    ranked = np.full((len(stamps), k), -1, dtype=np.int64)
-    for j, s in enumerate(stamps):
-        ids = [index_of[int(v)] for v in result.results[s]["hypotheses"]["viewpoint_id"]]
-        ranked[j, : len(ids)] = ids
-    q_xyz = np.array([gt[s] for s in stamps])
-    ns = tuple(n for n in ns if n <= k) or (1,)
-    db_xyz = np.asarray(m.poses)[:, :3]
-    rr = recall_at_n(ranked, q_xyz, db_xyz, threshold_m, ns)
-    # R@1 of a random ranking: mean fraction of viewpoints within the threshold (small maps make it large)
-    near = (np.linalg.norm(q_xyz[:, None, :] - db_xyz[None, :, :], axis=-1) <= threshold_m).mean(axis=1)
-    chance = float(near[rr.evaluated].mean()) if rr.evaluated.any() else float("nan")
-    return {
-        "recall": {f"R@{n}": rr.recall[n] for n in rr.ns},
-        "chance_r1": chance,
-        "num_scored": rr.num_evaluated,
-        "num_results": len(result.results),
-        "images_published": result.images_published,
-        "threshold_m": threshold_m,
-        "_detail": {"stamps": stamps, "query_xyz": q_xyz, "db_xyz": np.asarray(m.poses)[:, :3].copy(),
-                    "hits": rr.hits_at(1), "evaluated": rr.evaluated, "top1": rr.top1_ids},
-    }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scmpr_ros.errors import InputError
-from scmpr_ros.retrieval.semantic_grid import semantic_overlap
+from scmpr_ros.semantics.grid import semantic_overlap
 
 
 @dataclass(frozen=True)

@@ -366,7 +366,7 @@ def build_pair_cache(
     """Pairs of one dataset root (see module docstring)."""
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.lidar.range_image import RangeProjector, camera_fov, crop_to_fov, encoder_input
-    from scmpr_ros.retrieval.builder import camera_from_calibration
+    from scmpr_ros.datasets.base import camera_from_calibration
 
     root = Path(root)
     if frame_stride < 1:

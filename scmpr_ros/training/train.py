@@ -273,7 +273,7 @@ def validate(model: Any, cache: PairCache, val_ids: np.ndarray, cfg: ScmprConfig
     import torch
 
     from scmpr_ros.model import preprocess_images
-    from scmpr_ros.training.metrics import rank_by_similarity, recall_at_n
+    from scmpr_ros.retrieval.metrics import rank_by_similarity, recall_at_n
 
     was_training = model.training
     model.eval()
@@ -599,7 +599,7 @@ def train(
         atomic_write_bytes(final, src.read_bytes())
         _append_jsonl(log_path, {"kind": "done", "step": step, "wall_s": wall, "best_val_r1": best, "model": str(final)})
         try:
-            from scmpr_ros.training.plots import plot_training_curves
+            from scmpr_ros.training.curves import plot_training_curves
 
             plot_training_curves(read_metrics(log_path), out / "training.png")
         except Exception:  # noqa: BLE001 - a plot never fails a training run

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scmpr_ros.datasets.base import Calibration, invert_pose
+from scmpr_ros.datasets.base import Calibration
+from scmpr_ros.geometry import invert_pose
 from scmpr_ros.datasets.synthetic.layout import MAP_LANE_C, VELO_HEIGHT_M, RoutePath, TownBuilder, plan_layout
 from scmpr_ros.datasets.synthetic.render import CameraHits, TownRenderer
 

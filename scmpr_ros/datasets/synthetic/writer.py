@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import numpy as np
 import yaml
 
-from scmpr_ros.datasets.base import invert_pose
+from scmpr_ros.geometry import invert_pose
 from scmpr_ros.datasets.kitti import format_calib, format_poses, format_times
 from scmpr_ros.datasets.synthetic.render import CONDITIONS
 from scmpr_ros.datasets.synthetic.town import KITTI_IMAGE_SIZE, SyntheticTown

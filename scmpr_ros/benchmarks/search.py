@@ -13,7 +13,7 @@ import numpy as np
 
 from scmpr_ros.config import RetrievalConfig
 from scmpr_ros.retrieval.index import DescriptorIndex
-from scmpr_ros.retrieval.map_file import PackedGrids
+from scmpr_ros.mapping.map_file import PackedGrids
 from scmpr_ros.retrieval.rerank import rerank
 from scmpr_ros.semantics import NUM_CLASSES
 

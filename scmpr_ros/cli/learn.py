@@ -83,7 +83,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         """Recall@1/5/10 (overall and per condition) of camera queries against a LiDAR map."""
         from rich.progress import Progress
 
-        from scmpr_ros.training.evaluate import evaluate, format_summary
+        from scmpr_ros.evaluation.evaluate import evaluate, format_summary
 
         with Progress(transient=True) as bar:
             tasks: dict[str, int] = {}
@@ -116,7 +116,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         init: Optional[Path] = typer.Option(None, "--init", help="warm-start every variant from this checkpoint's matching tensors"),
     ) -> None:
         """Train + evaluate the ladder: no semantics -> +SAFF -> +CSA -> +L_sem; writes a markdown table."""
-        from scmpr_ros.training.ablation import run_ablation
+        from scmpr_ros.evaluation.ablation import run_ablation
 
         cfg = _load_cfg(config)
         table = run_ablation(cfg, data, out, eval_data=eval_data, eval_map_sequence=eval_sequence,
@@ -135,7 +135,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     ) -> None:
         """Per sequence: build its map, query it with its own camera frames; a paper-style R@N table."""
-        from scmpr_ros.training.evaluate import run_protocol
+        from scmpr_ros.evaluation.evaluate import run_protocol
 
         cfg = _load_cfg(config)
         table = run_protocol(model, data, _split(sequences), out, cfg, threshold_m=threshold,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from scmpr_ros.errors import MapFileError
+from scmpr_ros.geometry import poses_to_matrices
 from scmpr_ros.io_utils import atomic_write
 from scmpr_ros.semantics import CLASS_NAMES, NUM_CLASSES
 
@@ -113,61 +114,6 @@ class MapData:
 
 
 # -- poses --------------------------------------------------------------------------------------
-def matrices_to_poses(T: np.ndarray) -> np.ndarray:
-    """(N, 4, 4) homogeneous -> (N, 7) x y z qx qy qz qw (qw >= 0)."""
-    T = np.asarray(T, dtype=np.float64)
-    R = T[:, :3, :3]
-    tr = np.trace(R, axis1=1, axis2=2)
-    q = np.empty((len(T), 4))
-    cands = np.stack([tr, R[:, 0, 0], R[:, 1, 1], R[:, 2, 2]], axis=1)
-    case = np.argmax(cands, axis=1)
-    for k in range(4):
-        m = case == k
-        if not m.any():
-            continue
-        r = R[m]
-        if k == 0:
-            s = np.sqrt(1.0 + tr[m]) * 2
-            q[m] = np.stack([(r[:, 2, 1] - r[:, 1, 2]) / s, (r[:, 0, 2] - r[:, 2, 0]) / s,
-                             (r[:, 1, 0] - r[:, 0, 1]) / s, 0.25 * s], 1)
-        elif k == 1:
-            s = np.sqrt(1.0 + r[:, 0, 0] - r[:, 1, 1] - r[:, 2, 2]) * 2
-            q[m] = np.stack([0.25 * s, (r[:, 0, 1] + r[:, 1, 0]) / s, (r[:, 0, 2] + r[:, 2, 0]) / s,
-                             (r[:, 2, 1] - r[:, 1, 2]) / s], 1)
-        elif k == 2:
-            s = np.sqrt(1.0 + r[:, 1, 1] - r[:, 0, 0] - r[:, 2, 2]) * 2
-            q[m] = np.stack([(r[:, 0, 1] + r[:, 1, 0]) / s, 0.25 * s, (r[:, 1, 2] + r[:, 2, 1]) / s,
-                             (r[:, 0, 2] - r[:, 2, 0]) / s], 1)
-        else:
-            s = np.sqrt(1.0 + r[:, 2, 2] - r[:, 0, 0] - r[:, 1, 1]) * 2
-            q[m] = np.stack([(r[:, 0, 2] + r[:, 2, 0]) / s, (r[:, 1, 2] + r[:, 2, 1]) / s, 0.25 * s,
-                             (r[:, 1, 0] - r[:, 0, 1]) / s], 1)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    q[q[:, 3] < 0] *= -1
-    return np.concatenate([T[:, :3, 3], q], axis=1)
-
-
-def poses_to_matrices(p: np.ndarray) -> np.ndarray:
-    """(N, 7) x y z qx qy qz qw -> (N, 4, 4)."""
-    p = np.asarray(p, dtype=np.float64)
-    x, y, z, w = (p[:, 3 + i] for i in range(4))
-    n = np.sqrt(x * x + y * y + z * z + w * w)
-    x, y, z, w = x / n, y / n, z / n, w / n
-    T = np.zeros((len(p), 4, 4))
-    T[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    T[:, 0, 1] = 2 * (x * y - z * w)
-    T[:, 0, 2] = 2 * (x * z + y * w)
-    T[:, 1, 0] = 2 * (x * y + z * w)
-    T[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    T[:, 1, 2] = 2 * (y * z - x * w)
-    T[:, 2, 0] = 2 * (x * z - y * w)
-    T[:, 2, 1] = 2 * (y * z + x * w)
-    T[:, 2, 2] = 1 - 2 * (x * x + y * y)
-    T[:, :3, 3] = p[:, :3]
-    T[:, 3, 3] = 1
-    return T
-
-
 # -- validation ---------------------------------------------------------------------------------
 def _all_finite(a: np.ndarray) -> bool:
     for s in range(0, len(a), _CHUNK_ROWS):

@@ -27,7 +27,7 @@ SCHEMA = "scmpr_ros/map_announcement/1"
 
 def stored_checksum(path: str | Path) -> str:
     """Hex sha256 recorded in a map file's preamble (64 bytes read; read_map checks it against the content)."""
-    from scmpr_ros.retrieval.map_file import PREAMBLE, PREAMBLE_SIZE
+    from scmpr_ros.mapping.map_file import PREAMBLE, PREAMBLE_SIZE
 
     try:
         with open(path, "rb") as handle:

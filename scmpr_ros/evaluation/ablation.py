@@ -108,7 +108,7 @@ def run_ablation(
     init: str | Path | None = None,
 ) -> str:
     """Train + evaluate each variant; writes ``ablation.md`` / ``ablation.json`` in ``out``; returns the table."""
-    from scmpr_ros.training.evaluate import build_and_evaluate
+    from scmpr_ros.evaluation.evaluate import build_and_evaluate
     from scmpr_ros.training.pairs import load_or_build_cache
     from scmpr_ros.training.train import train
 

@@ -498,7 +498,7 @@ def benchmark_all(
         section("scan", lambda: _cuda_scan_benchmark(scan_shape[0], scan_shape[1], 4, 1, scan_iters))
 
     def search() -> list[dict[str, Any]]:
-        from scmpr_ros.retrieval.benchmark import search_benchmark
+        from scmpr_ros.benchmarks.search import search_benchmark
 
         mc = ModelConfig()
         return search_benchmark(list(search_sizes), mc.descriptor_dim or mc.feature_dim * mc.netvlad_clusters,
@@ -545,7 +545,7 @@ def format_report_markdown(report: dict[str, Any]) -> str:
     elif "scan" in s:
         out += ["## Selective scan (CUDA)", "", "```", json.dumps(s["scan"], indent=1), "```", ""]
     if "search" in s:
-        from scmpr_ros.retrieval.benchmark import format_search_table
+        from scmpr_ros.benchmarks.search import format_search_table
 
         out += ["## Search (per query: top-k + semantic re-rank)", "", "```", format_search_table(s["search"]), "```", ""]
     if "ros" in s:

@@ -60,7 +60,7 @@ def _write_outputs(out: Path, result, score: dict | None) -> None:
                                                                    "score", "cosine", "psi")]))
     atomic_write_text(out / "hypotheses.csv", "\n".join(rows) + "\n")
     if score is not None:
-        from scmpr_ros.training.plots import plot_trajectory
+        from scmpr_ros.evaluation.plots import plot_trajectory
 
         d = score["_detail"]
         top1 = d["db_xyz"][np.maximum(d["top1"], 0)][:, :2] if len(d["top1"]) else None
@@ -86,8 +86,8 @@ def run_demo(work: Path, model: Path, *, frames: int, seed: int, image_size: tup
     from scmpr_ros.datasets.synthetic.writer import MANIFEST, generate_town, read_manifest
     from scmpr_ros.io_utils import atomic_write_text
     from scmpr_ros.model import load_checkpoint, model_checksum
-    from scmpr_ros.nodes.replay import run_replay, score_replay
-    from scmpr_ros.retrieval.builder import build_map
+    from scmpr_ros.nodes.replay import run_replay
+    from scmpr_ros.mapping.builder import build_map
 
     work = Path(work)
     town = work / "town"
@@ -135,7 +135,7 @@ def run_demo(work: Path, model: Path, *, frames: int, seed: int, image_size: tup
     t3 = time.perf_counter()
     echo(f"[4/4] replaying {bag.name} at rate {rate}: bag_player -> localizer <- map_server over loopback DDS ...")
     result = run_replay(bag, map_file, model, rate=rate, device=device)
-    score = score_replay(result, 5.0)
+    score = result.score(5.0)
     t4 = time.perf_counter()
     out = work / "results"
     _write_outputs(out, result, score)
@@ -186,13 +186,13 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
         threshold: float = typer.Option(5.0, "--threshold", help="a hypothesis is correct within this many metres of ground truth"),
     ) -> None:
         """Replay a bag through map_server + localizer over loopback DDS (what localization.launch.py starts)."""
-        from scmpr_ros.bags.kitti_to_bag import ODOM_TOPIC
+        from scmpr_ros.msgs.topics import GROUND_TRUTH_TOPIC
         from scmpr_ros.bags.reader import bag_info
-        from scmpr_ros.nodes.replay import run_replay, score_replay
+        from scmpr_ros.nodes.replay import run_replay
 
         result = run_replay(bag, map_file, model or _default_model(), params_file=params, rate=rate, device=device,
                             duration_s=duration)
-        score = score_replay(result, threshold) if ODOM_TOPIC in bag_info(bag).topics and result.results else None
+        score = result.score(threshold) if GROUND_TRUTH_TOPIC in bag_info(bag).topics and result.results else None
         typer.echo(_replay_report(result, score))
         if out is not None:
             _write_outputs(out, result, score)

@@ -12,11 +12,11 @@ import sys
 import typer
 
 COMMAND_MODULES = (
-    "scmpr_ros.commands.data",  # synth, dataset-info, kitti-to-bag
-    "scmpr_ros.commands.maps",  # build-map, map-info, train-segmenter
-    "scmpr_ros.commands.learn",  # train, evaluate, ablation
-    "scmpr_ros.commands.ros",  # replay, demo
-    "scmpr_ros.commands.bench",  # benchmark encoder|scan|search|ros|all
+    "scmpr_ros.cli.data",  # synth, dataset-info, kitti-to-bag
+    "scmpr_ros.cli.maps",  # build-map, map-info, train-segmenter
+    "scmpr_ros.cli.learn",  # train, evaluate, ablation
+    "scmpr_ros.cli.ros",  # replay, demo
+    "scmpr_ros.cli.bench",  # benchmark encoder|scan|search|ros|all
 )
 
 

@@ -49,8 +49,8 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
 
         from scmpr_ros.datasets import open_sequence
         from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
-        from scmpr_ros.retrieval.builder import build_map
-        from scmpr_ros.retrieval.map_file import MAP_SUFFIX
+        from scmpr_ros.mapping.builder import build_map
+        from scmpr_ros.mapping.map_file import MAP_SUFFIX
 
         if threads:
             torch.set_num_threads(threads)
@@ -80,7 +80,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
         model: Optional[Path] = typer.Option(None, "--model", "-m", help="also check the map fits this model checkpoint"),
     ) -> None:
         """Validate a map file (magic, version, checksum, shapes, NaN/inf) and print what it holds."""
-        from scmpr_ros.retrieval.map_file import describe_map, read_map
+        from scmpr_ros.mapping.map_file import describe_map, read_map
 
         dim = checksum = None
         if model is not None:
@@ -167,7 +167,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
         import dataclasses
 
         from scmpr_ros.io_utils import atomic_write_text
-        from scmpr_ros.retrieval.benchmark import format_search_table, search_benchmark
+        from scmpr_ros.benchmarks.search import format_search_table, search_benchmark
 
         cfg = _load_cfg(config)
         r = cfg.retrieval if ann is None else dataclasses.replace(cfg.retrieval, ann_type=ann)

@@ -17,7 +17,8 @@ import numpy as np
 
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.io_utils import atomic_write_text
-from scmpr_ros.training.metrics import DEFAULT_NS, heading_of, positions_of, recall_at_n
+from scmpr_ros.retrieval.metrics import DEFAULT_NS, recall_at_n
+from scmpr_ros.geometry import heading_of, positions_of
 
 EXTRA_CANDIDATES_EXCLUDE = 40  # more hypotheses asked for when exclude-recent drops some
 
@@ -90,8 +91,8 @@ def evaluate(
     from scmpr_ros.config import default_config_dir, load_config
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.model import load_checkpoint, model_checksum
-    from scmpr_ros.retrieval.map_file import read_map
-    from scmpr_ros.retrieval.recognizer import PlaceRecognizer
+    from scmpr_ros.mapping.map_file import read_map
+    from scmpr_ros.localization.recognizer import PlaceRecognizer
 
     if threshold_m <= 0:
         raise EvaluationError(f"--threshold must be > 0 m, got {threshold_m}")
@@ -217,7 +218,7 @@ def _pooled_recall(results: list, ns_sorted: tuple[int, ...]) -> dict[str, float
 
 def write_outputs(out: Path, summary: dict, records: dict, db_xyz: np.ndarray, ns: tuple[int, ...]) -> None:
     """results.json, recall_at_n.png (one curve per condition), trajectory_<condition>.png."""
-    from scmpr_ros.training.plots import plot_recall_curve, plot_trajectory
+    from scmpr_ros.evaluation.plots import plot_recall_curve, plot_trajectory
 
     out.mkdir(parents=True, exist_ok=True)
     curves = {name: (list(ns), [r["result"].recall[n] for n in ns]) for name, r in records.items()}
@@ -279,7 +280,7 @@ def build_and_evaluate(
     """Map of ``map_sequence`` with this model, then ``evaluate`` of the query sequences against it."""
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.model import load_checkpoint, model_checksum
-    from scmpr_ros.retrieval.builder import build_map
+    from scmpr_ros.mapping.builder import build_map
 
     net, _, _ = load_checkpoint(model_path, device)
     map_path = out / f"map_{map_sequence}.scmpr-map"

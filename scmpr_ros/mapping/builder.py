@@ -18,23 +18,14 @@ import numpy as np
 
 from scmpr_ros.config import CameraConfig, ScmprConfig
 from scmpr_ros.errors import DatasetError, InputError
+from scmpr_ros.datasets.base import camera_from_calibration
 from scmpr_ros.lidar.range_image import RangeProjector, camera_fov, crop_to_fov, encoder_input
 from scmpr_ros.lidar.segmentation import make_segmenter
 from scmpr_ros.lidar.viewpoints import MapAccumulator, ViewpointRenderer, frustum_grid, plan_viewpoints
-from scmpr_ros.retrieval.map_file import MapData, camera_dict, matrices_to_poses, write_map
+from scmpr_ros.mapping.map_file import MapData, camera_dict, write_map
+from scmpr_ros.geometry import matrices_to_poses
 
 Progress = Callable[[str, int, int], None]
-
-
-def camera_from_calibration(calib: Any, fallback: CameraConfig) -> CameraConfig:
-    """The dataset camera's intrinsics and size (falls back to the config's size without images)."""
-    K = np.asarray(calib.K, dtype=np.float64)
-    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0:
-        raise DatasetError(f"calibration K must be a finite 3x3 intrinsic matrix, got {K.tolist()}")
-    size = getattr(calib, "image_size", None)
-    width, height = (int(size[0]), int(size[1])) if size else (fallback.width, fallback.height)
-    return CameraConfig(width=width, height=height, fx=float(K[0, 0]), fy=float(K[1, 1]),
-                        cx=float(K[0, 2]), cy=float(K[1, 2]))
 
 
 def build_map(

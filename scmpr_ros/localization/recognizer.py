@@ -15,9 +15,9 @@ import numpy as np
 from scmpr_ros.config import ScmprConfig
 from scmpr_ros.errors import InputError, MapFileError
 from scmpr_ros.retrieval.index import DescriptorIndex
-from scmpr_ros.retrieval.map_file import MapData
+from scmpr_ros.mapping.map_file import MapData
 from scmpr_ros.retrieval.rerank import Hypothesis, rerank
-from scmpr_ros.retrieval.semantic_grid import grid_from_labels
+from scmpr_ros.semantics.grid import grid_from_labels
 
 
 @dataclass

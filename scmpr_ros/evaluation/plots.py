@@ -4,31 +4,15 @@ matplotlib with the non-interactive Agg backend; files are written atomically.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from scmpr_ros.io_utils import atomic_write_bytes
+from scmpr_ros.io_utils import pyplot_agg, write_figure_png
 
 CONDITION_COLORS = {"day": "#1f77b4", "night": "#2c2c54", "winter": "#17becf", "all": "#ff7f0e"}
 
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path, dpi: int = 120) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
 
 
 def plot_recall_curve(
@@ -38,7 +22,7 @@ def plot_recall_curve(
     threshold_m: float | None = None,
 ) -> Path:
     """One line per label: Recall@N (percent) against N."""
-    plt = _figure()
+    plt = pyplot_agg()
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     for i, (label, (ns, rec)) in enumerate(curves.items()):
         color = CONDITION_COLORS.get(label, f"C{i}")
@@ -53,7 +37,7 @@ def plot_recall_curve(
     ax.set_title(title + suffix, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    out = _save(fig, path)
+    out = write_figure_png(fig, path)
     plt.close(fig)
     return out
 
@@ -71,7 +55,7 @@ def plot_trajectory(
 
     With ``top1_xy`` a thin red line joins each missed query to its wrong top-1 viewpoint.
     """
-    plt = _figure()
+    plt = pyplot_agg()
     db_xy = np.asarray(db_xy, dtype=np.float64)[:, :2]
     query_xy = np.asarray(query_xy, dtype=np.float64)[:, :2]
     hits = np.asarray(hits, dtype=bool)
@@ -95,28 +79,6 @@ def plot_trajectory(
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.2)
     ax.legend(loc="best", fontsize=8, markerscale=1.5)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
-
-
-def plot_training_curves(records: Sequence[Mapping], path: str | Path) -> Path:
-    """Loss (per logged step) and validation R@1 (per epoch) from the JSONL training log."""
-    plt = _figure()
-    steps = [r for r in records if r.get("kind") == "step"]
-    vals = [r for r in records if r.get("kind") == "val"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
-    if steps:
-        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color="C0", lw=1, label="loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(True, alpha=0.3)
-    if vals:
-        ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in vals], [100 * r["val_r1"] for r in vals], color="C3", marker="o", label="val R@1")
-        ax2.set_ylabel("validation R@1 (%)")
-        ax2.set_ylim(0, 101)
-    ax.set_title("training", fontsize=10)
-    out = _save(fig, path)
+    out = write_figure_png(fig, path)
     plt.close(fig)
     return out

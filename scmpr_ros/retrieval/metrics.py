@@ -15,53 +15,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from scmpr_ros.errors import ScmprError
+from scmpr_ros.geometry import angle_difference, positions_of
 
 DEFAULT_NS: tuple[int, ...] = (1, 5, 10)
 
 
 class MetricsError(ScmprError, ValueError):
     """Inputs to a metric with inconsistent shapes or values."""
-
-
-def positions_of(poses: np.ndarray, what: str = "poses") -> np.ndarray:
-    """(N,3) positions from (N,4,4) homogeneous poses, (N,7) x y z qx qy qz qw, or (N,3)/(N,2)."""
-    poses = np.asarray(poses, dtype=np.float64)
-    if poses.ndim == 3 and poses.shape[1:] == (4, 4):
-        return poses[:, :3, 3].copy()
-    if poses.ndim == 2 and poses.shape[1] in (7, 3):
-        return poses[:, :3].copy()
-    if poses.ndim == 2 and poses.shape[1] == 2:
-        return np.concatenate([poses, np.zeros((len(poses), 1))], axis=1)
-    raise MetricsError(f"{what}: expected (N,4,4), (N,7), (N,3) or (N,2), got shape {poses.shape}")
-
-
-def heading_of(poses: np.ndarray, forward_axis: int = 0, what: str = "poses") -> np.ndarray:
-    """(N,) heading in radians (atan2 of the forward axis in the world x-y plane).
-
-    ``forward_axis`` is the body axis that points forward: 0 for a LiDAR/base frame (x forward,
-    REP-103), 2 for a camera optical frame (z forward).  (N,7) poses are quaternions x y z w.
-    """
-    poses = np.asarray(poses, dtype=np.float64)
-    if poses.ndim == 3 and poses.shape[1:] == (4, 4):
-        fwd = poses[:, :3, forward_axis]
-    elif poses.ndim == 2 and poses.shape[1] == 7:
-        qx, qy, qz, qw = poses[:, 3], poses[:, 4], poses[:, 5], poses[:, 6]
-        # Column `forward_axis` of the rotation matrix of a unit quaternion.
-        cols = {
-            0: np.stack([1 - 2 * (qy**2 + qz**2), 2 * (qx * qy + qz * qw), 2 * (qx * qz - qy * qw)], 1),
-            1: np.stack([2 * (qx * qy - qz * qw), 1 - 2 * (qx**2 + qz**2), 2 * (qy * qz + qx * qw)], 1),
-            2: np.stack([2 * (qx * qz + qy * qw), 2 * (qy * qz - qx * qw), 1 - 2 * (qx**2 + qy**2)], 1),
-        }
-        fwd = cols[forward_axis]
-    else:
-        raise MetricsError(f"{what}: heading needs (N,4,4) or (N,7) poses, got shape {poses.shape}")
-    return np.arctan2(fwd[:, 1], fwd[:, 0])
-
-
-def angle_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Absolute wrapped difference of angles in radians, in [0, pi]."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    return np.abs((d + np.pi) % (2 * np.pi) - np.pi)
 
 
 @dataclass

@@ -1,1 +1,0 @@
-"""scmpr_ros.commands."""
