@@ -6,7 +6,7 @@ bag_player publishes /clock, so every node runs on sim time.  With record:=DIR t
 and best poses are recorded with `ros2 bag record` for `scmpr evaluate`-style scoring.  Without
 launch_ros, `scmpr replay --bag B --map M --model X` runs the same nodes and params file.
 """
-from launch import LaunchDescription
+
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -14,6 +14,8 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, Pyth
 from launch_ros.actions import Node
 from launch_ros.descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -23,15 +25,20 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("bag", description="rosbag2 directory written by `scmpr kitti-to-bag`"),
         DeclareLaunchArgument("map_file", description="Map file (.scmpr-map) of the same environment"),
         DeclareLaunchArgument(
-            "model", default_value=PathJoinSubstitution([share, "models", "scmpr_nano.pt"]),
-            description="Model checkpoint the map was built with"),
+            "model",
+            default_value=PathJoinSubstitution([share, "models", "scmpr_nano.pt"]),
+            description="Model checkpoint the map was built with",
+        ),
         DeclareLaunchArgument("rate", default_value="1.0", description="Playback rate (1.0 = recorded timing)"),
         DeclareLaunchArgument("device", default_value="auto", description="Encoder device: auto, cpu or cuda"),
         DeclareLaunchArgument(
-            "record", default_value="",
-            description="Output directory for `ros2 bag record` of the hypotheses (empty: do not record)"),
+            "record",
+            default_value="",
+            description="Output directory for `ros2 bag record` of the hypotheses (empty: do not record)",
+        ),
         DeclareLaunchArgument(
-            "params_file", default_value=params_default, description="ROS parameters file for all nodes"),
+            "params_file", default_value=params_default, description="ROS parameters file for all nodes"
+        ),
     ]
     localization = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "localization.launch.py"])),
@@ -48,16 +55,28 @@ def generate_launch_description() -> LaunchDescription:
         executable="bag_player",
         name="bag_player",
         output="screen",
-        parameters=[LaunchConfiguration("params_file"), {
-            "bag": ParameterValue(LaunchConfiguration("bag"), value_type=str),
-            "rate": ParameterValue(LaunchConfiguration("rate"), value_type=float),
-            "clock": True,
-        }],
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "bag": ParameterValue(LaunchConfiguration("bag"), value_type=str),
+                "rate": ParameterValue(LaunchConfiguration("rate"), value_type=float),
+                "clock": True,
+            },
+        ],
     )
     recorder = ExecuteProcess(
-        cmd=["ros2", "bag", "record", "-o", LaunchConfiguration("record"),
-             "/scmpr/hypotheses", "/scmpr/hypothesis_scores", "/scmpr/best_pose", "/ground_truth/odometry",
-             "/diagnostics"],
+        cmd=[
+            "ros2",
+            "bag",
+            "record",
+            "-o",
+            LaunchConfiguration("record"),
+            "/scmpr/hypotheses",
+            "/scmpr/hypothesis_scores",
+            "/scmpr/best_pose",
+            "/ground_truth/odometry",
+            "/diagnostics",
+        ],
         output="screen",
         condition=IfCondition(PythonExpression(["'", LaunchConfiguration("record"), "' != ''"])),
     )

@@ -4,38 +4,53 @@
 
 The same nodes and params file run without launch_ros through `scmpr replay` (loopback DDS).
 """
-from launch import LaunchDescription
+
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from launch import LaunchDescription
+
 
 def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare("scmpr_ros")
     args = [
         DeclareLaunchArgument(
-            "map_file", description="Map file (.scmpr-map) built with `scmpr build-map`; served by map_server"),
+            "map_file", description="Map file (.scmpr-map) built with `scmpr build-map`; served by map_server"
+        ),
         DeclareLaunchArgument(
-            "model", default_value=PathJoinSubstitution([share, "models", "scmpr_nano.pt"]),
-            description="Model checkpoint the map was built with (default: the shipped nano model)"),
+            "model",
+            default_value=PathJoinSubstitution([share, "models", "scmpr_nano.pt"]),
+            description="Model checkpoint the map was built with (default: the shipped nano model)",
+        ),
         DeclareLaunchArgument(
-            "image_topic", default_value="/camera/image_raw",
-            description="sensor_msgs/Image topic to localize (rgb8, bgr8, rgba8, bgra8 or mono8)"),
+            "image_topic",
+            default_value="/camera/image_raw",
+            description="sensor_msgs/Image topic to localize (rgb8, bgr8, rgba8, bgra8 or mono8)",
+        ),
         DeclareLaunchArgument(
-            "camera_info_topic", default_value="/camera/camera_info",
-            description="sensor_msgs/CameraInfo of that camera"),
+            "camera_info_topic",
+            default_value="/camera/camera_info",
+            description="sensor_msgs/CameraInfo of that camera",
+        ),
         DeclareLaunchArgument(
-            "device", default_value="auto", description="Encoder device: auto (CUDA when present), cpu or cuda"),
+            "device", default_value="auto", description="Encoder device: auto (CUDA when present), cpu or cuda"
+        ),
         DeclareLaunchArgument(
-            "use_sim_time", default_value="false", description="Use /clock (true when replaying a bag with clock)"),
+            "use_sim_time", default_value="false", description="Use /clock (true when replaying a bag with clock)"
+        ),
         DeclareLaunchArgument(
-            "publish_initialpose", default_value="false",
-            description="Publish a confident, consistent result once on /initialpose for Nav2 AMCL"),
+            "publish_initialpose",
+            default_value="false",
+            description="Publish a confident, consistent result once on /initialpose for Nav2 AMCL",
+        ),
         DeclareLaunchArgument(
-            "params_file", default_value=PathJoinSubstitution([share, "config", "localization.params.yaml"]),
-            description="ROS parameters file for map_server and localizer"),
+            "params_file",
+            default_value=PathJoinSubstitution([share, "config", "localization.params.yaml"]),
+            description="ROS parameters file for map_server and localizer",
+        ),
     ]
     params = LaunchConfiguration("params_file")
     sim = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
@@ -44,23 +59,29 @@ def generate_launch_description() -> LaunchDescription:
         executable="map_server",
         name="map_server",
         output="screen",
-        parameters=[params, {
-            "map_file": ParameterValue(LaunchConfiguration("map_file"), value_type=str),
-            "use_sim_time": sim,
-        }],
+        parameters=[
+            params,
+            {
+                "map_file": ParameterValue(LaunchConfiguration("map_file"), value_type=str),
+                "use_sim_time": sim,
+            },
+        ],
     )
     localizer = Node(
         package="scmpr_ros",
         executable="localizer",
         name="localizer",
         output="screen",
-        parameters=[params, {
-            "model": ParameterValue(LaunchConfiguration("model"), value_type=str),
-            "image_topic": ParameterValue(LaunchConfiguration("image_topic"), value_type=str),
-            "camera_info_topic": ParameterValue(LaunchConfiguration("camera_info_topic"), value_type=str),
-            "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
-            "publish_initialpose": ParameterValue(LaunchConfiguration("publish_initialpose"), value_type=bool),
-            "use_sim_time": sim,
-        }],
+        parameters=[
+            params,
+            {
+                "model": ParameterValue(LaunchConfiguration("model"), value_type=str),
+                "image_topic": ParameterValue(LaunchConfiguration("image_topic"), value_type=str),
+                "camera_info_topic": ParameterValue(LaunchConfiguration("camera_info_topic"), value_type=str),
+                "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+                "publish_initialpose": ParameterValue(LaunchConfiguration("publish_initialpose"), value_type=bool),
+                "use_sim_time": sim,
+            },
+        ],
     )
     return LaunchDescription(args + [map_server, localizer])

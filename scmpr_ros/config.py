@@ -7,6 +7,7 @@ type, are refused with the key and the file named.  ROS parameter names equal th
     cfg = load_config("config/scmpr.yaml")            # defaults + file
     cfg = load_config("config/scmpr.yaml", "config/train_nano.yaml")  # later files override
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -7,6 +7,7 @@ tf_transformations is used when importable; otherwise transforms3d, whose quater
 (w, x, y, z) — the reordering happens in this module only.  Quaternions are returned unit-norm
 with w >= 0 (one canonical sign).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -129,20 +130,28 @@ def matrices_to_poses(T: np.ndarray) -> np.ndarray:
         r = R[m]
         if k == 0:
             s = np.sqrt(1.0 + tr[m]) * 2
-            q[m] = np.stack([(r[:, 2, 1] - r[:, 1, 2]) / s, (r[:, 0, 2] - r[:, 2, 0]) / s,
-                             (r[:, 1, 0] - r[:, 0, 1]) / s, 0.25 * s], 1)
+            q[m] = np.stack(
+                [(r[:, 2, 1] - r[:, 1, 2]) / s, (r[:, 0, 2] - r[:, 2, 0]) / s, (r[:, 1, 0] - r[:, 0, 1]) / s, 0.25 * s],
+                1,
+            )
         elif k == 1:
             s = np.sqrt(1.0 + r[:, 0, 0] - r[:, 1, 1] - r[:, 2, 2]) * 2
-            q[m] = np.stack([0.25 * s, (r[:, 0, 1] + r[:, 1, 0]) / s, (r[:, 0, 2] + r[:, 2, 0]) / s,
-                             (r[:, 2, 1] - r[:, 1, 2]) / s], 1)
+            q[m] = np.stack(
+                [0.25 * s, (r[:, 0, 1] + r[:, 1, 0]) / s, (r[:, 0, 2] + r[:, 2, 0]) / s, (r[:, 2, 1] - r[:, 1, 2]) / s],
+                1,
+            )
         elif k == 2:
             s = np.sqrt(1.0 + r[:, 1, 1] - r[:, 0, 0] - r[:, 2, 2]) * 2
-            q[m] = np.stack([(r[:, 0, 1] + r[:, 1, 0]) / s, 0.25 * s, (r[:, 1, 2] + r[:, 2, 1]) / s,
-                             (r[:, 0, 2] - r[:, 2, 0]) / s], 1)
+            q[m] = np.stack(
+                [(r[:, 0, 1] + r[:, 1, 0]) / s, 0.25 * s, (r[:, 1, 2] + r[:, 2, 1]) / s, (r[:, 0, 2] - r[:, 2, 0]) / s],
+                1,
+            )
         else:
             s = np.sqrt(1.0 + r[:, 2, 2] - r[:, 0, 0] - r[:, 1, 1]) * 2
-            q[m] = np.stack([(r[:, 0, 2] + r[:, 2, 0]) / s, (r[:, 1, 2] + r[:, 2, 1]) / s, 0.25 * s,
-                             (r[:, 1, 0] - r[:, 0, 1]) / s], 1)
+            q[m] = np.stack(
+                [(r[:, 0, 2] + r[:, 2, 0]) / s, (r[:, 1, 2] + r[:, 2, 1]) / s, 0.25 * s, (r[:, 1, 0] - r[:, 0, 1]) / s],
+                1,
+            )
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     q[q[:, 3] < 0] *= -1
     return np.concatenate([T[:, :3, 3], q], axis=1)

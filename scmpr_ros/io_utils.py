@@ -2,14 +2,16 @@
 
 Write to a temporary file in the target directory, fsync, then ``os.replace`` (atomic on POSIX).
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
 """Shared pytest fixtures. Each block is owned by the part that needs it; keep blocks delimited."""
+
 from __future__ import annotations
 
 import os
@@ -83,8 +84,16 @@ class LidarTestScene:
         T[:3, 3] = (x, y, 0.0)
         return T
 
-    def scan(self, T_world_velo, H: int = 64, W: int = 1024, fov_up: float = 2.0, fov_down: float = -24.8,
-             max_range: float = 80.0, seed: int = 0):
+    def scan(
+        self,
+        T_world_velo,
+        H: int = 64,
+        W: int = 1024,
+        fov_up: float = 2.0,
+        fov_down: float = -24.8,
+        max_range: float = 80.0,
+        seed: int = 0,
+    ):
         """(points (M, 4) x y z reflectance in the sensor frame, labels (M,) uint8)."""
         import numpy as np
         import open3d as o3d
@@ -112,7 +121,7 @@ def lidar_scene():
     return LidarTestScene(seed=0)
 
 
-def write_scene_as_kitti(scene: "LidarTestScene", out: Path, frames: int = 24, step_m: float = 2.0) -> Path:
+def write_scene_as_kitti(scene: LidarTestScene, out: Path, frames: int = 24, step_m: float = 2.0) -> Path:
     """Write scans of ``scene`` along its street as a KITTI odometry sequence ``out/sequences/00``
     (velodyne, SemanticKITTI labels, calib.txt, poses.txt, times.txt; no images)."""
     import numpy as np
@@ -141,8 +150,9 @@ def write_scene_as_kitti(scene: "LidarTestScene", out: Path, frames: int = 24, s
         to_sk[lab].astype(np.uint32).tofile(seq / "labels" / f"{i:06d}.label")
         rows.append((Tr @ T @ np.linalg.inv(Tr))[:3, :4].reshape(-1))
     fmt = lambda a: " ".join(f"{v:.12e}" for v in np.asarray(a).reshape(-1))  # noqa: E731
-    (seq / "calib.txt").write_text("".join(f"{k}: {fmt(P)}\n" for k, P in
-                                           (("P0", P0), ("P1", P0), ("P2", P2), ("P3", P2), ("Tr", Tr[:3]))))
+    (seq / "calib.txt").write_text(
+        "".join(f"{k}: {fmt(P)}\n" for k, P in (("P0", P0), ("P1", P0), ("P2", P2), ("P3", P2), ("Tr", Tr[:3])))
+    )
     (seq / "poses.txt").write_text("".join(fmt(r) + "\n" for r in rows))
     (seq / "times.txt").write_text("".join(f"{0.1 * i:.6e}\n" for i in range(frames)))
     return out
@@ -162,8 +172,15 @@ def small_model_file(tmp_path_factory):
     from scmpr_ros.model.scmpr import SCMPRModel
 
     torch.manual_seed(0)
-    cfg = ModelConfig(image_height=64, image_width=192, feature_dim=32, netvlad_clusters=8, descriptor_dim=64,
-                      lidar_dims=[16, 32, 32], attention_dim=16)
+    cfg = ModelConfig(
+        image_height=64,
+        image_width=192,
+        feature_dim=32,
+        netvlad_clusters=8,
+        descriptor_dim=64,
+        lidar_dims=[16, 32, 32],
+        attention_dim=16,
+    )
     path = tmp_path_factory.mktemp("model") / "small.pt"
     save_checkpoint(path, SCMPRModel(cfg).eval(), cfg, {"note": "untrained test model"})
     return path
@@ -175,9 +192,25 @@ def built_map(scene_kitti_dir, small_model_file, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("maps") / "street.scmpr-map"
     cfg = out.parent / "map.yaml"
-    cfg.write_text("map:\n  place_spacing_m: 4.0\n  yaw_offsets_deg: [0.0, 20.0]\n  lateral_offsets_m: [0.0, 1.5]\n"
-                   "  batch_size: 8\n")
-    rc = main(["build-map", str(scene_kitti_dir), "--sequence", "00", "--model", str(small_model_file),
-               "--out", str(out), "--config", str(cfg), "--threads", "2"])
+    cfg.write_text(
+        "map:\n  place_spacing_m: 4.0\n  yaw_offsets_deg: [0.0, 20.0]\n  lateral_offsets_m: [0.0, 1.5]\n"
+        "  batch_size: 8\n"
+    )
+    rc = main(
+        [
+            "build-map",
+            str(scene_kitti_dir),
+            "--sequence",
+            "00",
+            "--model",
+            str(small_model_file),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg),
+            "--threads",
+            "2",
+        ]
+    )
     assert rc == 0
     return out

@@ -4,6 +4,7 @@ The DDS domain and LOCALHOST discovery are set for the whole run in test/conftes
 from the pid); each test here additionally gets its own rclpy Context and a unique node namespace,
 so latched topics of one test never reach the next.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ import itertools
 import os
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import rclpy
@@ -102,18 +103,31 @@ def _images(n=NUM_IMAGES, seed=0):
 
 
 def _map_data(descriptors, grids, protos, checksum, n):
-    from scmpr_ros.mapping.map_file import MapData
     from scmpr_ros.geometry import quat_from_yaw
+    from scmpr_ros.mapping.map_file import MapData
 
     poses = np.zeros((n, 7))
     poses[:, 0] = np.arange(n) * 10.0
     poses[:, 3:] = [quat_from_yaw(0.3 * i) for i in range(n)]
-    return MapData(descriptors=np.asarray(descriptors, np.float32), poses=poses,
-                   viewpoint_ids=np.arange(n, dtype=np.int64) + 500, source_frames=np.arange(n, dtype=np.int64),
-                   semantic_grids=np.asarray(grids, bool), prototypes=protos,
-                   camera={"width": 96, "height": 48, "fx": 50.0, "fy": 50.0, "cx": 48.0, "cy": 24.0,
-                           "T_cam_velo": np.eye(4).tolist()},
-                   model_config={}, model_checksum=checksum)
+    return MapData(
+        descriptors=np.asarray(descriptors, np.float32),
+        poses=poses,
+        viewpoint_ids=np.arange(n, dtype=np.int64) + 500,
+        source_frames=np.arange(n, dtype=np.int64),
+        semantic_grids=np.asarray(grids, bool),
+        prototypes=protos,
+        camera={
+            "width": 96,
+            "height": 48,
+            "fx": 50.0,
+            "fy": 50.0,
+            "cx": 48.0,
+            "cy": 24.0,
+            "T_cam_velo": np.eye(4).tolist(),
+        },
+        model_config={},
+        model_checksum=checksum,
+    )
 
 
 def build_test_world(d):
@@ -123,9 +137,9 @@ def build_test_world(d):
     import torch
 
     from scmpr_ros.config import ModelConfig, ScmprConfig
-    from scmpr_ros.model import SCMPRModel, load_checkpoint, model_checksum, save_checkpoint
-    from scmpr_ros.mapping.map_file import write_map
     from scmpr_ros.localization.recognizer import PlaceRecognizer
+    from scmpr_ros.mapping.map_file import write_map
+    from scmpr_ros.model import SCMPRModel, load_checkpoint, model_checksum, save_checkpoint
 
     torch.manual_seed(0)
     cfg = ModelConfig(image_height=64, image_width=128, descriptor_dim=64, feature_dim=32, netvlad_clusters=4)

@@ -1,5 +1,6 @@
 """kitti-to-bag: a KITTI-layout sequence becomes a rosbag2 that reads back with the right types,
 counts, stamps and contents (sqlite3 and mcap), written atomically.  No rclpy needed."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,9 @@ import numpy as np
 import pytest
 
 from scmpr_ros.bags.kitti_to_bag import kitti_to_bag
+from scmpr_ros.bags.reader import BagError, bag_info, iter_messages
+from scmpr_ros.geometry import matrix_from_pose7
+from scmpr_ros.msgs.conversions import image_to_rgb, read_points
 from scmpr_ros.msgs.topics import (
     CAMERA_INFO_TOPIC,
     CLOUD_TOPIC,
@@ -16,9 +20,6 @@ from scmpr_ros.msgs.topics import (
     TF_STATIC_TOPIC,
     TF_TOPIC,
 )
-from scmpr_ros.bags.reader import BagError, bag_info, iter_messages
-from scmpr_ros.msgs.conversions import image_to_rgb, read_points
-from scmpr_ros.geometry import matrix_from_pose7
 
 N = 6
 TIMES = np.array([0.0, 0.103, 0.207, 0.31, 0.414, 0.517])
@@ -41,8 +42,9 @@ def kitti_root(tmp_path_factory) -> Path:
     P0 = np.hstack([K, np.zeros((3, 1))])
     P2 = np.hstack([K, K @ np.array([[0.06], [0.0], [0.0]])])
     Tr = np.array([[0, -1, 0, 0], [0, 0, -1, -0.08], [1, 0, 0, -0.27]], dtype=float)
-    (seq / "calib.txt").write_text("".join(f"{n}: {_fmt(m)}\n" for n, m in
-                                           (("P0", P0), ("P1", P0), ("P2", P2), ("P3", P2), ("Tr", Tr))))
+    (seq / "calib.txt").write_text(
+        "".join(f"{n}: {_fmt(m)}\n" for n, m in (("P0", P0), ("P1", P0), ("P2", P2), ("P3", P2), ("Tr", Tr)))
+    )
     (seq / "times.txt").write_text("".join(f"{t:.6e}\n" for t in TIMES))
     rows = []
     pos = np.zeros(3)
@@ -91,8 +93,14 @@ def test_kitti_to_bag_reads_back(kitti_root, tmp_path, storage):
         TF_STATIC_TOPIC: "tf2_msgs/msg/TFMessage",
     }
     counts = {t: s.count for t, s in info.topics.items()}
-    assert counts == {IMAGE_TOPIC: N, CAMERA_INFO_TOPIC: N, CLOUD_TOPIC: N, GROUND_TRUTH_TOPIC: N, TF_TOPIC: N,
-                      TF_STATIC_TOPIC: 1}
+    assert counts == {
+        IMAGE_TOPIC: N,
+        CAMERA_INFO_TOPIC: N,
+        CLOUD_TOPIC: N,
+        GROUND_TRUTH_TOPIC: N,
+        TF_TOPIC: N,
+        TF_STATIC_TOPIC: 1,
+    }
     expected_stamps = [1_600_000_000_000_000_000 + int(round(t * 1e9)) for t in TIMES]
 
     by_topic: dict[str, list] = {}

@@ -1,5 +1,6 @@
 """`scmpr benchmark scan` and `scmpr benchmark all`: real (small) runs of every section, the report
 files, machine info, and the refusals of bad options."""
+
 import json
 
 import pytest
@@ -22,8 +23,28 @@ def _keep_torch_threads():
 @needs_numba
 def test_benchmark_scan_reports_every_candidate_and_parity(tmp_path, capsys):
     out = tmp_path / "scan.json"
-    rc = main(["benchmark", "scan", "--length", "300", "--channels", "32", "--ss2d", "5x7x16x2", "--iters", "2",
-               "--torch-iters", "1", "--ref-length", "40", "--threads", "1", "--json", str(out)])
+    rc = main(
+        [
+            "benchmark",
+            "scan",
+            "--length",
+            "300",
+            "--channels",
+            "32",
+            "--ss2d",
+            "5x7x16x2",
+            "--iters",
+            "2",
+            "--torch-iters",
+            "1",
+            "--ref-length",
+            "40",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     for label in ("limit", "numba fused kernel", "pure-torch", "SS2D core 5x7x16", "reference loop at L 40", "parity"):
@@ -33,7 +54,13 @@ def test_benchmark_scan_reports_every_candidate_and_parity(tmp_path, capsys):
     for name, t in res["timings"].items():
         assert t["median_ms"] > 0 and t["p95_ms"] >= t["min_ms"] > 0, name
     assert res["timings"]["torch"]["n"] == 1 and res["timings"]["numba"]["n"] == 2
-    assert abs(res["ratios"]["numba_over_limit"] - res["timings"]["numba"]["median_ms"] / res["timings"]["limit"]["median_ms"]) < 1e-9
+    assert (
+        abs(
+            res["ratios"]["numba_over_limit"]
+            - res["timings"]["numba"]["median_ms"] / res["timings"]["limit"]["median_ms"]
+        )
+        < 1e-9
+    )
     for name, diff in res["parity"].items():
         assert diff < 1e-4, name
     assert res["ss2d"]["element_steps"] == 5 * 7 * 16 * 4
@@ -49,9 +76,29 @@ def test_benchmark_scan_rejects_a_bad_ss2d_shape(capsys):
 @needs_numba
 def test_benchmark_all_quick_writes_json_and_markdown(tmp_path, capsys):
     out = tmp_path / "bench"
-    rc = main(["benchmark", "all", "--quick", "--out", str(out), "--configs", "nano", "--size", "64x128",
-               "--threads", "1", "--encoder-iters", "2", "--scan-iters", "2", "--scan-shape", "200x32",
-               "--search-sizes", "3000"])
+    rc = main(
+        [
+            "benchmark",
+            "all",
+            "--quick",
+            "--out",
+            str(out),
+            "--configs",
+            "nano",
+            "--size",
+            "64x128",
+            "--threads",
+            "1",
+            "--encoder-iters",
+            "2",
+            "--scan-iters",
+            "2",
+            "--scan-shape",
+            "200x32",
+            "--search-sizes",
+            "3000",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     report = json.loads((out / "benchmark.json").read_text())
     m = report["machine"]
@@ -60,7 +107,10 @@ def test_benchmark_all_quick_writes_json_and_markdown(tmp_path, capsys):
     (enc,) = report["sections"]["encoder"]
     assert enc["size"] == [64, 128]
     assert set(enc["models"]) == {"scmpr", "scmpr_torch_scan", "resnet18_netvlad"}  # same run, same weights
-    assert enc["models"]["scmpr"]["scan_backend"] == "auto" and enc["models"]["scmpr_torch_scan"]["scan_backend"] == "torch"
+    assert (
+        enc["models"]["scmpr"]["scan_backend"] == "auto"
+        and enc["models"]["scmpr_torch_scan"]["scan_backend"] == "torch"
+    )
     scan = report["sections"]["scan"]
     assert scan["length"] == 200 and scan["channels"] == 32 and scan["parity"]["numba_vs_reference_max_abs"] < 1e-4
     (search,) = report["sections"]["search"]

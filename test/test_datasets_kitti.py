@@ -1,4 +1,5 @@
 """KITTI odometry / SemanticKITTI loader on small hand-made sequences in the real layout."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -170,7 +171,9 @@ def test_error_messages_name_file_and_expectation(tmp_path):
     d = make_kitti(tmp_path)
     calib = d / "calib.txt"
     calib.write_text("\n".join(l for l in CALIB_00.splitlines() if not l.startswith("Tr")) + "\n")
-    with pytest.raises(DatasetError, match=r"calib.txt: no 'Tr' line; expected 'Tr: 12 numbers'.*Keys found: P0, P1, P2, P3"):
+    with pytest.raises(
+        DatasetError, match=r"calib.txt: no 'Tr' line; expected 'Tr: 12 numbers'.*Keys found: P0, P1, P2, P3"
+    ):
         open_sequence(tmp_path, "00")
     calib.write_text(CALIB_00.replace("P2: 7.188560000000e+02 ", "P2: "))
     with pytest.raises(DatasetError, match="'P2' has 11 numbers, expected 12"):
@@ -191,7 +194,9 @@ def test_error_messages_name_file_and_expectation(tmp_path):
     (d / "times.txt").write_text("0\n0.1\n0.2\n")
 
     (d / "image_2" / "000001.png").unlink()
-    with pytest.raises(DatasetError, match=r"image_2: has 2 images but velodyne/ has 3 scans \(first frame without one: 000001\)"):
+    with pytest.raises(
+        DatasetError, match=r"image_2: has 2 images but velodyne/ has 3 scans \(first frame without one: 000001\)"
+    ):
         open_sequence(tmp_path, "00")
     cv2.imwrite(str(d / "image_2" / "000001.png"), np.zeros((20, 40, 3), np.uint8))
     (d / "labels" / "000002.label").unlink()

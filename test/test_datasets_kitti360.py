@@ -1,4 +1,5 @@
 """KITTI-360 loader on small hand-made files in the real directory layout."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,12 +24,20 @@ S_rect_00: 1.408000e+03 3.760000e+02
 R_rect_00: 9.999974e-01 -7.141668e-03 -8.333331e-05 7.141642e-03 9.999745e-01 -3.247011e-04 8.565276e-05 3.241078e-04 9.999999e-01
 P_rect_00: 5.528000e+02 0.000000e+00 6.825000e+02 0.000000e+00 0.000000e+00 5.528000e+02 2.385000e+02 0.000000e+00 0.000000e+00 0.000000e+00 1.000000e+00 0.000000e+00
 """
-CAM_TO_VELO = np.array([[0.04307104361, -0.08829286498, 0.995162929, 0.8043914418],
-                        [-0.999004371, 0.007784614041, 0.04392796942, 0.2993489574],
-                        [-0.01162548558, -0.9960641394, -0.08786966659, -0.1770225824]])
-CAM_TO_POSE = np.array([[0.0371783278, -0.0986182135, 0.9944306009, 1.5752681039],
-                        [0.9992675562, -0.0053553387, -0.0378902567, 0.0043914093],
-                        [0.0090621821, 0.9951109327, 0.0983468786, -0.7166172100]])
+CAM_TO_VELO = np.array(
+    [
+        [0.04307104361, -0.08829286498, 0.995162929, 0.8043914418],
+        [-0.999004371, 0.007784614041, 0.04392796942, 0.2993489574],
+        [-0.01162548558, -0.9960641394, -0.08786966659, -0.1770225824],
+    ]
+)
+CAM_TO_POSE = np.array(
+    [
+        [0.0371783278, -0.0986182135, 0.9944306009, 1.5752681039],
+        [0.9992675562, -0.0053553387, -0.0378902567, 0.0043914093],
+        [0.0090621821, 0.9951109327, 0.0983468786, -0.7166172100],
+    ]
+)
 SCAN_FRAMES = [0, 1, 2, 3]
 IMAGE_FRAMES = [0, 1, 2]
 
@@ -67,7 +76,8 @@ def make_kitti360(root: Path, semantics: bool = True) -> dict:
     (cal / "perspective.txt").write_text(PERSPECTIVE)
     (cal / "calib_cam_to_velo.txt").write_text(" ".join(f"{v:.10f}" for v in CAM_TO_VELO.ravel()) + "\n")
     (cal / "calib_cam_to_pose.txt").write_text(
-        "".join(f"image_0{k}: " + " ".join(f"{v:.10f}" for v in CAM_TO_POSE.ravel()) + "\n" for k in range(4)))
+        "".join(f"image_0{k}: " + " ".join(f"{v:.10f}" for v in CAM_TO_POSE.ravel()) + "\n" for k in range(4))
+    )
     velo = root / "data_3d_raw" / DRIVE / "velodyne_points"
     (velo / "data").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -76,7 +86,9 @@ def make_kitti360(root: Path, semantics: bool = True) -> dict:
         pts = rng.normal(0, 8, (60, 4)).astype(np.float32)
         pts.tofile(velo / "data" / f"{f:010d}.bin")
         scans[f] = pts
-    (velo / "timestamps.txt").write_text("".join(f"2013-05-28 08:46:0{2 + f}.{f * 100000000 + 880340352 % 100000000:09d}\n" for f in SCAN_FRAMES))
+    (velo / "timestamps.txt").write_text(
+        "".join(f"2013-05-28 08:46:0{2 + f}.{f * 100000000 + 880340352 % 100000000:09d}\n" for f in SCAN_FRAMES)
+    )
     img_dir = root / "data_2d_raw" / DRIVE / "image_00" / "data_rect"
     img_dir.mkdir(parents=True)
     for f in IMAGE_FRAMES:
@@ -84,7 +96,9 @@ def make_kitti360(root: Path, semantics: bool = True) -> dict:
     pose_dir = root / "data_poses" / DRIVE
     pose_dir.mkdir(parents=True)
     # sparse poses: frames 0 and 2 only; cam0_to_world only for frame 0
-    (pose_dir / "poses.txt").write_text("".join(f"{f} " + " ".join(f"{v:.10f}" for v in world_pose(f)[:3].ravel()) + "\n" for f in (0, 2)))
+    (pose_dir / "poses.txt").write_text(
+        "".join(f"{f} " + " ".join(f"{v:.10f}" for v in world_pose(f)[:3].ravel()) + "\n" for f in (0, 2))
+    )
     R_rect = np.eye(4)
     R_rect[:3, :3] = np.array(PERSPECTIVE.split("R_rect_00:")[1].split("\n")[0].split(), float).reshape(3, 3)
     cam0_world = world_pose(0) @ hom(CAM_TO_POSE) @ np.linalg.inv(R_rect)
@@ -114,9 +128,13 @@ def test_reads_layout_geometry_and_sparse_poses(tmp_path):
     np.testing.assert_allclose(seq.calib.T_cam_velo, info["R_rect"] @ np.linalg.inv(T_velo_cam0), atol=1e-9)
     assert seq.pose_valid.tolist() == [True, False, True]
     for f in (0, 2):
-        np.testing.assert_allclose(seq.poses_velo[f], world_pose(f) @ hom(CAM_TO_POSE) @ np.linalg.inv(T_velo_cam0), atol=1e-6)
+        np.testing.assert_allclose(
+            seq.poses_velo[f], world_pose(f) @ hom(CAM_TO_POSE) @ np.linalg.inv(T_velo_cam0), atol=1e-6
+        )
     np.testing.assert_allclose(seq.poses_cam[0], info["cam0_world"], atol=1e-6)  # from cam0_to_world.txt
-    np.testing.assert_allclose(seq.poses_cam[2], world_pose(2) @ hom(CAM_TO_POSE) @ np.linalg.inv(info["R_rect"]), atol=1e-6)
+    np.testing.assert_allclose(
+        seq.poses_cam[2], world_pose(2) @ hom(CAM_TO_POSE) @ np.linalg.inv(info["R_rect"]), atol=1e-6
+    )
     assert np.isnan(seq.poses_velo[1]).all() and np.isnan(seq.poses_cam[1]).all()
     np.testing.assert_allclose(seq.times, [0.0, 1.1, 2.2], atol=1e-6)
     np.testing.assert_array_equal(seq.load_scan(2), info["scans"][2])

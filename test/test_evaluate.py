@@ -1,6 +1,7 @@
 """`scmpr evaluate` / `scmpr protocol` end to end on a freshly generated synthetic town (seed 5, no
 training town uses it): map with build-map, queries from the day/night/winter passes, R@N + plots.
 The shipped model must clear a floor set from its measured figure (models/README.md)."""
+
 from __future__ import annotations
 
 import json
@@ -31,16 +32,50 @@ def fresh_town(tmp_path_factory) -> Path:
 
 def _build_map(town: Path, model: Path, out: Path) -> Path:
     path = out / "town.scmpr-map"
-    assert main(["build-map", str(town), "--sequence", "00", "--model", str(model), "--out", str(path),
-                 "--config", str(EVAL_CFG), "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "build-map",
+                str(town),
+                "--sequence",
+                "00",
+                "--model",
+                str(model),
+                "--out",
+                str(path),
+                "--config",
+                str(EVAL_CFG),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     return path
 
 
 def test_evaluate_writes_figures_and_plots(fresh_town: Path, small_model_file: Path, tmp_path: Path, capsys) -> None:
     map_path = _build_map(fresh_town, small_model_file, tmp_path)
     out = tmp_path / "eval"
-    rc = main(["evaluate", "--model", str(small_model_file), "--map", str(map_path), "--queries", str(fresh_town),
-               "--out", str(out), "--threshold", "5", "--stride", "2", "--sweep-beta", "0,0.1,1,5"])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(small_model_file),
+            "--map",
+            str(map_path),
+            "--queries",
+            str(fresh_town),
+            "--out",
+            str(out),
+            "--threshold",
+            "5",
+            "--stride",
+            "2",
+            "--sweep-beta",
+            "0,0.1,1,5",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "R@1 by re-rank beta" in text
@@ -48,7 +83,7 @@ def test_evaluate_writes_figures_and_plots(fresh_town: Path, small_model_file: P
         assert cond in text
     res = json.loads((out / "results.json").read_text())
     assert set(res["per_condition"]) == {"day", "night", "winter"}
-    for cond, r in res["per_condition"].items():
+    for r in res["per_condition"].values():
         rec = [r["recall"][k] for k in ("R@1", "R@5", "R@10")]
         assert 0.0 <= rec[0] <= rec[1] <= rec[2] <= 1.0  # recall grows with N
         assert r["num_evaluated"] > 0
@@ -62,15 +97,63 @@ def test_evaluate_writes_figures_and_plots(fresh_town: Path, small_model_file: P
     assert sorted(sweep) == [0.0, 0.1, 1.0, 5.0] and res["beta"] == 1.0
     assert sweep[1.0]["per_condition"] == {c: r["recall"]["R@1"] for c, r in res["per_condition"].items()}
     assert sweep[1.0]["overall"]["R@1"] == res["overall"]["R@1"]
-    assert main(["evaluate", "--model", str(small_model_file), "--map", str(map_path), "--queries", str(fresh_town),
-                 "--sweep-beta", "0,x"]) != 0
-    assert main(["evaluate", "--model", str(small_model_file), "--map", str(map_path), "--queries", str(fresh_town),
-                 "--sweep-beta", "-1"]) != 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(small_model_file),
+                "--map",
+                str(map_path),
+                "--queries",
+                str(fresh_town),
+                "--sweep-beta",
+                "0,x",
+            ]
+        )
+        != 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(small_model_file),
+                "--map",
+                str(map_path),
+                "--queries",
+                str(fresh_town),
+                "--sweep-beta",
+                "-1",
+            ]
+        )
+        != 0
+    )
     assert "sweep-beta" in capsys.readouterr().err
     # a yaw gate can only remove true matches, never add hits
     out2 = tmp_path / "eval_gate"
-    assert main(["evaluate", "--model", str(small_model_file), "--map", str(map_path), "--queries", str(fresh_town),
-                 "--out", str(out2), "--stride", "2", "--yaw-gate", "30", "--sequence", "01"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(small_model_file),
+                "--map",
+                str(map_path),
+                "--queries",
+                str(fresh_town),
+                "--out",
+                str(out2),
+                "--stride",
+                "2",
+                "--yaw-gate",
+                "30",
+                "--sequence",
+                "01",
+            ]
+        )
+        == 0
+    )
     gated = json.loads((out2 / "results.json").read_text())["per_condition"]["day"]
     assert gated["num_evaluated"] <= res["per_condition"]["day"]["num_evaluated"]
     assert gated["yaw_gate_deg"] == 30.0
@@ -79,20 +162,56 @@ def test_evaluate_writes_figures_and_plots(fresh_town: Path, small_model_file: P
 def test_protocol_same_sequence_and_exclude_recent(fresh_town: Path, small_model_file: Path, tmp_path: Path) -> None:
     """The KITTI-style protocol command (map and queries from one sequence) on the KITTI-layout town."""
     out = tmp_path / "proto"
-    assert main(["protocol", "--data", str(fresh_town), "--sequences", "00", "--model", str(small_model_file),
-                 "--out", str(out), "--config", str(EVAL_CFG)]) == 0
+    assert (
+        main(
+            [
+                "protocol",
+                "--data",
+                str(fresh_town),
+                "--sequences",
+                "00",
+                "--model",
+                str(small_model_file),
+                "--out",
+                str(out),
+                "--config",
+                str(EVAL_CFG),
+            ]
+        )
+        == 0
+    )
     table = (out / "protocol.md").read_text()
     assert "| 00 |" in table and "| mean |" in table
     same = json.loads((out / "protocol.json").read_text())["sequences"]["00"]["overall"]
     # excluding viewpoints within 1000 s of each query (the whole drive) leaves no true match at all
     out2 = tmp_path / "proto_ex"
-    assert main(["protocol", "--data", str(fresh_town), "--sequences", "00", "--model", str(small_model_file),
-                 "--out", str(out2), "--config", str(EVAL_CFG), "--exclude-recent", "1000"]) == 0
+    assert (
+        main(
+            [
+                "protocol",
+                "--data",
+                str(fresh_town),
+                "--sequences",
+                "00",
+                "--model",
+                str(small_model_file),
+                "--out",
+                str(out2),
+                "--config",
+                str(EVAL_CFG),
+                "--exclude-recent",
+                "1000",
+            ]
+        )
+        == 0
+    )
     ex = json.loads((out2 / "protocol.json").read_text())["sequences"]["00"]["overall"]
     assert same["num_evaluated"] > 0 and ex["num_evaluated"] == 0
 
 
-def test_evaluate_refuses_a_map_of_another_model(fresh_town: Path, small_model_file: Path, tmp_path: Path, capsys) -> None:
+def test_evaluate_refuses_a_map_of_another_model(
+    fresh_town: Path, small_model_file: Path, tmp_path: Path, capsys
+) -> None:
     import torch
 
     from scmpr_ros.model import load_checkpoint, save_checkpoint
@@ -117,5 +236,7 @@ def test_shipped_model_clears_its_floor_on_a_fresh_town(fresh_town: Path, tmp_pa
     got = {c: r["recall"]["R@1"] for c, r in res["per_condition"].items()}
     for cond, measured in SHIPPED_R1_MEASURED.items():
         assert measured is not None, "set SHIPPED_R1_MEASURED from models/README.md"
-        assert got[cond] >= FLOOR_FRACTION * measured, f"{cond}: R@1 {got[cond]:.3f} < floor {FLOOR_FRACTION * measured:.3f}"
+        assert got[cond] >= FLOOR_FRACTION * measured, (
+            f"{cond}: R@1 {got[cond]:.3f} < floor {FLOOR_FRACTION * measured:.3f}"
+        )
     assert np.isfinite(res["latency_ms_per_query_batched"]["median"])

@@ -1,6 +1,7 @@
 """Launch files (launch_ros is not installable here, so they are checked statically):
 every Node executable is one of our console scripts, every DeclareLaunchArgument has a description,
 every parameter set in a launch file or in the params file is one the node declares."""
+
 from __future__ import annotations
 
 import ast
@@ -93,8 +94,9 @@ def test_launch_file_is_well_formed(path):
         assert isinstance(name, ast.Constant)
         names.add(name.value)
         desc = _kw(call, "description")
-        assert isinstance(desc, ast.Constant) and isinstance(desc.value, str) and len(desc.value) > 10, \
+        assert isinstance(desc, ast.Constant) and isinstance(desc.value, str) and len(desc.value) > 10, (
             f"{path.name}: launch argument {name.value!r} has no description"
+        )
     used = {ast.literal_eval(c.args[0]) for c in _calls(tree, "LaunchConfiguration")}
     assert used <= names, f"{path.name}: LaunchConfiguration of undeclared arguments {used - names}"
     for include in _calls(tree, "PathJoinSubstitution"):

@@ -5,6 +5,7 @@ lower tier (or itself); units on one tier are peers and do not import each other
 counts, at module level or inside a function.  Only ``nodes/`` imports rclpy and the ROS
 message packages' node APIs; only the tiers that hold networks import torch at module level.
 """
+
 from __future__ import annotations
 
 import ast
@@ -75,21 +76,31 @@ def test_imports_only_point_down():
             continue
         target = parts[1]
         if TIER_OF.get(target, -1) >= TIER_OF[unit]:
-            wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} {unit} (tier {TIER_OF[unit]}) imports {module} "
-                         f"(tier {TIER_OF.get(target)})")
+            wrong.append(
+                f"{path.relative_to(PACKAGE.parent)}:{line} {unit} (tier {TIER_OF[unit]}) imports {module} "
+                f"(tier {TIER_OF.get(target)})"
+            )
     assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
 
 
 def test_rclpy_only_in_nodes():
-    wrong = [f"{p.relative_to(PACKAGE.parent)}:{line} imports {m}" for p, unit, m, line, _ in _all_imports()
-             if m.split(".")[0] in ("rclpy", "launch", "launch_ros") and unit not in ROS_ONLY_IN]
+    wrong = [
+        f"{p.relative_to(PACKAGE.parent)}:{line} imports {m}"
+        for p, unit, m, line, _ in _all_imports()
+        if m.split(".")[0] in ("rclpy", "launch", "launch_ros") and unit not in ROS_ONLY_IN
+    ]
     assert not wrong, "rclpy outside scmpr_ros/nodes:\n" + "\n".join(wrong)
 
 
 def test_torch_at_module_level_only_where_networks_live():
-    wrong = [f"{p.relative_to(PACKAGE.parent)}:{line}" for p, unit, m, line, top in _all_imports()
-             if top and m.split(".")[0] == "torch" and unit not in TORCH_AT_MODULE_LEVEL_IN]
-    assert not wrong, "module-level torch import outside " + ", ".join(sorted(TORCH_AT_MODULE_LEVEL_IN)) + ":\n" + "\n".join(wrong)
+    wrong = [
+        f"{p.relative_to(PACKAGE.parent)}:{line}"
+        for p, unit, m, line, top in _all_imports()
+        if top and m.split(".")[0] == "torch" and unit not in TORCH_AT_MODULE_LEVEL_IN
+    ]
+    assert not wrong, (
+        "module-level torch import outside " + ", ".join(sorted(TORCH_AT_MODULE_LEVEL_IN)) + ":\n" + "\n".join(wrong)
+    )
 
 
 def test_the_checker_sees_an_upward_import(tmp_path):

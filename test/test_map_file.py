@@ -1,4 +1,5 @@
 """The .scmpr-map file: bit-exact round trip and every corruption refused with its message."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +10,18 @@ import pytest
 
 from scmpr_ros.config import CameraConfig
 from scmpr_ros.errors import MapFileError
-from scmpr_ros.mapping.map_file import FORMAT_VERSION, PREAMBLE_SIZE, MapData, PackedGrids, camera_dict, describe_map, read_header, read_map, write_map
 from scmpr_ros.geometry import matrices_to_poses, poses_to_matrices
+from scmpr_ros.mapping.map_file import (
+    FORMAT_VERSION,
+    PREAMBLE_SIZE,
+    MapData,
+    PackedGrids,
+    camera_dict,
+    describe_map,
+    read_header,
+    read_map,
+    write_map,
+)
 from scmpr_ros.semantics import NUM_CLASSES
 
 
@@ -185,7 +196,7 @@ def test_shape_disagreement_is_refused(map_path):
     assert text.count('"shape": [300]') == 2
     i = text.index('"source_frames"')
     j = text.index('"shape": [300]', i)
-    text = text[:j] + '"shape": [299]' + text[j + len('"shape": [300]'):]
+    text = text[:j] + '"shape": [299]' + text[j + len('"shape": [300]') :]
     assert len(text.encode()) == hlen and old
     data[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen] = text.encode()
     _rewrite_with_checksum(p, data)
@@ -277,8 +288,18 @@ def test_build_map_without_labels_or_segmenter_is_refused(scene_kitti_dir, small
     root = tmp_path / "nolabels"
     shutil.copytree(scene_kitti_dir, root)
     shutil.rmtree(root / "sequences" / "00" / "labels")
-    rc = main(["build-map", str(root), "--sequence", "00", "--model", str(small_model_file),
-               "--out", str(tmp_path / "x.scmpr-map")])
+    rc = main(
+        [
+            "build-map",
+            str(root),
+            "--sequence",
+            "00",
+            "--model",
+            str(small_model_file),
+            "--out",
+            str(tmp_path / "x.scmpr-map"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "no per-point labels" in err and "train-segmenter" in err
     assert not (tmp_path / "x.scmpr-map").exists()

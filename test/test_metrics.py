@@ -1,11 +1,12 @@
 """Recall@N on tiny hand-made cases whose answers are known by hand."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from scmpr_ros.retrieval.metrics import MetricsError, rank_by_similarity, recall_at_n
 from scmpr_ros.geometry import angle_difference, heading_of, positions_of
+from scmpr_ros.retrieval.metrics import MetricsError, rank_by_similarity, recall_at_n
 
 # Database: five places on a line, 10 m apart.
 DB = np.array([[0.0, 0, 0], [10, 0, 0], [20, 0, 0], [30, 0, 0], [40, 0, 0]])
@@ -24,7 +25,12 @@ def test_recall_by_hand() -> None:
     res = recall_at_n(ranked, queries, DB, threshold_m=5.0, ns=(1, 2, 3))
     assert res.recall == {1: 0.25, 2: 0.5, 3: 0.5}
     assert res.num_evaluated == 4
-    assert res.correct.tolist() == [[True, True, True], [False, True, True], [False, False, False], [False, False, False]]
+    assert res.correct.tolist() == [
+        [True, True, True],
+        [False, True, True],
+        [False, False, False],
+        [False, False, False],
+    ]
     assert res.top1_ids.tolist() == [0, 4, 0, 3]
     np.testing.assert_allclose(res.top1_error_m, [1.0, 21.0, 33.0, 11.0])
 
@@ -80,7 +86,9 @@ def test_exclude_recent_same_sequence_revisit() -> None:
     # ids 4 and 3 are within 30 s: excluded; first eligible is id 0, 1 m away -> correct at 1.
     assert ex.top1_ids[0] == 0 and ex.recall[1] == 1.0
     # Frame 2 (t=2) has no eligible true match (only frames >= 30 s away: 3 and 4 are 10+ m off).
-    ex2 = recall_at_n(np.array([[2, 1, 3]]), xyz[[2]], xyz, ns=(1,), query_times=times[[2]], db_times=times, exclude_recent_s=30)
+    ex2 = recall_at_n(
+        np.array([[2, 1, 3]]), xyz[[2]], xyz, ns=(1,), query_times=times[[2]], db_times=times, exclude_recent_s=30
+    )
     assert ex2.num_evaluated == 0
 
 

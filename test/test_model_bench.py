@@ -1,4 +1,5 @@
 """`scmpr benchmark encoder`: times both encoders in one run and reports the ratio."""
+
 import json
 
 from scmpr_ros.cli import main
@@ -6,8 +7,24 @@ from scmpr_ros.cli import main
 
 def test_benchmark_encoder_cli_reports_both_models(tmp_path, capsys):
     out = tmp_path / "enc.json"
-    rc = main(["benchmark", "encoder", "--config", "nano", "--size", "64x128", "--threads", "1",
-               "--iters", "2", "--warmup", "0", "--json", str(out)])
+    rc = main(
+        [
+            "benchmark",
+            "encoder",
+            "--config",
+            "nano",
+            "--size",
+            "64x128",
+            "--threads",
+            "1",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "SCM-PR nano" in text and "ResNet18+NetVLAD" in text and "ratio" in text
@@ -15,7 +32,10 @@ def test_benchmark_encoder_cli_reports_both_models(tmp_path, capsys):
     assert set(res["models"]) == {"scmpr", "resnet18_netvlad"}
     for m in res["models"].values():
         assert m["median_ms"] > 0 and m["p95_ms"] >= m["min_ms"] > 0 and m["params"] > 1e6
-    assert abs(res["ratio_median"] - res["models"]["scmpr"]["median_ms"] / res["models"]["resnet18_netvlad"]["median_ms"]) < 1e-9
+    assert (
+        abs(res["ratio_median"] - res["models"]["scmpr"]["median_ms"] / res["models"]["resnet18_netvlad"]["median_ms"])
+        < 1e-9
+    )
 
 
 def test_benchmark_encoder_rejects_bad_size(capsys):

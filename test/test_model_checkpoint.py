@@ -1,4 +1,5 @@
 """Checkpoints: save -> load gives the same outputs; corrupt or foreign files are refused whole."""
+
 import dataclasses
 import json
 
@@ -12,8 +13,15 @@ from scmpr_ros.semantics import NUM_CLASSES
 
 
 def small_model(**kw):
-    cfg = ModelConfig(image_height=64, image_width=128, lidar_dims=[8, 16, 32], feature_dim=16, netvlad_clusters=4,
-                      descriptor_dim=32, attention_dim=8)
+    cfg = ModelConfig(
+        image_height=64,
+        image_width=128,
+        lidar_dims=[8, 16, 32],
+        feature_dim=16,
+        netvlad_clusters=4,
+        descriptor_dim=32,
+        attention_dim=8,
+    )
     torch.manual_seed(0)
     return SCMPRModel(dataclasses.replace(cfg, **kw), lidar_in_channels=5)
 

@@ -1,4 +1,5 @@
 """Losses: InfoNCE, batch-hard triplet, L_sem (classes present in both), L_seg (ignore index)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,9 +45,12 @@ def test_triplet_batch_hard():
 def test_semantic_consistency_only_on_classes_present_in_both():
     f_rgb = torch.zeros(1, 3, 2)
     f_lid = torch.zeros(1, 3, 2)
-    f_rgb[0, 0] = torch.tensor([1.0, 0.0]); f_lid[0, 0] = torch.tensor([1.0, 0.0])  # same direction
-    f_rgb[0, 1] = torch.tensor([1.0, 0.0]); f_lid[0, 1] = torch.tensor([0.0, 1.0])  # orthogonal
-    f_rgb[0, 2] = torch.tensor([1.0, 0.0]); f_lid[0, 2] = torch.tensor([-1.0, 0.0])  # opposite
+    f_rgb[0, 0] = torch.tensor([1.0, 0.0])
+    f_lid[0, 0] = torch.tensor([1.0, 0.0])  # same direction
+    f_rgb[0, 1] = torch.tensor([1.0, 0.0])
+    f_lid[0, 1] = torch.tensor([0.0, 1.0])  # orthogonal
+    f_rgb[0, 2] = torch.tensor([1.0, 0.0])
+    f_lid[0, 2] = torch.tensor([-1.0, 0.0])  # opposite
     present_rgb = torch.tensor([[True, True, True]])
     present_lid = torch.tensor([[True, True, False]])
     val = losses.semantic_consistency_loss(f_rgb, present_rgb, f_lid, present_lid)

@@ -1,4 +1,5 @@
 """NetVLAD: unit-norm output, residual aggregation, k-means and PCA initialisation."""
+
 import pytest
 import torch
 import torch.nn.functional as F

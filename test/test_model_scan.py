@@ -1,4 +1,5 @@
 """Selective scan: the pure-torch CPU path against the sequential reference (forward + gradients)."""
+
 import math
 
 import pytest
@@ -130,10 +131,26 @@ def test_token_major_entry_matches_mamba_layout():
     inputs = _inputs(2, 8, 1, 200, 4, False, seed=9)
     u, delta, A, B, C, D, _, bias = inputs
     y = scan.selective_scan_token_major(
-        u.transpose(1, 2), delta.transpose(1, 2), A, B.permute(0, 3, 1, 2), C.permute(0, 3, 1, 2), D, bias, True, backend="torch"
+        u.transpose(1, 2),
+        delta.transpose(1, 2),
+        A,
+        B.permute(0, 3, 1, 2),
+        C.permute(0, 3, 1, 2),
+        D,
+        bias,
+        True,
+        backend="torch",
     )
     y_ref = scan.selective_scan_token_major(
-        u.transpose(1, 2), delta.transpose(1, 2), A, B.permute(0, 3, 1, 2), C.permute(0, 3, 1, 2), D, bias, True, backend="reference"
+        u.transpose(1, 2),
+        delta.transpose(1, 2),
+        A,
+        B.permute(0, 3, 1, 2),
+        C.permute(0, 3, 1, 2),
+        D,
+        bias,
+        True,
+        backend="reference",
     )
     assert y.shape == (2, 200, 8)
     assert (y - y_ref).abs().max().item() < 1e-4

@@ -1,5 +1,6 @@
 """CUDA selective scan (mamba-ssm kernel) against the sequential reference. Runs where a GPU and
 mamba-ssm (`pip install .[cuda]`) are present; skipped elsewhere (CI has no GPU)."""
+
 import pytest
 import torch
 
@@ -26,8 +27,11 @@ def test_cuda_kernel_matches_reference(length: int, d_state: int, with_z: bool) 
 
     outs, grads = [], []
     for backend in ("cuda", "reference"):
-        y = selective_scan(u, delta, A, B, C, D, z, bias, True, backend=backend) if backend == "cuda" else \
-            selective_scan_reference(u, delta, A, B, C, D, z, bias, True)
+        y = (
+            selective_scan(u, delta, A, B, C, D, z, bias, True, backend=backend)
+            if backend == "cuda"
+            else selective_scan_reference(u, delta, A, B, C, D, z, bias, True)
+        )
         outs.append(y.detach())
         grads.append(torch.autograd.grad((y * weight).sum(), inputs))
     assert (outs[0] - outs[1]).abs().max().item() < 1e-4

@@ -1,5 +1,6 @@
 """The compiled CPU scan (numba): parity with the sequential reference, the fused SS2D core against the
 differentiable torch path, backend selection and fallbacks (no numba, no cache dir, gradients)."""
+
 import math
 
 import numpy as np

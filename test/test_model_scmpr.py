@@ -1,4 +1,5 @@
 """SCMPRModel: encoder contracts, gradients, ablation switches, CSA prototypes, preprocessing."""
+
 import dataclasses
 
 import numpy as np
@@ -16,8 +17,18 @@ C_IN = 7
 
 
 def small_cfg(**kw):
-    return dataclasses.replace(ModelConfig(image_height=H, image_width=W, lidar_dims=[16, 32, 64], feature_dim=32,
-                                           netvlad_clusters=8, descriptor_dim=64, attention_dim=16), **kw)
+    return dataclasses.replace(
+        ModelConfig(
+            image_height=H,
+            image_width=W,
+            lidar_dims=[16, 32, 64],
+            feature_dim=32,
+            netvlad_clusters=8,
+            descriptor_dim=64,
+            attention_dim=16,
+        ),
+        **kw,
+    )
 
 
 def batch(b=2, seed=0):
@@ -74,8 +85,14 @@ def test_forward_backward_reaches_every_trainable_parameter():
     enc = m.encode_image(images[2:], protos)
     lid = m.encode_lidar(rng[2:], labels[2:])
     lid_all = m.encode_lidar(rng[:2], labels[:2])
-    l_con = losses.info_nce(torch.cat([enc_default.descriptor, enc.descriptor]), torch.cat([lid_all.descriptor, lid.descriptor]), m.temperature())
-    l_sem = losses.semantic_consistency_loss(enc.class_features, enc.class_present, lid.class_features, lid.class_present)
+    l_con = losses.info_nce(
+        torch.cat([enc_default.descriptor, enc.descriptor]),
+        torch.cat([lid_all.descriptor, lid.descriptor]),
+        m.temperature(),
+    )
+    l_sem = losses.semantic_consistency_loss(
+        enc.class_features, enc.class_present, lid.class_features, lid.class_present
+    )
     l_seg = losses.segmentation_loss(torch.cat([enc_default.seg_logits, enc.seg_logits]), image_labels)
     total = losses.total_loss(l_con, l_sem, l_seg, 0.1, 1.0)
     assert torch.isfinite(total)

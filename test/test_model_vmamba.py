@@ -1,4 +1,5 @@
 """VMamba backbone: stage shapes per config, 4-direction cross-scan, backend parity, gradients."""
+
 import pytest
 import torch
 
@@ -47,7 +48,7 @@ def test_ss2d_output_depends_on_every_pixel():
     op = SS2D(8, d_state=1, ssm_ratio=2.0)
     x = torch.randn(1, 5, 6, 8, requires_grad=True)
     y = op(x)
-    for (i, j) in [(0, 0), (4, 5), (2, 3)]:
+    for i, j in [(0, 0), (4, 5), (2, 3)]:
         (g,) = torch.autograd.grad(y[0, i, j].sum(), x, retain_graph=True)
         assert (g.abs().sum(-1) > 0).all(), f"output ({i},{j}) misses some inputs"
 
@@ -71,8 +72,15 @@ def test_ss2d_cross_scan_matches_explicit_directions():
             dt_r, bm, cm = proj.split([op.dt_rank, 1, 1], -1)
             dt = dt_r @ op.dt_projs_weight[k].t()
             yk = selective_scan_reference(
-                s.transpose(1, 2), dt.transpose(1, 2), A[k * d : (k + 1) * d], bm.transpose(1, 2), cm.transpose(1, 2),
-                op.Ds[k * d : (k + 1) * d], None, op.dt_projs_bias[k], True,
+                s.transpose(1, 2),
+                dt.transpose(1, 2),
+                A[k * d : (k + 1) * d],
+                bm.transpose(1, 2),
+                cm.transpose(1, 2),
+                op.Ds[k * d : (k + 1) * d],
+                None,
+                op.dt_projs_bias[k],
+                True,
             ).transpose(1, 2)
             if k >= 2:
                 yk = yk.flip(1)

@@ -1,4 +1,5 @@
 """Range-image projection: round trip, fill ratio, nearest-wins, normals, crops, encoder input."""
+
 from __future__ import annotations
 
 import math
@@ -64,9 +65,7 @@ def test_nearest_point_wins():
 
 def test_out_of_view_points_are_dropped():
     proj = RangeProjector(LidarConfig(min_range_m=1.0, max_range_m=50.0))
-    pts = np.array(
-        [[0.5, 0, 0], [60, 0, -1], [10, 0, 5], [10, 0, -10], [10, 0, -1], [np.nan, 0, 0]], dtype=np.float32
-    )
+    pts = np.array([[0.5, 0, 0], [60, 0, -1], [10, 0, 5], [10, 0, -10], [10, 0, -1], [np.nan, 0, 0]], dtype=np.float32)
     ri = proj.project(pts)
     # too near, too far, above +2 deg, below -24.8 deg, NaN are dropped; only index 4 remains
     assert ri.valid.sum() == 1 and set(ri.point_index[ri.valid]) == {4}

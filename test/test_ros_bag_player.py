@@ -1,4 +1,5 @@
 """bag_player over loopback DDS: original timing x rate, stamps and payload intact, /clock, skipped types."""
+
 from __future__ import annotations
 
 import time
@@ -8,14 +9,14 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.node import Node  # noqa: E402
+from ros_helpers import Spinner, ros_context, unique_namespace, wait_for  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from ros_helpers import Spinner, ros_context, unique_namespace, wait_for  # noqa: E402
 from scmpr_ros.bags.reader import BagError, bag_info  # noqa: E402
-from scmpr_ros.nodes.bag_player import PLAYBACK_QOS, BagPlayer  # noqa: E402
 from scmpr_ros.msgs.conversions import image_fields, image_to_rgb, ns_to_sec_nanosec  # noqa: E402
+from scmpr_ros.nodes.bag_player import PLAYBACK_QOS, BagPlayer  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -39,8 +40,11 @@ def write_bag(path, ns: str, n: int = 10, storage: str = "sqlite3"):
             sec, nsec = ns_to_sec_nanosec(t)
             img = np.full((4, 5, 3), i, np.uint8)
             msg = T["sensor_msgs/msg/Image"](
-                header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec),
-                                                 frame_id="camera"), **image_fields(img))
+                header=T["std_msgs/msg/Header"](
+                    stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id="camera"
+                ),
+                **image_fields(img),
+            )
             w.write(ci, t, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
             w.write(cs, t, ts.serialize_cdr(T["std_msgs/msg/String"](data=f"n{i}"), "std_msgs/msg/String"))
             w.write(ct, t, ts.serialize_cdr(T["tf2_msgs/msg/TFMessage"](transforms=[]), "tf2_msgs/msg/TFMessage"))
@@ -68,19 +72,35 @@ def test_player_keeps_timing_times_rate_and_payload(tmp_path, storage):
             clocks: list[int] = []
             notes: list[str] = []
             sink.create_subscription(
-                Image, f"{ns}/image",
-                lambda m: got.append((time.monotonic(), m.header.stamp.sec * 10**9 + m.header.stamp.nanosec,
-                                      int(image_to_rgb(m)[0, 0, 0]))), PLAYBACK_QOS)
+                Image,
+                f"{ns}/image",
+                lambda m: got.append(
+                    (
+                        time.monotonic(),
+                        m.header.stamp.sec * 10**9 + m.header.stamp.nanosec,
+                        int(image_to_rgb(m)[0, 0, 0]),
+                    )
+                ),
+                PLAYBACK_QOS,
+            )
             sink.create_subscription(String, f"{ns}/note", lambda m: notes.append(m.data), 10)
-            sink.create_subscription(Clock, "/clock", lambda m: clocks.append(m.clock.sec * 10**9 + m.clock.nanosec), 10)
+            sink.create_subscription(
+                Clock, "/clock", lambda m: clocks.append(m.clock.sec * 10**9 + m.clock.nanosec), 10
+            )
             rate = 2.0
-            player = spin.add(BagPlayer(context=ctx, namespace=ns, parameter_overrides=[
-                rclpy.parameter.Parameter("bag", value=str(bag)),
-                rclpy.parameter.Parameter("rate", value=rate),
-                rclpy.parameter.Parameter("clock", value=True),
-                rclpy.parameter.Parameter("wait_for_topics", value=[f"{ns}/image", f"{ns}/note"]),
-                SETTLE,
-            ]))
+            player = spin.add(
+                BagPlayer(
+                    context=ctx,
+                    namespace=ns,
+                    parameter_overrides=[
+                        rclpy.parameter.Parameter("bag", value=str(bag)),
+                        rclpy.parameter.Parameter("rate", value=rate),
+                        rclpy.parameter.Parameter("clock", value=True),
+                        rclpy.parameter.Parameter("wait_for_topics", value=[f"{ns}/image", f"{ns}/note"]),
+                        SETTLE,
+                    ],
+                )
+            )
             assert player.skipped == {f"{ns}/tf": "tf2_msgs/msg/TFMessage"}
             assert wait_for(player.done.is_set, 15.0)
             assert wait_for(lambda: len(got) == 10 and len(notes) == 10, 5.0), (len(got), len(notes))
@@ -97,7 +117,7 @@ def test_player_keeps_timing_times_rate_and_payload(tmp_path, storage):
     # bound still refuses playback faster than the rate.
     assert expected - 0.05 < span < 0.95 * expected * rate, span
     assert clocks and all(b >= a for a, b in zip(clocks, clocks[1:]))
-    assert T0 <= clocks[0] and clocks[-1] <= T0 + 9 * PERIOD + 50_000_000
+    assert clocks[0] >= T0 and clocks[-1] <= T0 + 9 * PERIOD + 50_000_000
     # the player ticks /clock at 100 Hz over ~0.45 s plus once per message; a subscriber that stalls may
     # miss ticks (KEEP_LAST 10 at 100 Hz), so the count is the player's, the values are the subscriber's
     assert player.clock_published >= 20 and len(clocks) <= player.clock_published
@@ -110,9 +130,13 @@ def test_player_refuses_missing_bag_and_unknown_topics(tmp_path):
         with pytest.raises(BagError, match="not a rosbag2 directory"):
             BagPlayer(context=ctx, parameter_overrides=[rclpy.parameter.Parameter("bag", value=str(tmp_path / "nope"))])
         with pytest.raises(BagError, match="not in the bag"):
-            BagPlayer(context=ctx, parameter_overrides=[
-                rclpy.parameter.Parameter("bag", value=str(tmp_path / "bag")),
-                rclpy.parameter.Parameter("topics", value=["/nope"])])
+            BagPlayer(
+                context=ctx,
+                parameter_overrides=[
+                    rclpy.parameter.Parameter("bag", value=str(tmp_path / "bag")),
+                    rclpy.parameter.Parameter("topics", value=["/nope"]),
+                ],
+            )
 
 
 def test_loop_shifts_header_stamps_so_they_stay_unique(tmp_path):
@@ -123,14 +147,28 @@ def test_loop_shifts_header_stamps_so_they_stay_unique(tmp_path):
         try:
             sink = spin.add(Node("sink", context=ctx, namespace=ns))
             got: list[tuple[int, int]] = []
-            sink.create_subscription(Image, f"{ns}/image", lambda m: got.append(
-                (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec, int(image_to_rgb(m)[0, 0, 0]))), PLAYBACK_QOS)
-            player = spin.add(BagPlayer(context=ctx, namespace=ns, parameter_overrides=[
-                rclpy.parameter.Parameter("bag", value=str(tmp_path / "bag")),
-                rclpy.parameter.Parameter("rate", value=3.0),
-                rclpy.parameter.Parameter("loop", value=True),
-                rclpy.parameter.Parameter("topics", value=[f"{ns}/image"]),
-                rclpy.parameter.Parameter("wait_for_topics", value=[f"{ns}/image"]), SETTLE]))
+            sink.create_subscription(
+                Image,
+                f"{ns}/image",
+                lambda m: got.append(
+                    (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec, int(image_to_rgb(m)[0, 0, 0]))
+                ),
+                PLAYBACK_QOS,
+            )
+            player = spin.add(
+                BagPlayer(
+                    context=ctx,
+                    namespace=ns,
+                    parameter_overrides=[
+                        rclpy.parameter.Parameter("bag", value=str(tmp_path / "bag")),
+                        rclpy.parameter.Parameter("rate", value=3.0),
+                        rclpy.parameter.Parameter("loop", value=True),
+                        rclpy.parameter.Parameter("topics", value=[f"{ns}/image"]),
+                        rclpy.parameter.Parameter("wait_for_topics", value=[f"{ns}/image"]),
+                        SETTLE,
+                    ],
+                )
+            )
             assert wait_for(lambda: len(got) >= 10, 15.0)
             player.stop()
             assert wait_for(player.done.is_set, 5.0)

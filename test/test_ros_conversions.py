@@ -1,4 +1,5 @@
 """Image / PointCloud2 conversions and quaternion helpers of scmpr_ros.nodes (real message classes)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,8 @@ import pytest
 pytest.importorskip("sensor_msgs.msg")
 from sensor_msgs.msg import Image  # noqa: E402
 
-from scmpr_ros.msgs import conversions as cv  # noqa: E402
 from scmpr_ros import geometry as tf  # noqa: E402
+from scmpr_ros.msgs import conversions as cv  # noqa: E402
 
 
 def _rgb(h=6, w=9, seed=0):
@@ -53,17 +54,17 @@ def test_padded_rows_are_accepted_and_padding_dropped():
 @pytest.mark.parametrize(
     "fields, needle",
     [
-        (dict(encoding="16UC1", step=18), "encoding '16UC1'"),
-        (dict(encoding="yuv422"), "encoding 'yuv422'"),
-        (dict(height=0, data=b""), "zero size"),
-        (dict(width=0, step=0, data=b""), "zero size"),
-        (dict(data=bytes(6 * 27 - 1)), "shorter than height x step"),
-        (dict(step=20), "step 20 does not match width 9"),
-        (dict(data=bytes(6 * 27 + 3)), "more than height x step"),
+        ({"encoding": "16UC1", "step": 18}, "encoding '16UC1'"),
+        ({"encoding": "yuv422"}, "encoding 'yuv422'"),
+        ({"height": 0, "data": b""}, "zero size"),
+        ({"width": 0, "step": 0, "data": b""}, "zero size"),
+        ({"data": bytes(6 * 27 - 1)}, "shorter than height x step"),
+        ({"step": 20}, "step 20 does not match width 9"),
+        ({"data": bytes(6 * 27 + 3)}, "more than height x step"),
     ],
 )
 def test_bad_images_are_rejected_with_the_reason(fields, needle):
-    base = dict(height=6, width=9, encoding="rgb8", step=27, data=bytes(6 * 27))
+    base = {"height": 6, "width": 9, "encoding": "rgb8", "step": 27, "data": bytes(6 * 27)}
     base.update(fields)
     msg = Image(**base)
     with pytest.raises(cv.ImageFormatError, match=needle.replace("(", r"\(")):
@@ -71,9 +72,14 @@ def test_bad_images_are_rejected_with_the_reason(fields, needle):
 
 
 def test_pointcloud_round_trip_with_label_field_and_count():
-    dt = np.dtype({"names": ["x", "y", "z", "intensity", "label", "rgb3"],
-                   "formats": ["<f4", "<f4", "<f4", "<f4", "u1", ("<u2", (3,))],
-                   "offsets": [0, 4, 8, 12, 16, 18], "itemsize": 24})
+    dt = np.dtype(
+        {
+            "names": ["x", "y", "z", "intensity", "label", "rgb3"],
+            "formats": ["<f4", "<f4", "<f4", "<f4", "u1", ("<u2", (3,))],
+            "offsets": [0, 4, 8, 12, 16, 18],
+            "itemsize": 24,
+        }
+    )
     pts = np.zeros(50, dt)
     rng = np.random.default_rng(1)
     for n in ("x", "y", "z", "intensity"):
@@ -82,7 +88,10 @@ def test_pointcloud_round_trip_with_label_field_and_count():
     pts["rgb3"] = rng.integers(0, 60000, (50, 3))
     msg = cv.points_to_cloud_msg(pts, stamp_ns=42, frame_id="velodyne")
     assert msg.point_step == 24 and msg.width == 50 and msg.row_step == 24 * 50
-    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields][-2:] == [("label", 16, 2, 1), ("rgb3", 18, 4, 3)]
+    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields][-2:] == [
+        ("label", 16, 2, 1),
+        ("rgb3", 18, 4, 3),
+    ]
     back = cv.read_points(msg)
     for n in dt.names:
         np.testing.assert_array_equal(back[n], pts[n])
@@ -93,9 +102,15 @@ def test_pointcloud_with_row_padding_and_truncated_data():
 
     xs = np.arange(6, dtype="<f4").reshape(2, 3)
     rows = [np.concatenate([r.view(np.uint8), np.zeros(4, np.uint8)]) for r in xs]
-    msg = PointCloud2(height=2, width=3, point_step=4, row_step=16, is_bigendian=False,
-                      fields=[PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1)],
-                      data=np.concatenate(rows).tobytes())
+    msg = PointCloud2(
+        height=2,
+        width=3,
+        point_step=4,
+        row_step=16,
+        is_bigendian=False,
+        fields=[PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1)],
+        data=np.concatenate(rows).tobytes(),
+    )
     np.testing.assert_array_equal(cv.read_points(msg)["x"], np.arange(6))
     msg.data = msg.data[:-1].tobytes()
     with pytest.raises(cv.CloudFormatError, match="expected height x row_step"):
@@ -137,7 +152,9 @@ def test_quaternions_are_xyzw_and_match_matrices():
 
 
 def test_conversions_and_bags_do_not_import_rclpy():
-    code = ("import sys, scmpr_ros.msgs.conversions, scmpr_ros.geometry, scmpr_ros.bags.reader, "
-            "scmpr_ros.bags.kitti_to_bag, scmpr_ros.msgs.map_announcement; print('rclpy' in sys.modules)")
+    code = (
+        "import sys, scmpr_ros.msgs.conversions, scmpr_ros.geometry, scmpr_ros.bags.reader, "
+        "scmpr_ros.bags.kitti_to_bag, scmpr_ros.msgs.map_announcement; print('rclpy' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,5 +1,6 @@
 """`scmpr demo` end to end with the shipped model: small synthetic town -> map -> query bag -> replay through
 bag_player -> localizer <- map_server over loopback DDS -> R@1 against ground truth, Hz, latency, plot."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ def test_demo_replay_on_a_small_town_reaches_the_floor(tmp_path):
 
     lines: list[str] = []
     # the demo's defaults, replayed at half speed so that a loaded machine still processes every image
-    args = dict(frames=80, seed=7, image_size=(620, 188), azimuth_steps=1024, rate=0.5, device="cpu")
+    args = {"frames": 80, "seed": 7, "image_size": (620, 188), "azimuth_steps": 1024, "rate": 0.5, "device": "cpu"}
     summary = run_demo(tmp_path, MODEL, regenerate=False, echo=lines.append, **args)
     score = summary["score"]
     assert score["num_scored"] >= 60, summary

@@ -2,6 +2,7 @@
 map whose viewpoints are the recognizer's own descriptors of a set of test images, so each image has
 one exact match: late-joining map delivery, outputs vs a direct PlaceRecognizer call, bad images,
 bursts, /initialpose gating and map swaps that fail."""
+
 from __future__ import annotations
 
 import time
@@ -15,15 +16,15 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_helpers import NUM_IMAGES, Spinner, build_test_world, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ros_helpers import NUM_IMAGES, Spinner, build_test_world, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
 from scmpr_ros.msgs.conversions import read_hypotheses, rgb_to_image_msg, stamp_to_ns  # noqa: E402
+from scmpr_ros.msgs.topics import BEST_POSE_TOPIC, HYPOTHESES_TOPIC, SCORES_TOPIC
 from scmpr_ros.nodes.localizer import Localizer  # noqa: E402
 from scmpr_ros.nodes.map_server import MapServer  # noqa: E402
 from scmpr_ros.nodes.qos import OUTPUT_QOS, SENSOR_QOS
-from scmpr_ros.msgs.topics import BEST_POSE_TOPIC, HYPOTHESES_TOPIC, SCORES_TOPIC
 
 pytestmark = pytest.mark.ros
 
@@ -48,8 +49,12 @@ class Sink:
         sub = self.node.create_subscription
         sub(PoseArray, HYPOTHESES_TOPIC, lambda m: self.poses.__setitem__(stamp_to_ns(m.header.stamp), m), OUTPUT_QOS)
         sub(PointCloud2, SCORES_TOPIC, lambda m: self.scores.__setitem__(stamp_to_ns(m.header.stamp), m), OUTPUT_QOS)
-        sub(PoseWithCovarianceStamped, BEST_POSE_TOPIC, lambda m: self.best.__setitem__(stamp_to_ns(m.header.stamp), m),
-            OUTPUT_QOS)
+        sub(
+            PoseWithCovarianceStamped,
+            BEST_POSE_TOPIC,
+            lambda m: self.best.__setitem__(stamp_to_ns(m.header.stamp), m),
+            OUTPUT_QOS,
+        )
         sub(PoseWithCovarianceStamped, "initialpose", self.initial.append, OUTPUT_QOS)
         sub(DiagnosticArray, "/diagnostics", self.diag.append, OUTPUT_QOS)
 
@@ -68,23 +73,33 @@ class Sink:
 
 
 def _start_localizer(ctx, ns, ckpt, **params):
-    over = [Parameter("model", value=str(ckpt)), Parameter("image_topic", value="camera/image_raw"),
-            Parameter("camera_info_topic", value="camera/camera_info"), Parameter("threads", value=1)]
+    over = [
+        Parameter("model", value=str(ckpt)),
+        Parameter("image_topic", value="camera/image_raw"),
+        Parameter("camera_info_topic", value="camera/camera_info"),
+        Parameter("threads", value=1),
+    ]
     over += [Parameter(k, value=v) for k, v in params.items()]
-    return Localizer(context=ctx, namespace=ns, parameter_overrides=over,
-                     cli_args=["--ros-args", "-r", f"/initialpose:={ns}/initialpose"])
+    return Localizer(
+        context=ctx,
+        namespace=ns,
+        parameter_overrides=over,
+        cli_args=["--ros-args", "-r", f"/initialpose:={ns}/initialpose"],
+    )
 
 
 def test_late_localizer_gets_the_map_and_matches_the_library(world):
-    from scmpr_ros.mapping.map_file import read_map
     from scmpr_ros.localization.recognizer import PlaceRecognizer
+    from scmpr_ros.mapping.map_file import read_map
 
     ckpt, map_path, images, _ = world
     ns = unique_namespace()
     with ros_context() as ctx:
         spin = Spinner(ctx)
         try:
-            spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))]))
+            spin.add(
+                MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))])
+            )
             time.sleep(0.5)  # the localizer starts after the map was announced: it must get it latched
             loc = spin.add(_start_localizer(ctx, ns, ckpt, top_k=5))
             assert wait_for(lambda: loc.active is not None, 20.0), loc.map_status
@@ -94,9 +109,17 @@ def test_late_localizer_gets_the_map_and_matches_the_library(world):
             stamp = 1_700_000_000_123_456_789
             msg = rgb_to_image_msg(images[3], stamp, "camera", encoding="bgr8")
             assert sink.send_until_done(msg)
-            assert wait_for(lambda: any(st.values and dict((kv.key, kv.value) for kv in st.values).get("processed", "0") != "0"
-                                        for a in sink.diag for st in a.status), 5.0)
-            direct = PlaceRecognizer(loc.model, read_map(map_path), loc.recognizer_config(NUM_IMAGES)).recognize(images[3])
+            assert wait_for(
+                lambda: any(
+                    st.values and {kv.key: kv.value for kv in st.values}.get("processed", "0") != "0"
+                    for a in sink.diag
+                    for st in a.status
+                ),
+                5.0,
+            )
+            direct = PlaceRecognizer(loc.model, read_map(map_path), loc.recognizer_config(NUM_IMAGES)).recognize(
+                images[3]
+            )
         finally:
             spin.close()
     pa, sc, best = sink.poses[stamp], sink.scores[stamp], sink.best[stamp]
@@ -112,14 +135,15 @@ def test_late_localizer_gets_the_map_and_matches_the_library(world):
     np.testing.assert_allclose(h["cosine"], [x.cosine for x in direct.hypotheses[:5]], rtol=1e-5, atol=1e-6)
     for p, x, row in zip(pa.poses, direct.hypotheses, h):
         assert [p.position.x, p.position.y, p.orientation.z, p.orientation.w] == pytest.approx(
-            [x.pose[0], x.pose[1], x.pose[5], x.pose[6]])
+            [x.pose[0], x.pose[1], x.pose[5], x.pose[6]]
+        )
         assert row["x"] == pytest.approx(x.pose[0])
     assert best.pose.pose.position.x == pytest.approx(30.0)
     cov = np.array(best.pose.covariance).reshape(6, 6)
     np.testing.assert_allclose(cov, cov.T)
     assert np.all(np.linalg.eigvalsh(cov) > 0) and cov[0, 0] >= 2.0**2
     statuses = [st for a in sink.diag for st in a.status]
-    kv = dict((k.key, k.value) for k in statuses[-1].values)
+    kv = {k.key: k.value for k in statuses[-1].values}
     assert {"latency_p50_ms", "latency_p95_ms", "processed", "dropped", "device", "map_status"} <= set(kv)
     assert kv["device"] == "cpu" and "v1" in kv["map_status"]
 
@@ -129,8 +153,13 @@ def test_bad_images_are_rejected_and_the_next_good_one_is_processed(world):
     ns = unique_namespace()
     good = rgb_to_image_msg(images[0], 0, "camera")
     bad = []
-    for change in (dict(encoding="16UC1"), dict(encoding="yuv422"), dict(height=0, width=0, step=0, data=b""),
-                   dict(data=bytes(good.data)[:-1]), dict(step=good.step - 3)):
+    for change in (
+        {"encoding": "16UC1"},
+        {"encoding": "yuv422"},
+        {"height": 0, "width": 0, "step": 0, "data": b""},
+        {"data": bytes(good.data)[:-1]},
+        {"step": good.step - 3},
+    ):
         m = rgb_to_image_msg(images[0], 0, "camera")
         for k, v in change.items():
             setattr(m, k, v)
@@ -138,7 +167,9 @@ def test_bad_images_are_rejected_and_the_next_good_one_is_processed(world):
     with ros_context() as ctx:
         spin = Spinner(ctx)
         try:
-            spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))]))
+            spin.add(
+                MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))])
+            )
             loc = spin.add(_start_localizer(ctx, ns, ckpt))
             sink = Sink(ctx, ns)
             spin.add(sink.node)
@@ -167,7 +198,9 @@ def test_burst_of_100_images_stays_bounded(world):
     with ros_context() as ctx:
         spin = Spinner(ctx)
         try:
-            spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))]))
+            spin.add(
+                MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))])
+            )
             loc = spin.add(_start_localizer(ctx, ns, ckpt))
             sink = Sink(ctx, ns)
             spin.add(sink.node)
@@ -204,12 +237,15 @@ def test_initialpose_only_when_confident_and_consistent(world):
     with ros_context() as ctx:
         spin = Spinner(ctx)
         try:
-            spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))]))
+            spin.add(
+                MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))])
+            )
             sink = Sink(ctx, ns)
             spin.add(sink.node)
             # 1) margin below min_confidence: never published
-            loc = spin.add(_start_localizer(ctx, ns, ckpt, publish_initialpose=True, min_confidence=5.0,
-                                            consistent_frames=2))
+            loc = spin.add(
+                _start_localizer(ctx, ns, ckpt, publish_initialpose=True, min_confidence=5.0, consistent_frames=2)
+            )
             assert wait_for(lambda: loc.active is not None, 20.0)
             for i in range(4):
                 assert sink.send_until_done(rgb_to_image_msg(images[5], 100 + i, "camera"))
@@ -221,8 +257,11 @@ def test_initialpose_only_when_confident_and_consistent(world):
             spin.executor.remove_node(loc)
             loc.destroy_node()
             # 2) confident: once after 3 consistent frames, again only after ~/relocalize
-            loc = spin.add(_start_localizer(ctx, ns, ckpt, publish_initialpose=True, min_confidence=margin / 2,
-                                            consistent_frames=3))
+            loc = spin.add(
+                _start_localizer(
+                    ctx, ns, ckpt, publish_initialpose=True, min_confidence=margin / 2, consistent_frames=3
+                )
+            )
             assert wait_for(lambda: loc.active is not None, 20.0)
             for i in range(2):
                 assert sink.send_until_done(rgb_to_image_msg(images[5], 200 + i, "camera"))
@@ -258,8 +297,9 @@ def test_localizer_keeps_its_map_when_a_new_one_fails(world, tmp_path):
     with ros_context() as ctx:
         spin = Spinner(ctx)
         try:
-            server = spin.add(MapServer(context=ctx, namespace=ns,
-                                        parameter_overrides=[Parameter("map_file", value=str(map_path))]))
+            server = spin.add(
+                MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))])
+            )
             loc = spin.add(_start_localizer(ctx, ns, ckpt))
             sink = Sink(ctx, ns)
             spin.add(sink.node)
@@ -274,8 +314,14 @@ def test_localizer_keeps_its_map_when_a_new_one_fails(world, tmp_path):
             assert loc.active.announcement.version == 1 and loc.active.announcement.path == str(map_path.resolve())
             assert sink.send_until_done(rgb_to_image_msg(images[7], 42, "camera"))
             assert read_hypotheses(sink.scores[42])["viewpoint_id"][0] == 507
-            assert wait_for(lambda: any(st.level == DiagnosticStatus.WARN and "reload failed" in st.message
-                                        for a in sink.diag for st in a.status), 5.0)
+            assert wait_for(
+                lambda: any(
+                    st.level == DiagnosticStatus.WARN and "reload failed" in st.message
+                    for a in sink.diag
+                    for st in a.status
+                ),
+                5.0,
+            )
             # and a good map again: version 3 becomes active
             server.set_parameters([Parameter("map_file", value=str(map_path))])
             assert call_service(sink.node, T, f"{ns}/map_server/reload_map").success

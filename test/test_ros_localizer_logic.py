@@ -1,12 +1,13 @@
 """The localizer's pure decision logic: covariance from hypothesis spread + score margin, /initialpose gate."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
-from scmpr_ros.nodes.localizer import InitialPoseGate, pose_covariance  # noqa: E402
 from scmpr_ros.geometry import quat_from_yaw  # noqa: E402
+from scmpr_ros.nodes.localizer import InitialPoseGate, pose_covariance  # noqa: E402
 
 
 def _poses(xy, yaws):

@@ -1,4 +1,5 @@
 """map_server over loopback DDS: latched announcement + poses for late joiners, reload semantics."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,16 @@ from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_helpers import Spinner, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
-from ros_helpers import Spinner, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
-from scmpr_ros.nodes.map_server import MapServer  # noqa: E402
-from scmpr_ros.msgs.map_announcement import MapAnnouncement, stored_checksum  # noqa: E402
-from scmpr_ros.nodes.qos import LATCHED_QOS
-from scmpr_ros.msgs.topics import MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
 from scmpr_ros.mapping.map_file import MapData, write_map  # noqa: E402
+from scmpr_ros.msgs.map_announcement import MapAnnouncement, stored_checksum  # noqa: E402
+from scmpr_ros.msgs.topics import MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
+from scmpr_ros.nodes.map_server import MapServer  # noqa: E402
+from scmpr_ros.nodes.qos import LATCHED_QOS
 from scmpr_ros.semantics import NUM_CLASSES  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -35,12 +36,25 @@ def small_map(path, n=300, dim=32, seed=0, checksum="model-a"):
     poses = np.zeros((n, 7))
     poses[:, 0], poses[:, 1] = np.arange(n) * 2.0, rng.normal(size=n)
     poses[:, 5], poses[:, 6] = np.sin(yaw / 2), np.cos(yaw / 2)
-    m = MapData(descriptors=d.astype(np.float16), poses=poses, viewpoint_ids=np.arange(n, dtype=np.int64) + 1000,
-                source_frames=np.arange(n, dtype=np.int64), semantic_grids=rng.random((n, 4, 8, NUM_CLASSES)) > 0.7,
-                prototypes=rng.normal(size=(NUM_CLASSES, 16)).astype(np.float32),
-                camera={"width": 64, "height": 32, "fx": 30.0, "fy": 30.0, "cx": 32.0, "cy": 16.0,
-                        "T_cam_velo": np.eye(4).tolist()},
-                model_config={}, model_checksum=checksum)
+    m = MapData(
+        descriptors=d.astype(np.float16),
+        poses=poses,
+        viewpoint_ids=np.arange(n, dtype=np.int64) + 1000,
+        source_frames=np.arange(n, dtype=np.int64),
+        semantic_grids=rng.random((n, 4, 8, NUM_CLASSES)) > 0.7,
+        prototypes=rng.normal(size=(NUM_CLASSES, 16)).astype(np.float32),
+        camera={
+            "width": 64,
+            "height": 32,
+            "fx": 30.0,
+            "fy": 30.0,
+            "cx": 32.0,
+            "cy": 16.0,
+            "T_cam_velo": np.eye(4).tolist(),
+        },
+        model_config={},
+        model_checksum=checksum,
+    )
     write_map(path, m)
     return path
 
@@ -53,8 +67,9 @@ class Listener:
         self.ann: list[MapAnnouncement] = []
         self.poses: list[PoseArray] = []
         self.markers: list[MarkerArray] = []
-        self.node.create_subscription(String, MAP_TOPIC, lambda m: self.ann.append(MapAnnouncement.from_json(m.data)),
-                                      LATCHED_QOS)
+        self.node.create_subscription(
+            String, MAP_TOPIC, lambda m: self.ann.append(MapAnnouncement.from_json(m.data)), LATCHED_QOS
+        )
         self.node.create_subscription(PoseArray, MAP_POSES_TOPIC, self.poses.append, LATCHED_QOS)
         self.node.create_subscription(MarkerArray, MAP_MARKERS_TOPIC, self.markers.append, LATCHED_QOS)
 
@@ -65,8 +80,16 @@ def test_late_joiner_gets_latched_map_and_poses(tmp_path):
     with ros_context() as ctx:
         spin = Spinner(ctx)
         try:
-            server = spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=[
-                Parameter("map_file", value=str(path)), Parameter("max_published_poses", value=100)]))
+            server = spin.add(
+                MapServer(
+                    context=ctx,
+                    namespace=ns,
+                    parameter_overrides=[
+                        Parameter("map_file", value=str(path)),
+                        Parameter("max_published_poses", value=100),
+                    ],
+                )
+            )
             assert server.announcement is not None and server.version == 1
             wait_for(lambda: False, 0.5)  # the listener joins after the map was published
             late = Listener(ctx, ns)
@@ -97,13 +120,16 @@ def test_reload_with_corrupt_map_keeps_the_old_one(tmp_path):
     with ros_context() as ctx:
         spin = Spinner(ctx)
         try:
-            server = spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=[
-                Parameter("map_file", value=str(good))]))
+            server = spin.add(
+                MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(good))])
+            )
             client = spin.add(Node("client", context=ctx, namespace=ns))
 
             def set_map_file(p):  # as `ros2 param set` does, through the parameter service
                 req = SetParameters.Request()
-                req.parameters = [ParameterMsg(name="map_file", value=Parameter("map_file", value=str(p)).get_parameter_value())]
+                req.parameters = [
+                    ParameterMsg(name="map_file", value=Parameter("map_file", value=str(p)).get_parameter_value())
+                ]
                 res = call_service(client, SetParameters, f"{ns}/map_server/set_parameters", req)
                 assert res.results[0].successful
 
@@ -152,9 +178,9 @@ def test_params_file_reaches_the_nodes_by_name(tmp_path):
     """The params file of the launch files is applied by node name, as `scmpr replay` relies on."""
     from pathlib import Path
 
-    from scmpr_ros.nodes.bag_player import BagPlayer
-
     from test_ros_bag_player import write_bag
+
+    from scmpr_ros.nodes.bag_player import BagPlayer
 
     params = Path(__file__).resolve().parent.parent / "config" / "localization.params.yaml"
     custom = tmp_path / "p.yaml"
@@ -167,8 +193,10 @@ def test_params_file_reaches_the_nodes_by_name(tmp_path):
         server = MapServer(context=ctx, parameter_overrides=[Parameter("map_file", value=str(path))])
         assert server.get_parameter("max_published_poses").value == 7
         assert server.get_parameter("map_file").value == str(path)
-        player = BagPlayer(context=ctx, parameter_overrides=[Parameter("bag", value=str(tmp_path / "bag")),
-                                                              Parameter("wait_timeout_s", value=0.1)])
+        player = BagPlayer(
+            context=ctx,
+            parameter_overrides=[Parameter("bag", value=str(tmp_path / "bag")), Parameter("wait_timeout_s", value=0.1)],
+        )
         assert player.get_parameter("wait_for_topics").value == ["/camera/image_raw"]
         assert player.get_parameter("clock_frequency").value == 100.0
         player.destroy_node()

@@ -1,5 +1,6 @@
 """`scmpr replay` / `scmpr benchmark ros`: bag_player -> localizer <- map_server in one process over loopback
 DDS with the launch params file, scored against the bag's ground-truth odometry."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
 from ros_helpers import NUM_IMAGES, build_test_world  # noqa: E402
-from scmpr_ros.msgs.topics import GROUND_TRUTH_TOPIC, IMAGE_TOPIC  # noqa: E402
+
 from scmpr_ros.msgs.conversions import image_fields, ns_to_sec_nanosec  # noqa: E402
+from scmpr_ros.msgs.topics import GROUND_TRUTH_TOPIC, IMAGE_TOPIC  # noqa: E402
 
 pytestmark = pytest.mark.ros
 T0 = 1_650_000_000_000_000_000
@@ -32,19 +34,31 @@ def _write_query_bag(path, images, offset_m=1.5):
         for i, img in enumerate(images):
             t = T0 + i * PERIOD
             sec, nsec = ns_to_sec_nanosec(t)
-            hdr = lambda f: T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=f)  # noqa: E731
-            w.write(ci, t, ts.serialize_cdr(T["sensor_msgs/msg/Image"](header=hdr("camera"), **image_fields(img)),
-                                            "sensor_msgs/msg/Image"))
+            hdr = lambda f: T["std_msgs/msg/Header"](
+                stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=f
+            )  # noqa: E731
+            w.write(
+                ci,
+                t,
+                ts.serialize_cdr(
+                    T["sensor_msgs/msg/Image"](header=hdr("camera"), **image_fields(img)), "sensor_msgs/msg/Image"
+                ),
+            )
             x = 10.0 * i + offset_m if i < len(images) - 1 else 500.0  # the last query is 400 m from any viewpoint
-            pose = T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=x, y=0.0, z=0.0),
-                                               orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
+            pose = T["geometry_msgs/msg/Pose"](
+                position=T["geometry_msgs/msg/Point"](x=x, y=0.0, z=0.0),
+                orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
+            )
             z = np.zeros(36)
             vec = T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0)
             odom = T["nav_msgs/msg/Odometry"](
-                header=hdr("map"), child_frame_id="velodyne",
+                header=hdr("map"),
+                child_frame_id="velodyne",
                 pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=z),
-                twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=T["geometry_msgs/msg/Twist"](linear=vec, angular=vec),
-                                                                 covariance=z))
+                twist=T["geometry_msgs/msg/TwistWithCovariance"](
+                    twist=T["geometry_msgs/msg/Twist"](linear=vec, angular=vec), covariance=z
+                ),
+            )
             w.write(co, t, ts.serialize_cdr(odom, "nav_msgs/msg/Odometry"))
 
 
@@ -93,8 +107,9 @@ def test_replay_and_benchmark_commands(replay_world, tmp_path):
 
     ckpt, map_path, bag = replay_world
     out = tmp_path / "out"
-    rc = main(["replay", "--bag", str(bag), "--map", str(map_path), "--model", str(ckpt), "--rate", "1.0",
-               "--out", str(out)])
+    rc = main(
+        ["replay", "--bag", str(bag), "--map", str(map_path), "--model", str(ckpt), "--rate", "1.0", "--out", str(out)]
+    )
     assert rc == 0
     summary = json.loads((out / "replay_summary.json").read_text())
     assert summary["score"]["recall"]["R@1"] == 1.0 and summary["images_published"] == NUM_IMAGES
@@ -103,16 +118,35 @@ def test_replay_and_benchmark_commands(replay_world, tmp_path):
     assert (out / "trajectory.png").stat().st_size > 1000
 
     bench = tmp_path / "bench"
-    rc = main(["benchmark", "ros", "--bag", str(bag), "--map", str(map_path), "--model", str(ckpt),
-               "--rate", "10", "--duration", "3", "--out", str(bench)])
+    rc = main(
+        [
+            "benchmark",
+            "ros",
+            "--bag",
+            str(bag),
+            "--map",
+            str(map_path),
+            "--model",
+            str(ckpt),
+            "--rate",
+            "10",
+            "--duration",
+            "3",
+            "--out",
+            str(bench),
+        ]
+    )
     assert rc == 0
     b = json.loads((bench / "benchmark_ros.json").read_text())
     assert b["images_published"] > NUM_IMAGES  # 10 images/s for 3 s: the 12-image bag loops
     assert 7.0 < b["input_hz"] < 13.0
     assert b["results"] > 0 and b["e2e_latency_ms"]["p50"] > 0 and "rss_growth_mb" in b
     assert len(b["rss_over_time"]) >= 3
-    assert set(b["targets"]) == {"processed >= 10 Hz", "ROS overhead p95 <= 5 ms (e2e - mailbox wait - encoder)",
-                                 "RSS growth < 20 MB"}
+    assert set(b["targets"]) == {
+        "processed >= 10 Hz",
+        "ROS overhead p95 <= 5 ms (e2e - mailbox wait - encoder)",
+        "RSS growth < 20 MB",
+    }
 
 
 def test_replay_reports_a_missing_bag(tmp_path, replay_world):

@@ -1,4 +1,5 @@
 """rclpy from the wheels works: one publish/subscribe round trip over loopback DDS."""
+
 import time
 
 import pytest

@@ -1,4 +1,5 @@
 """Semantic grids, psi, the vector index (exact and ANN) and the alpha/beta re-rank."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,16 +7,15 @@ import pytest
 
 from scmpr_ros.config import CameraConfig, RetrievalConfig
 from scmpr_ros.errors import InputError
-from scmpr_ros.retrieval.index import DescriptorIndex
 from scmpr_ros.mapping.map_file import PackedGrids
+from scmpr_ros.retrieval.index import DescriptorIndex
 from scmpr_ros.retrieval.rerank import rerank
+from scmpr_ros.semantics import CLASS_ID, IGNORE_ID, NUM_CLASSES
 from scmpr_ros.semantics.grid import (
     grid_from_labels,
-    grid_from_pixels,
     grid_from_points,
     semantic_overlap,
 )
-from scmpr_ros.semantics import CLASS_ID, IGNORE_ID, NUM_CLASSES
 
 
 # -- semantic grids -----------------------------------------------------------------------------
@@ -100,8 +100,17 @@ def _rerank_case():
 def test_beta_zero_keeps_cosine_order():
     cos, ids, q, grids, poses = _rerank_case()
     shuffled = np.random.default_rng(0).permutation(len(ids))
-    hyps = rerank(cos[shuffled], ids[shuffled], q, grids, alpha=1.0, beta=0.0, top_k=10, poses=poses,
-                  viewpoint_ids=np.arange(200) + 1000)
+    hyps = rerank(
+        cos[shuffled],
+        ids[shuffled],
+        q,
+        grids,
+        alpha=1.0,
+        beta=0.0,
+        top_k=10,
+        poses=poses,
+        viewpoint_ids=np.arange(200) + 1000,
+    )
     assert [h.index for h in hyps] == list(ids[:10])
     assert [h.viewpoint_id for h in hyps] == list(ids[:10] + 1000)
     np.testing.assert_allclose([h.score for h in hyps], cos[:10])
@@ -117,12 +126,14 @@ def test_larger_beta_reorders_by_psi():
     assert np.all(np.diff(got_psi) <= 1e-7), "beta >> alpha must order by psi"
     np.testing.assert_allclose(sorted(psi, reverse=True), got_psi, rtol=1e-6)
     # a moderate beta swaps exactly the pairs whose psi gain beats their cosine gap
-    two = rerank(np.array([0.80, 0.78]), np.array([0, 1]), q,
-                 np.stack([np.zeros_like(q), q]), alpha=1.0, beta=0.1, top_k=2)
+    two = rerank(
+        np.array([0.80, 0.78]), np.array([0, 1]), q, np.stack([np.zeros_like(q), q]), alpha=1.0, beta=0.1, top_k=2
+    )
     assert [h.index for h in two] == [1, 0] and two[0].psi == 1.0 and two[1].psi == 0.0
     assert two[0].score == pytest.approx(0.78 + 0.1)
-    small = rerank(np.array([0.80, 0.78]), np.array([0, 1]), q,
-                   np.stack([np.zeros_like(q), q]), alpha=1.0, beta=0.01, top_k=2)
+    small = rerank(
+        np.array([0.80, 0.78]), np.array([0, 1]), q, np.stack([np.zeros_like(q), q]), alpha=1.0, beta=0.01, top_k=2
+    )
     assert [h.index for h in small] == [0, 1]
 
 
@@ -206,8 +217,8 @@ def test_ann_agrees_with_exact_on_top1(ann):
 # -- PlaceRecognizer on a map built by `scmpr build-map` ----------------------------------------
 @pytest.fixture(scope="module")
 def recognizer_parts(built_map, small_model_file):
-    from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
     from scmpr_ros.mapping.map_file import read_map
+    from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
 
     model, model_cfg, _ = load_checkpoint(small_model_file)
     m = read_map(built_map, expected_dim=model.descriptor_dim, expected_model_checksum=model_checksum(model))
@@ -245,8 +256,9 @@ def test_recognizer_ranks_like_brute_force(recognizer_parts):
     res2 = rec2.recognize(rgb)
     psi = semantic_overlap(res2.query_grid, m.semantic_grids[[h.index for h in res2.hypotheses]])
     np.testing.assert_allclose([h.psi for h in res2.hypotheses], psi, atol=1e-6)
-    np.testing.assert_allclose([h.score for h in res2.hypotheses],
-                               [h.cosine + 0.5 * h.psi for h in res2.hypotheses], atol=1e-6)
+    np.testing.assert_allclose(
+        [h.score for h in res2.hypotheses], [h.cosine + 0.5 * h.psi for h in res2.hypotheses], atol=1e-6
+    )
     assert all(a.score >= b.score for a, b in zip(res2.hypotheses, res2.hypotheses[1:]))
     # a batch gives the same answers as single images
     batch = rec2.recognize_batch([rgb, rgb[::-1].copy()])

@@ -6,8 +6,17 @@ from scmpr_ros import semantics as sem
 
 def test_class_set_matches_design() -> None:
     assert sem.CLASS_NAMES == (
-        "road", "sidewalk", "building", "fence", "pole", "traffic_sign",
-        "vegetation", "terrain", "car", "person", "other",
+        "road",
+        "sidewalk",
+        "building",
+        "fence",
+        "pole",
+        "traffic_sign",
+        "vegetation",
+        "terrain",
+        "car",
+        "person",
+        "other",
     )
     assert sem.CLASS_COLORS.shape == (sem.NUM_CLASSES, 3)
     assert len({tuple(c) for c in sem.CLASS_COLORS}) == sem.NUM_CLASSES
@@ -16,10 +25,28 @@ def test_class_set_matches_design() -> None:
 
 def test_semantic_kitti_ids_with_instance_bits() -> None:
     # class in the low 16 bits, instance in the high 16 bits
-    raw = np.array([40, 48, 50, 51, 80, 81, 70, 71, 72, 10 | (7 << 16), 30 | (3 << 16), 252, 0, 1, 99, 44], dtype=np.uint32)
+    raw = np.array(
+        [40, 48, 50, 51, 80, 81, 70, 71, 72, 10 | (7 << 16), 30 | (3 << 16), 252, 0, 1, 99, 44], dtype=np.uint32
+    )
     got = sem.semantic_kitti_to_common(raw)
-    want = ["road", "sidewalk", "building", "fence", "pole", "traffic_sign", "vegetation",
-            "vegetation", "terrain", "car", "person", "car", None, None, "other", "road"]
+    want = [
+        "road",
+        "sidewalk",
+        "building",
+        "fence",
+        "pole",
+        "traffic_sign",
+        "vegetation",
+        "vegetation",
+        "terrain",
+        "car",
+        "person",
+        "car",
+        None,
+        None,
+        "other",
+        "road",
+    ]
     for g, w in zip(got, want):
         assert g == (sem.IGNORE_ID if w is None else sem.CLASS_ID[w])
 
@@ -32,8 +59,22 @@ def test_synthetic_inverse_map_round_trips() -> None:
 def test_kitti360_ids() -> None:
     raw = np.array([7, 8, 11, 13, 17, 20, 21, 22, 26, 24, 23, 0, -1, 41], dtype=np.int32)
     got = sem.kitti360_to_common(raw)
-    want = ["road", "sidewalk", "building", "fence", "pole", "traffic_sign", "vegetation",
-            "terrain", "car", "person", None, None, None, "other"]
+    want = [
+        "road",
+        "sidewalk",
+        "building",
+        "fence",
+        "pole",
+        "traffic_sign",
+        "vegetation",
+        "terrain",
+        "car",
+        "person",
+        None,
+        None,
+        None,
+        "other",
+    ]
     for g, w in zip(got, want):
         assert g == (sem.IGNORE_ID if w is None else sem.CLASS_ID[w])
 

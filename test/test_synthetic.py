@@ -1,4 +1,5 @@
 """The synthetic town: written in the KITTI layout, read back by the KITTI loader, geometry agrees."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,15 @@ AZIMUTH = 512
 @pytest.fixture(scope="module")
 def town_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("town")
-    generate_town(out, seed=SEED, frames=FRAMES, conditions="day,night,winter", image_size=SIZE,
-                  azimuth_steps=AZIMUTH, class_images=True)
+    generate_town(
+        out,
+        seed=SEED,
+        frames=FRAMES,
+        conditions="day,night,winter",
+        image_size=SIZE,
+        azimuth_steps=AZIMUTH,
+        class_images=True,
+    )
     return out
 
 
@@ -38,7 +46,11 @@ def test_manifest_lists_passes_and_conditions(town_dir, town):
     assert m["seed"] == SEED
     seqs = m["sequences"]
     assert {k: (v["pass"], v["condition"]) for k, v in seqs.items()} == {
-        "00": ("map", "day"), "01": ("query", "day"), "02": ("query", "night"), "03": ("query", "winter")}
+        "00": ("map", "day"),
+        "01": ("query", "day"),
+        "02": ("query", "night"),
+        "03": ("query", "winter"),
+    }
     assert seqs["00"]["frames"] == FRAMES and seqs["01"]["frames"] == len(town.query_pass) >= 3
     assert m["image_size"] == list(SIZE) and m["azimuth_steps"] == AZIMUTH
 
@@ -63,7 +75,9 @@ def test_loader_reads_back_the_ground_truth(town_dir, town):
             np.testing.assert_array_equal(seq.load_labels(i), semantic_kitti_to_common(raw))
             img = seq.load_image(i)
             assert img.shape == (SIZE[1], SIZE[0], 3)
-            np.testing.assert_array_equal(img, town.render_image(pass_name, i, read_manifest(town_dir)["sequences"][name]["condition"]))
+            np.testing.assert_array_equal(
+                img, town.render_image(pass_name, i, read_manifest(town_dir)["sequences"][name]["condition"])
+            )
     # map frame 0 is the map origin; the LiDAR is 1.73 m above flat ground
     seq = open_sequence(town_dir, "00")
     np.testing.assert_allclose(seq.poses_velo[0], np.eye(4), atol=1e-9)
@@ -114,16 +128,22 @@ def test_class_image_in_memory_matches_disk(town_dir, town):
 
 
 def test_deterministic_for_a_seed(tmp_path):
-    kw = dict(frames=3, conditions="day,night", image_size=(96, 32), azimuth_steps=64)
+    kw = {"frames": 3, "conditions": "day,night", "image_size": (96, 32), "azimuth_steps": 64}
     a = generate_town(tmp_path / "a", seed=11, **kw)
-    b = generate_town(tmp_path / "b", seed=11, **kw)
-    c = generate_town(tmp_path / "c", seed=12, **kw)
+    generate_town(tmp_path / "b", seed=11, **kw)
+    generate_town(tmp_path / "c", seed=12, **kw)
     assert set(a["sequences"]) == {"00", "01", "02"}  # no winter asked, no 03
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file() and p.name != "synth_manifest.yaml")
+    files = sorted(
+        p.relative_to(tmp_path / "a")
+        for p in (tmp_path / "a").rglob("*")
+        if p.is_file() and p.name != "synth_manifest.yaml"
+    )
     assert len(files) > 20
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-    assert (tmp_path / "a" / "sequences/00/velodyne/000000.bin").read_bytes() != (tmp_path / "c" / "sequences/00/velodyne/000000.bin").read_bytes()
+    assert (tmp_path / "a" / "sequences/00/velodyne/000000.bin").read_bytes() != (
+        tmp_path / "c" / "sequences/00/velodyne/000000.bin"
+    ).read_bytes()
 
 
 def test_route_passes_and_scene_content():
@@ -162,7 +182,7 @@ def test_route_passes_and_scene_content():
 
 
 def test_writer_refuses_to_clobber_and_bad_input(tmp_path):
-    kw = dict(frames=2, conditions="day", image_size=(64, 32), azimuth_steps=32)
+    kw = {"frames": 2, "conditions": "day", "image_size": (64, 32), "azimuth_steps": 32}
     generate_town(tmp_path, seed=1, **kw)
     with pytest.raises(DatasetError, match="already holds a synthetic town.*--overwrite"):
         generate_town(tmp_path, seed=1, **kw)
@@ -179,8 +199,25 @@ def test_synth_cli(tmp_path, capsys):
     from scmpr_ros.cli import main
 
     out = tmp_path / "t"
-    assert main(["synth", str(out), "--seed", "4", "--frames", "3", "--conditions", "winter",
-                 "--image-size", "96x32", "--azimuth-steps", "64"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(out),
+                "--seed",
+                "4",
+                "--frames",
+                "3",
+                "--conditions",
+                "winter",
+                "--image-size",
+                "96x32",
+                "--azimuth-steps",
+                "64",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "frames/s" in text and "03 (query/winter" in text
     assert sorted(p.name for p in (out / "sequences").iterdir()) == ["00", "03"]

@@ -1,5 +1,6 @@
 """`scmpr ablation` mechanics at toy scale: pairs built from a town, each variant trained with its
 flags, mapped and evaluated, and a markdown table shaped like the paper's Table 3."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,8 +8,8 @@ import json
 from pathlib import Path
 
 from scmpr_ros.config import ScmprConfig
-from scmpr_ros.model import load_checkpoint
 from scmpr_ros.evaluation.ablation import PAPER_KITTI_R1, VARIANTS, run_ablation
+from scmpr_ros.model import load_checkpoint
 
 
 def test_ablation_ladder_end_to_end(tmp_path: Path) -> None:
@@ -19,16 +20,34 @@ def test_ablation_ladder_end_to_end(tmp_path: Path) -> None:
     cfg = ScmprConfig()
     cfg = dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, image_height=32, image_width=96, feature_dim=16, netvlad_clusters=4,
-                                  descriptor_dim=16, lidar_dims=[8, 8, 16], attention_dim=8),
-        training=dataclasses.replace(cfg.training, epochs=1, steps_per_epoch=2, batch_size=2, negative_radius_m=5.0, warmup_steps=1,
-                                     kmeans_batches=1, threads=1, val_max_queries=5, augment=False),
+        model=dataclasses.replace(
+            cfg.model,
+            image_height=32,
+            image_width=96,
+            feature_dim=16,
+            netvlad_clusters=4,
+            descriptor_dim=16,
+            lidar_dims=[8, 8, 16],
+            attention_dim=8,
+        ),
+        training=dataclasses.replace(
+            cfg.training,
+            epochs=1,
+            steps_per_epoch=2,
+            batch_size=2,
+            negative_radius_m=5.0,
+            warmup_steps=1,
+            kmeans_batches=1,
+            threads=1,
+            val_max_queries=5,
+            augment=False,
+        ),
         map=dataclasses.replace(cfg.map, place_spacing_m=4.0, yaw_offsets_deg=[0.0, 180.0]),
     )
     table = run_ablation(cfg, town, tmp_path / "abl", eval_data=town, variants=(0, 3), progress=False)
     lines = table.splitlines()
     assert lines[2].startswith("| Configuration | R@1 day (%) | R@1 night (%) | R@1 winter (%)")
-    rows = [ln for ln in lines if ln.startswith("| Ours") or ln.startswith("| +")]
+    rows = [ln for ln in lines if ln.startswith(("| Ours", "| +"))]
     assert [r.split(" | ")[0].lstrip("| ") for r in rows] == [VARIANTS[0][0], VARIANTS[3][0]]
     assert f"{PAPER_KITTI_R1[3]:.2f}" in rows[1]
     saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())

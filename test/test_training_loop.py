@@ -1,5 +1,6 @@
 """The training loop on a small cache: a real step lowers the loss, resume is bit-identical on CPU,
 the schedule, and two gloo ranks hold identical weights after a DDP step."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,10 +22,27 @@ H, W, HR, WR = 32, 64, 16, 48
 
 def small_cfg(**training) -> ScmprConfig:
     cfg = ScmprConfig()
-    model = dataclasses.replace(cfg.model, image_height=H, image_width=W, feature_dim=32, netvlad_clusters=4,
-                                descriptor_dim=32, lidar_dims=[8, 16, 32], attention_dim=16)
-    t = dict(epochs=2, batch_size=4, lr=2e-3, warmup_steps=2, threads=1, kmeans_batches=1, log_every=1,
-             val_max_queries=0, seed=3)
+    model = dataclasses.replace(
+        cfg.model,
+        image_height=H,
+        image_width=W,
+        feature_dim=32,
+        netvlad_clusters=4,
+        descriptor_dim=32,
+        lidar_dims=[8, 16, 32],
+        attention_dim=16,
+    )
+    t = {
+        "epochs": 2,
+        "batch_size": 4,
+        "lr": 2e-3,
+        "warmup_steps": 2,
+        "threads": 1,
+        "kmeans_batches": 1,
+        "log_every": 1,
+        "val_max_queries": 0,
+        "seed": 3,
+    }
     t.update(training)
     return dataclasses.replace(cfg, model=model, training=dataclasses.replace(cfg.training, **t))
 
@@ -49,12 +67,19 @@ def structured_cache(n_places: int = 24, seed: int = 0) -> PairCache:
     pos = np.zeros((2 * n_places, 3))
     pos[:, 0] = (np.arange(2 * n_places) % n_places) * 40.0
     return PairCache(
-        images=imgs, image_present=np.ones((2 * n_places, 2), dtype=bool), conditions=("day", "night"),
-        image_labels=labels, range_input=rngi,
+        images=imgs,
+        image_present=np.ones((2 * n_places, 2), dtype=bool),
+        conditions=("day", "night"),
+        image_labels=labels,
+        range_input=rngi,
         range_labels=(np.arange(2 * n_places)[:, None, None] % 11 * np.ones((1, HR, WR))).astype(np.uint8),
-        positions=pos, yaw=np.zeros(2 * n_places), group=np.zeros(2 * n_places, dtype=np.int32),
-        role=np.repeat(np.array([0, 1], dtype=np.uint8), n_places), frame=np.arange(2 * n_places, dtype=np.int32),
-        sequence=np.array(["00"] * n_places + ["01"] * n_places), meta={"image_hw": [H, W]},
+        positions=pos,
+        yaw=np.zeros(2 * n_places),
+        group=np.zeros(2 * n_places, dtype=np.int32),
+        role=np.repeat(np.array([0, 1], dtype=np.uint8), n_places),
+        frame=np.arange(2 * n_places, dtype=np.int32),
+        sequence=np.array(["00"] * n_places + ["01"] * n_places),
+        meta={"image_hw": [H, W]},
     )
 
 
@@ -145,7 +170,9 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, cache_file: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     import torch.distributed as dist
 
     cfg = small_cfg(epochs=1, steps_per_epoch=1)

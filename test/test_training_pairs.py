@@ -1,4 +1,5 @@
 """Pairs: label projection geometry, batch separation, augmentation, cache round trip."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,8 +45,12 @@ def test_label_projection_by_hand() -> None:
 def test_place_batches_are_mutually_far_apart() -> None:
     rng = np.random.default_rng(0)
     # Two streets of places every 2 m: many near-duplicates, like consecutive frames.
-    pos = np.concatenate([np.stack([np.arange(0, 400, 2.0), np.zeros(200), np.zeros(200)], 1),
-                          np.stack([np.zeros(100), np.arange(0, 200, 2.0), np.zeros(100)], 1)])
+    pos = np.concatenate(
+        [
+            np.stack([np.arange(0, 400, 2.0), np.zeros(200), np.zeros(200)], 1),
+            np.stack([np.zeros(100), np.arange(0, 200, 2.0), np.zeros(100)], 1),
+        ]
+    )
     batches = place_batches(pos, batch_size=8, min_separation_m=25.0, rng=rng)
     assert len(batches) >= 20
     used = np.concatenate(batches)
@@ -97,7 +102,16 @@ def test_cache_round_trip_and_conditions(tmp_path) -> None:
     cache = _tiny_cache()
     path = cache.save(tmp_path / "pairs.npz")
     back = PairCache.load(path)
-    for name in ("images", "image_present", "image_labels", "range_input", "range_labels", "positions", "group", "sequence"):
+    for name in (
+        "images",
+        "image_present",
+        "image_labels",
+        "range_input",
+        "range_labels",
+        "positions",
+        "group",
+        "sequence",
+    ):
         assert np.array_equal(getattr(back, name), getattr(cache, name)), name
     assert back.conditions == cache.conditions and back.meta["image_hw"] == [8, 16]
     sep = back.separated_positions()

@@ -1,4 +1,5 @@
 """Viewpoints: accumulated map, viewpoint poses, renders against real (ray-cast) scans, frustum grids."""
+
 from __future__ import annotations
 
 import math
@@ -102,8 +103,11 @@ def test_map_render_at_held_out_pose_agrees_with_real_scan(drive, held_out_map, 
     real = proj.project(*scans[HELD_OUT])
     agree = render_agreement(ri, real, pixel_rad=PIXEL_PITCH)
     with capsys.disabled():
-        print(f"\n[viewpoints] map render at a held-out mapped pose vs its real scan: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in agree.items()) + f" ({ms:.0f} ms, 360 deg)")
+        print(
+            "\n[viewpoints] map render at a held-out mapped pose vs its real scan: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in agree.items())
+            + f" ({ms:.0f} ms, 360 deg)"
+        )
     assert agree["valid_iou"] > 0.95
     assert agree["range_agree"] > 0.95
     assert agree["label_agree"] > 0.95
@@ -126,9 +130,12 @@ def test_lateral_offset_map_render_beats_nearest_scan(lidar_scene, drive, held_o
     a_map = render_agreement(by_map, truth, pixel_rad=PIXEL_PITCH)
     a_scan = render_agreement(by_scan, truth, pixel_rad=PIXEL_PITCH)
     with capsys.disabled():
-        print(f"\n[viewpoints] 1.5 m lateral + 20 deg viewpoint vs true scan: map render "
-              + ", ".join(f"{k} {v:.3f}" for k, v in a_map.items())
-              + " | nearest scan " + ", ".join(f"{k} {v:.3f}" for k, v in a_scan.items()))
+        print(
+            "\n[viewpoints] 1.5 m lateral + 20 deg viewpoint vs true scan: map render "
+            + ", ".join(f"{k} {v:.3f}" for k, v in a_map.items())
+            + " | nearest scan "
+            + ", ".join(f"{k} {v:.3f}" for k, v in a_scan.items())
+        )
     assert a_map["valid_iou"] > 0.95 and a_map["range_agree"] > 0.9
     # the re-projected scan is accurate where it has points but leaves parallax holes
     assert a_map["valid_iou"] > a_scan["valid_iou"]
@@ -139,8 +146,9 @@ def test_scan_render_with_yaw_offset_is_a_column_shift(drive):
     poses, scans = drive
     proj = RangeProjector(LidarConfig())
     shift = 37  # whole columns
-    vp = plan_viewpoints(poses, np.ones(len(poses), bool),
-                         MapConfig(place_spacing_m=1000.0, yaw_offsets_deg=[shift * 360.0 / 1024]))[0]
+    vp = plan_viewpoints(
+        poses, np.ones(len(poses), bool), MapConfig(place_spacing_m=1000.0, yaw_offsets_deg=[shift * 360.0 / 1024])
+    )[0]
     ri = ViewpointRenderer(proj, MapConfig(render_mode="scan"), None, lambda i: scans[i], poses).render(vp)
     real = proj.project(*scans[vp.source_frame])
     # turning the sensor left by k columns moves the image k columns to the right
@@ -153,8 +161,9 @@ def test_scan_render_with_yaw_offset_is_a_column_shift(drive):
 def test_auto_mode_and_missing_inputs(drive, held_out_map):
     poses, scans = drive
     proj = RangeProjector(LidarConfig())
-    vps = plan_viewpoints(poses, np.ones(len(poses), bool),
-                          MapConfig(place_spacing_m=30.0, lateral_offsets_m=[0.0, 2.0]))
+    vps = plan_viewpoints(
+        poses, np.ones(len(poses), bool), MapConfig(place_spacing_m=30.0, lateral_offsets_m=[0.0, 2.0])
+    )
     r = ViewpointRenderer(proj, MapConfig(render_mode="auto"), held_out_map, lambda i: scans[i], poses)
     assert [r.mode_for(v) for v in vps[:2]] == ["scan", "map"]
     with pytest.raises(InputError, match="needs the accumulated map"):
@@ -215,8 +224,10 @@ def test_learned_segmenter_trains_and_round_trips(drive, tmp_path):
     pred = np.concatenate([seg.segment_points(p) for p, _ in held])
     truth = np.concatenate([l for _, l in held])
     miou, per = segmentation_miou(pred, truth)
-    print(f"\n[segmentation] learned range-image segmenter on held-out frames: mIoU {miou:.3f} "
-          + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
+    print(
+        f"\n[segmentation] learned range-image segmenter on held-out frames: mIoU {miou:.3f} "
+        + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
+    )
     assert miou > 0.6 and per["road"] > 0.6 and per["building"] > 0.8
     path = tmp_path / "seg.npz"
     seg.save(path)
@@ -235,8 +246,9 @@ def test_make_segmenter_choices(tmp_path):
     from scmpr_ros.errors import DatasetError
     from scmpr_ros.lidar.segmentation import GroundTruthSegmenter, make_segmenter
 
-    labelled = SimpleNamespace(root="r", name="00", has_labels=True,
-                               load_labels=lambda i: np.array([1, 2, 3], np.uint8))
+    labelled = SimpleNamespace(
+        root="r", name="00", has_labels=True, load_labels=lambda i: np.array([1, 2, 3], np.uint8)
+    )
     seg = make_segmenter(LidarConfig(), labelled)
     assert isinstance(seg, GroundTruthSegmenter)
     assert list(seg.segment(labelled, 0, np.zeros((3, 4), np.float32))) == [1, 2, 3]

@@ -8,17 +8,20 @@ float32 + label uint8 when labels exist, point_step 20), ground truth nav_msgs/O
 /tf_static velodyne->camera once (latched QoS in the bag metadata).
 The bag is written to a temporary directory and renamed into place (never half-written).
 """
+
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from scmpr_ros.bags.reader import BagError
+from scmpr_ros.geometry import quat_from_matrix
+from scmpr_ros.msgs.conversions import cloud_fields, image_fields, ns_to_sec_nanosec
 from scmpr_ros.msgs.topics import (
     CAMERA_INFO_TOPIC,
     CLOUD_TOPIC,
@@ -27,8 +30,6 @@ from scmpr_ros.msgs.topics import (
     TF_STATIC_TOPIC,
     TF_TOPIC,
 )
-from scmpr_ros.msgs.conversions import cloud_fields, image_fields, ns_to_sec_nanosec
-from scmpr_ros.geometry import quat_from_matrix
 
 # Default topic and frame names (the localizer's defaults in scmpr_ros.config.NodesConfig match).
 MAP_FRAME = "map"
@@ -65,7 +66,9 @@ class BagSummary:
 
 def _header(ts, stamp_ns: int, frame: str):
     sec, nsec = ns_to_sec_nanosec(stamp_ns)
-    return ts.types["std_msgs/msg/Header"](stamp=ts.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=frame)
+    return ts.types["std_msgs/msg/Header"](
+        stamp=ts.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=frame
+    )
 
 
 def _transform_msg(ts, T: np.ndarray, stamp_ns: int, parent: str, child: str):
@@ -149,8 +152,17 @@ def kitti_to_bag(
     tmp = tmp_root / out.name
     counts: dict[str, list] = {}
     zero = QosTime(sec=0, nsec=0)
-    latched = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, zero, zero,
-                  QosLiveliness.AUTOMATIC, zero, False)
+    latched = Qos(
+        QosHistory.KEEP_LAST,
+        1,
+        QosReliability.RELIABLE,
+        QosDurability.TRANSIENT_LOCAL,
+        zero,
+        zero,
+        QosLiveliness.AUTOMATIC,
+        zero,
+        False,
+    )
     try:
         with Writer(tmp, version=9, storage_plugin=plugins[storage]) as writer:
             conns = {}
@@ -173,8 +185,13 @@ def kitti_to_bag(
             add(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", [latched])
 
             T_velo_cam = np.linalg.inv(np.asarray(calib.T_cam_velo, dtype=np.float64))
-            write(TF_STATIC_TOPIC, stamps[0], T["tf2_msgs/msg/TFMessage"](
-                transforms=[_transform_msg(ts, T_velo_cam, int(stamps[0]), VELO_FRAME, CAMERA_FRAME)]))
+            write(
+                TF_STATIC_TOPIC,
+                stamps[0],
+                T["tf2_msgs/msg/TFMessage"](
+                    transforms=[_transform_msg(ts, T_velo_cam, int(stamps[0]), VELO_FRAME, CAMERA_FRAME)]
+                ),
+            )
             K = np.asarray(calib.K, dtype=np.float64)
             P = np.zeros((3, 4))
             P[:, :3] = K
@@ -183,11 +200,25 @@ def kitti_to_bag(
                 rgb = seq.load_image(i)
                 f = image_fields(rgb, "rgb8")
                 write(IMAGE_TOPIC, t_ns, T["sensor_msgs/msg/Image"](header=_header(ts, t_ns, CAMERA_FRAME), **f))
-                write(CAMERA_INFO_TOPIC, t_ns, T["sensor_msgs/msg/CameraInfo"](
-                    header=_header(ts, t_ns, CAMERA_FRAME), height=f["height"], width=f["width"],
-                    distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1).copy(), r=np.eye(3).reshape(-1),
-                    p=P.reshape(-1).copy(), binning_x=0, binning_y=0,
-                    roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)))
+                write(
+                    CAMERA_INFO_TOPIC,
+                    t_ns,
+                    T["sensor_msgs/msg/CameraInfo"](
+                        header=_header(ts, t_ns, CAMERA_FRAME),
+                        height=f["height"],
+                        width=f["width"],
+                        distortion_model="plumb_bob",
+                        d=np.zeros(5),
+                        k=K.reshape(-1).copy(),
+                        r=np.eye(3).reshape(-1),
+                        p=P.reshape(-1).copy(),
+                        binning_x=0,
+                        binning_y=0,
+                        roi=T["sensor_msgs/msg/RegionOfInterest"](
+                            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+                        ),
+                    ),
+                )
                 if include_lidar:
                     scan = seq.load_scan(i)
                     labels = seq.load_labels(i) if seq.has_labels else None
@@ -195,32 +226,60 @@ def kitti_to_bag(
                     pts["x"], pts["y"], pts["z"], pts["intensity"] = scan[:, 0], scan[:, 1], scan[:, 2], scan[:, 3]
                     if labels is not None:
                         if len(labels) != len(scan):
-                            raise BagError(f"{dataset_root} sequence {sequence} frame {i}: {len(labels)} labels "
-                                           f"for {len(scan)} points")
+                            raise BagError(
+                                f"{dataset_root} sequence {sequence} frame {i}: {len(labels)} labels "
+                                f"for {len(scan)} points"
+                            )
                         pts["label"] = labels
                     cf = cloud_fields(pts)
-                    fields = [T["sensor_msgs/msg/PointField"](name=a, offset=o, datatype=d, count=c)
-                              for a, o, d, c in cf["fields"]]
-                    write(CLOUD_TOPIC, t_ns, T["sensor_msgs/msg/PointCloud2"](
-                        header=_header(ts, t_ns, VELO_FRAME), height=cf["height"], width=cf["width"], fields=fields,
-                        is_bigendian=False, point_step=cf["point_step"], row_step=cf["row_step"], data=cf["data"],
-                        is_dense=True))
+                    fields = [
+                        T["sensor_msgs/msg/PointField"](name=a, offset=o, datatype=d, count=c)
+                        for a, o, d, c in cf["fields"]
+                    ]
+                    write(
+                        CLOUD_TOPIC,
+                        t_ns,
+                        T["sensor_msgs/msg/PointCloud2"](
+                            header=_header(ts, t_ns, VELO_FRAME),
+                            height=cf["height"],
+                            width=cf["width"],
+                            fields=fields,
+                            is_bigendian=False,
+                            point_step=cf["point_step"],
+                            row_step=cf["row_step"],
+                            data=cf["data"],
+                            is_dense=True,
+                        ),
+                    )
                 if has_poses and valid[i]:
                     Tw = poses[i]
                     q = quat_from_matrix(Tw)
                     v, w = _twist(poses, times, valid, i)
                     pose = T["geometry_msgs/msg/Pose"](
                         position=T["geometry_msgs/msg/Point"](x=float(Tw[0, 3]), y=float(Tw[1, 3]), z=float(Tw[2, 3])),
-                        orientation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+                        orientation=T["geometry_msgs/msg/Quaternion"](
+                            x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])
+                        ),
+                    )
                     twist = T["geometry_msgs/msg/Twist"](
                         linear=T["geometry_msgs/msg/Vector3"](x=float(v[0]), y=float(v[1]), z=float(v[2])),
-                        angular=T["geometry_msgs/msg/Vector3"](x=float(w[0]), y=float(w[1]), z=float(w[2])))
-                    write(GROUND_TRUTH_TOPIC, t_ns, T["nav_msgs/msg/Odometry"](
-                        header=_header(ts, t_ns, MAP_FRAME), child_frame_id=VELO_FRAME,
-                        pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
-                        twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36))))
-                    write(TF_TOPIC, t_ns, T["tf2_msgs/msg/TFMessage"](
-                        transforms=[_transform_msg(ts, Tw, t_ns, MAP_FRAME, VELO_FRAME)]))
+                        angular=T["geometry_msgs/msg/Vector3"](x=float(w[0]), y=float(w[1]), z=float(w[2])),
+                    )
+                    write(
+                        GROUND_TRUTH_TOPIC,
+                        t_ns,
+                        T["nav_msgs/msg/Odometry"](
+                            header=_header(ts, t_ns, MAP_FRAME),
+                            child_frame_id=VELO_FRAME,
+                            pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
+                            twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36)),
+                        ),
+                    )
+                    write(
+                        TF_TOPIC,
+                        t_ns,
+                        T["tf2_msgs/msg/TFMessage"](transforms=[_transform_msg(ts, Tw, t_ns, MAP_FRAME, VELO_FRAME)]),
+                    )
                 if progress is not None:
                     progress(i + 1, n)
         if out.exists():  # overwrite: swap only after the new bag is complete

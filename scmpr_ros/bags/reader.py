@@ -3,11 +3,13 @@
 Messages come back either raw (CDR bytes, what bag_player publishes unchanged) or deserialized
 with rosbags' ROS 2 Kilted type store extended by the definitions stored in the bag.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.msgs.topics import GROUND_TRUTH_TOPIC
@@ -68,8 +70,14 @@ def bag_info(path: str | Path) -> BagInfo:
         storage = "mcap" if any(Path(path).glob("*.mcap")) else "sqlite3"
         count = int(reader.message_count)
         # rosbags' end_time is 1 ns after the last message; BagInfo holds the last message's time
-        return BagInfo(Path(path), storage, topics, int(reader.start_time) if count else 0,
-                       int(reader.end_time) - 1 if count else 0, count)
+        return BagInfo(
+            Path(path),
+            storage,
+            topics,
+            int(reader.start_time) if count else 0,
+            int(reader.end_time) - 1 if count else 0,
+            count,
+        )
     finally:
         reader.close()
 

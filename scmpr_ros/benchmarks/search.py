@@ -4,24 +4,26 @@ Map descriptors are random unit vectors of the model's dimension, either ``walk`
 walks on the sphere restarted every 1000 viewpoints, consecutive cosine ~0.9) or ``iid`` (the worst
 case for any ANN); queries are noisy copies of random map entries (cosine ~0.8 to their source).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from scmpr_ros.config import RetrievalConfig
-from scmpr_ros.retrieval.index import DescriptorIndex
 from scmpr_ros.mapping.map_file import PackedGrids
+from scmpr_ros.retrieval.index import DescriptorIndex
 from scmpr_ros.retrieval.rerank import rerank
 from scmpr_ros.semantics import NUM_CLASSES
 
 DISTRIBUTIONS = ("walk", "iid")
 
 
-def random_descriptors(n: int, dim: int, rng: np.random.Generator, distribution: str = "walk",
-                       segment: int = 1000) -> np.ndarray:
+def random_descriptors(
+    n: int, dim: int, rng: np.random.Generator, distribution: str = "walk", segment: int = 1000
+) -> np.ndarray:
     out = np.empty((n, dim), np.float32)
     step = float(np.sqrt(0.2346 / dim))  # consecutive cosine ~0.9
     for s in range(0, n, segment):
@@ -36,8 +38,9 @@ def random_descriptors(n: int, dim: int, rng: np.random.Generator, distribution:
     return out
 
 
-def _time_queries(index: DescriptorIndex, queries: np.ndarray, k: int, grids, qgrids, cfg: RetrievalConfig,
-                  top_k: int) -> tuple[float, float, np.ndarray]:
+def _time_queries(
+    index: DescriptorIndex, queries: np.ndarray, k: int, grids, qgrids, cfg: RetrievalConfig, top_k: int
+) -> tuple[float, float, np.ndarray]:
     """Median ms of search and of re-rank, one query at a time; returns the top_k rows per query."""
     t_s, t_r, tops = [], [], []
     for i in range(len(queries)):
@@ -74,10 +77,17 @@ def search_benchmark(
         db = x.astype(np.float16)  # maps store float16 by default
         del x
         src = rng.integers(0, n, queries)
-        q = db[src].astype(np.float32) + rng.standard_normal((queries, dim), dtype=np.float32) * np.float32(0.75 / np.sqrt(dim))
+        q = db[src].astype(np.float32) + rng.standard_normal((queries, dim), dtype=np.float32) * np.float32(
+            0.75 / np.sqrt(dim)
+        )
         q /= np.linalg.norm(q, axis=1, keepdims=True)
-        grids = PackedGrids.pack(rng.random((n, 4, 8, NUM_CLASSES)) < 0.15) if n <= 200_000 else PackedGrids(
-            rng.integers(0, 256, (n, (4 * 8 * NUM_CLASSES + 7) // 8), dtype=np.uint8), 4, 8, NUM_CLASSES)
+        grids = (
+            PackedGrids.pack(rng.random((n, 4, 8, NUM_CLASSES)) < 0.15)
+            if n <= 200_000
+            else PackedGrids(
+                rng.integers(0, 256, (n, (4 * 8 * NUM_CLASSES + 7) // 8), dtype=np.uint8), 4, 8, NUM_CLASSES
+            )
+        )
         qgrids = rng.random((queries, 4, 8, NUM_CLASSES)) < 0.15
         k = max(cfg.rerank_k, top_k)
         if log:
@@ -86,8 +96,13 @@ def search_benchmark(
         _, truth = exact.search(q, k)  # batched: ground truth for every query
         te = min(exact_timed_queries, queries)
         ex_search, ex_rerank, _ = _time_queries(exact, q[:te], k, grids, qgrids, cfg, top_k)
-        row = {"n": n, "dim": dim, "distribution": distribution, "queries": queries,
-               "exact": {"search_ms": ex_search, "rerank_ms": ex_rerank, "total_ms": ex_search + ex_rerank}}
+        row = {
+            "n": n,
+            "dim": dim,
+            "distribution": distribution,
+            "queries": queries,
+            "exact": {"search_ms": ex_search, "rerank_ms": ex_rerank, "total_ms": ex_search + ex_rerank},
+        }
         del exact
         if log:
             log(f"n={n}: exact {ex_search:.2f} ms/query; building {cfg.ann_type}")
@@ -98,8 +113,15 @@ def search_benchmark(
         _, got = ann.search(q, k)
         recall10 = float(np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(got, truth)]))
         top1 = float(np.mean(got[:, 0] == truth[:, 0]))
-        row["ann"] = {"kind": cfg.ann_type, "build_s": build_s, "search_ms": a_search, "rerank_ms": a_rerank,
-                      "total_ms": a_search + a_rerank, "recall_at_10": recall10, "top1_agreement": top1}
+        row["ann"] = {
+            "kind": cfg.ann_type,
+            "build_s": build_s,
+            "search_ms": a_search,
+            "rerank_ms": a_rerank,
+            "total_ms": a_search + a_rerank,
+            "recall_at_10": recall10,
+            "top1_agreement": top1,
+        }
         used = "flat" if n <= cfg.ann_threshold else cfg.ann_type
         row["used_by_recognizer"] = used
         row["query_ms"] = row["exact" if used == "flat" else "ann"]["total_ms"]
@@ -123,6 +145,8 @@ def format_search_table(rows: list[dict]) -> str:
             f"{r['query_ms']:.2f}"
         )
     if rows:
-        lines.append(f"(dim {rows[0]['dim']}, {rows[0]['distribution']} descriptors, {rows[0]['queries']} single queries, "
-                     "top-10 after re-ranking the top rerank_k; exact ms = IndexFlatIP)")
+        lines.append(
+            f"(dim {rows[0]['dim']}, {rows[0]['distribution']} descriptors, {rows[0]['queries']} single queries, "
+            "top-10 after re-ranking the top rerank_k; exact ms = IndexFlatIP)"
+        )
     return "\n".join(lines)

@@ -4,6 +4,7 @@ Each group of subcommands lives in ``scmpr_ros/commands/<group>.py`` and exposes
 ``register(app, benchmark_app)``.  Heavy imports (torch, open3d, rclpy) happen inside the
 command functions so that ``scmpr --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,7 +29,9 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    benchmark_app = typer.Typer(help="Speed measurements (ratios against a baseline run side by side).", no_args_is_help=True)
+    benchmark_app = typer.Typer(
+        help="Speed measurements (ratios against a baseline run side by side).", no_args_is_help=True
+    )
     app.add_typer(benchmark_app, name="benchmark")
     for name in COMMAND_MODULES:
         try:

@@ -5,14 +5,16 @@ and ``all`` (encoder, scan, search, ROS loop into one JSON + markdown report wit
 Candidates are timed interleaved (A, B, A, B, ...) in one process so machine noise hits them alike;
 the ratio of medians is the headline, absolute ms belong to the machine (and its load) they came from.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 
@@ -55,8 +57,13 @@ def _stats(ts: list[float]) -> dict[str, float]:
     return {"median_ms": _percentile(ts, 50), "p95_ms": _percentile(ts, 95), "min_ms": float(min(ts)), "n": len(ts)}
 
 
-def _interleaved(runs: dict[str, Callable[[], Any]], iters: int, warmup: int, sync: Callable[[], None] = lambda: None,
-                 limits: Optional[dict[str, int]] = None) -> dict[str, list[float]]:
+def _interleaved(
+    runs: dict[str, Callable[[], Any]],
+    iters: int,
+    warmup: int,
+    sync: Callable[[], None] = lambda: None,
+    limits: dict[str, int] | None = None,
+) -> dict[str, list[float]]:
     """ms per call of every candidate, alternating candidates within each round; ``limits`` caps the
     timed rounds of slow candidates (they stop being run after that many)."""
     limits = limits or {}
@@ -142,7 +149,7 @@ def encoder_benchmark(
     batch: int = 1,
     device: str = "cpu",
     dtype: str = "float32",
-    extra: Optional[dict[str, Any]] = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Time SCMPRModel.encode_image and ResNet18NetVLAD.forward on random input, interleaved.
     ``extra``: more SCM-PR model configs (label -> ModelConfig) timed in the same rounds.
@@ -179,7 +186,9 @@ def encoder_benchmark(
         models[label] = m
     runs: dict[str, Callable[[], Any]] = {k: (lambda m=m: m.encode_image(x).descriptor) for k, m in models.items()}
     runs["resnet18_netvlad"] = lambda: base(x)
-    if dev.type == "cpu" and any(getattr(m.cfg, "scan_backend", "") in ("auto", "cpu", "numba") for m in models.values()):
+    if dev.type == "cpu" and any(
+        getattr(m.cfg, "scan_backend", "") in ("auto", "cpu", "numba") for m in models.values()
+    ):
         from scmpr_ros.model import scan_numba
 
         scan_numba.warmup(threads)  # compile / load the kernels outside the timed rounds
@@ -202,7 +211,9 @@ def encoder_benchmark(
     }
     for name, ts in times.items():
         model = models.get(name, base)
-        params = model.parameter_count()["image_encoder"] if name in models else sum(p.numel() for p in base.parameters())
+        params = (
+            model.parameter_count()["image_encoder"] if name in models else sum(p.numel() for p in base.parameters())
+        )
         result["models"][name] = _stats(ts) | {"params": int(params)}
         if name in models:
             result["models"][name]["scan_backend"] = models[name].cfg.scan_backend
@@ -228,8 +239,10 @@ def format_encoder_table(res: dict[str, Any]) -> str:
         f"{'model':<34}{'params (M)':>12}{'median ms':>12}{'p95 ms':>10}{'min ms':>10}",
     ]
     for name, m in res["models"].items():
-        lines.append(f"{_model_label(res, name):<34}{m['params'] / 1e6:>12.2f}{m['median_ms']:>12.1f}{m['p95_ms']:>10.1f}"
-                     f"{m['min_ms']:>10.1f}")
+        lines.append(
+            f"{_model_label(res, name):<34}{m['params'] / 1e6:>12.2f}{m['median_ms']:>12.1f}{m['p95_ms']:>10.1f}"
+            f"{m['min_ms']:>10.1f}"
+        )
     lines.append(f"ratio SCM-PR / baseline (median): {res['ratio_median']:.2f}")
     for name, r in res.get("ratios", {}).items():
         if name != "scmpr":
@@ -287,14 +300,23 @@ def scan_benchmark(
     from scmpr_ros.model.vmamba import SS2D
 
     if not scan_numba.available():
-        raise InputError(f"benchmark scan: the numba kernel is unavailable ({scan_numba.NUMBA_IMPORT_ERROR or 'disabled'})")
+        raise InputError(
+            f"benchmark scan: the numba kernel is unavailable ({scan_numba.NUMBA_IMPORT_ERROR or 'disabled'})"
+        )
     if channels % groups or min(length, channels, groups, d_state, iters, ref_length) < 1:
         raise InputError(f"benchmark scan: need positive sizes and groups | channels (got {channels} / {groups})")
     if threads > 0:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    res: dict[str, Any] = {"length": length, "channels": channels, "groups": groups, "d_state": d_state,
-                           "threads": threads, "iters": iters, "ref_length": ref_length}
+    res: dict[str, Any] = {
+        "length": length,
+        "channels": channels,
+        "groups": groups,
+        "d_state": d_state,
+        "threads": threads,
+        "iters": iters,
+        "ref_length": ref_length,
+    }
     if cold_start:
         res["cold_start"] = _cold_start_seconds()
     t0 = time.perf_counter()
@@ -333,8 +355,16 @@ def scan_benchmark(
         # short sequence: the reference loop, with the kernel and torch at the same length
         lr = min(ref_length, length)
         short = [u[:, :lr], delta[:, :lr], A, B[:, :lr], C[:, :lr], D, bias]
-        mamba = [short[0].transpose(1, 2), short[1].transpose(1, 2), A, short[3].permute(0, 2, 3, 1),
-                 short[4].permute(0, 2, 3, 1), D, None, bias]
+        mamba = [
+            short[0].transpose(1, 2),
+            short[1].transpose(1, 2),
+            A,
+            short[3].permute(0, 2, 3, 1),
+            short[4].permute(0, 2, 3, 1),
+            D,
+            None,
+            bias,
+        ]
         s_np = [t.contiguous().numpy() for t in short]
         ref_runs = {
             "reference": lambda: selective_scan_reference(*mamba, delta_softplus=True),
@@ -345,9 +375,17 @@ def scan_benchmark(
         y_ref = selective_scan_reference(*mamba, delta_softplus=True).transpose(1, 2)
         y_short = torch.from_numpy(scan_numba.scan_tokens(*s_np, True, threads))
     elements = {k: (h * w * op.d_inner * op.K if k.startswith("ss2d") else length * channels) for k in times}
-    res["timings"] = {k: _stats(v) | {"ns_per_element": _percentile(v, 50) * 1e6 / elements[k]} for k, v in times.items()}
-    res["ss2d"] = {"height": h, "width": w, "channels": op.d_inner, "directions": op.K, "rank": rank,
-                   "element_steps": elements["ss2d_numba"]}
+    res["timings"] = {
+        k: _stats(v) | {"ns_per_element": _percentile(v, 50) * 1e6 / elements[k]} for k, v in times.items()
+    }
+    res["ss2d"] = {
+        "height": h,
+        "width": w,
+        "channels": op.d_inner,
+        "directions": op.K,
+        "rank": rank,
+        "element_steps": elements["ss2d_numba"],
+    }
     res["reference_short"] = {k: _stats(v) for k, v in ref_times.items()}
     med = {k: v["median_ms"] for k, v in res["timings"].items()}
     res["ratios"] = {
@@ -382,20 +420,30 @@ def format_scan_table(res: dict[str, Any]) -> str:
     }
     for k, label in labels.items():
         m = t[k]
-        lines.append(f"{label:<44}{m['median_ms']:>11.2f}{m['p95_ms']:>9.2f}{m['min_ms']:>9.2f}{m['ns_per_element']:>9.2f}")
+        lines.append(
+            f"{label:<44}{m['median_ms']:>11.2f}{m['p95_ms']:>9.2f}{m['min_ms']:>9.2f}{m['ns_per_element']:>9.2f}"
+        )
     r = res["ratios"]
     rs = res["reference_short"]
-    lines.append(f"numba / limit {r['numba_over_limit']:.2f}x; torch / numba {r['torch_over_numba']:.1f}x; "
-                 f"SS2D torch / fused {r['ss2d_torch_over_numba']:.1f}x")
-    lines.append(f"reference loop at L {res['ref_length']}: {rs['reference']['median_ms']:.1f} ms "
-                 f"(numba {rs['numba']['median_ms']:.2f} ms, torch {rs['torch']['median_ms']:.1f} ms)")
+    lines.append(
+        f"numba / limit {r['numba_over_limit']:.2f}x; torch / numba {r['torch_over_numba']:.1f}x; "
+        f"SS2D torch / fused {r['ss2d_torch_over_numba']:.1f}x"
+    )
+    lines.append(
+        f"reference loop at L {res['ref_length']}: {rs['reference']['median_ms']:.1f} ms "
+        f"(numba {rs['numba']['median_ms']:.2f} ms, torch {rs['torch']['median_ms']:.1f} ms)"
+    )
     p = res["parity"]
-    lines.append(f"parity max |diff|: numba vs reference {p['numba_vs_reference_max_abs']:.2e}, numba vs torch "
-                 f"{p['numba_vs_torch_max_abs']:.2e}, SS2D fused vs torch {p['ss2d_fused_vs_torch_max_abs']:.2e}")
+    lines.append(
+        f"parity max |diff|: numba vs reference {p['numba_vs_reference_max_abs']:.2e}, numba vs torch "
+        f"{p['numba_vs_torch_max_abs']:.2e}, SS2D fused vs torch {p['ss2d_fused_vs_torch_max_abs']:.2e}"
+    )
     cs = res.get("cold_start")
     if cs and "error" not in cs:
-        lines.append(f"first call in a fresh process: import (torch, numba) {cs['import_s']:.2f} s + kernels {cs['first_call_s']:.2f} s "
-                     f"({'numba cache' if cs.get('cached') else 'compiled'}{'; ' + cs['reason'] if cs.get('reason') else ''})")
+        lines.append(
+            f"first call in a fresh process: import (torch, numba) {cs['import_s']:.2f} s + kernels {cs['first_call_s']:.2f} s "
+            f"({'numba cache' if cs.get('cached') else 'compiled'}{'; ' + cs['reason'] if cs.get('reason') else ''})"
+        )
     return "\n".join(lines)
 
 
@@ -407,27 +455,38 @@ def _cuda_scan_benchmark(length: int, channels: int, groups: int, d_state: int, 
 
     dev = torch.device("cuda")
     g = torch.Generator(device="cpu").manual_seed(0)
-    args = [torch.randn(1, channels, length, generator=g), 0.5 * torch.randn(1, channels, length, generator=g) - 1,
-            -(torch.rand(channels, d_state, generator=g) + 0.1), torch.randn(1, groups, d_state, length, generator=g),
-            torch.randn(1, groups, d_state, length, generator=g), torch.randn(channels, generator=g)]
+    args = [
+        torch.randn(1, channels, length, generator=g),
+        0.5 * torch.randn(1, channels, length, generator=g) - 1,
+        -(torch.rand(channels, d_state, generator=g) + 0.1),
+        torch.randn(1, groups, d_state, length, generator=g),
+        torch.randn(1, groups, d_state, length, generator=g),
+        torch.randn(channels, generator=g),
+    ]
     args = [a.to(dev) for a in args]
     runs = {"torch": lambda: selective_scan(*args, None, None, True, backend="torch")}
     if cuda_kernel_available():
         runs["cuda"] = lambda: selective_scan(*args, None, None, True, backend="cuda")
     with torch.inference_mode():
         times = _interleaved(runs, iters, 3, torch.cuda.synchronize)
-    return {"device": torch.cuda.get_device_name(dev), "timings": {k: _stats(v) for k, v in times.items()},
-            "mamba_ssm_kernel": "cuda" in runs}
+    return {
+        "device": torch.cuda.get_device_name(dev),
+        "timings": {k: _stats(v) for k, v in times.items()},
+        "mamba_ssm_kernel": "cuda" in runs,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- all
 
 
-def _ros_section(bag: Optional[Path], map_file: Optional[Path], model: Optional[Path], rate: float,
-                 duration: float) -> dict[str, Any]:
+def _ros_section(
+    bag: Path | None, map_file: Path | None, model: Path | None, rate: float, duration: float
+) -> dict[str, Any]:
     if bag is None or map_file is None:
-        return {"skipped": "no --ros-bag / --ros-map given (`scmpr demo` builds a synthetic town, its map and a "
-                           "query bag; pass those to time the ROS loop)"}
+        return {
+            "skipped": "no --ros-bag / --ros-map given (`scmpr demo` builds a synthetic town, its map and a "
+            "query bag; pass those to time the ROS loop)"
+        }
     from scmpr_ros.config import default_models_dir
     from scmpr_ros.nodes.replay import run_replay
 
@@ -449,9 +508,9 @@ def benchmark_all(
     search_sizes: tuple[int, ...] = (100_000, 1_000_000),
     scan_shape: tuple[int, int] = (3328, 768),
     device: str = "auto",
-    ros_bag: Optional[Path] = None,
-    ros_map: Optional[Path] = None,
-    ros_model: Optional[Path] = None,
+    ros_bag: Path | None = None,
+    ros_map: Path | None = None,
+    ros_model: Path | None = None,
     ros_rate: float = 10.0,
     ros_duration: float = 60.0,
     log: Callable[[str], None] = lambda s: None,
@@ -467,7 +526,13 @@ def benchmark_all(
     if threads > 0:
         torch.set_num_threads(threads)
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    report: dict[str, Any] = {"machine": machine_info(threads), "quick": quick, "device": dev, "sections": {}, "errors": {}}
+    report: dict[str, Any] = {
+        "machine": machine_info(threads),
+        "quick": quick,
+        "device": dev,
+        "sections": {},
+        "errors": {},
+    }
     sections = report["sections"]
 
     def section(name: str, fn: Callable[[], Any]) -> None:
@@ -484,7 +549,11 @@ def benchmark_all(
         rows = []
         for name in configs:
             cfg = dataclasses.replace(ModelConfig(), backbone=name)
-            extra = {"scmpr_torch_scan": dataclasses.replace(cfg, scan_backend="torch")} if name == configs[0] and dev == "cpu" else None
+            extra = (
+                {"scmpr_torch_scan": dataclasses.replace(cfg, scan_backend="torch")}
+                if name == configs[0] and dev == "cpu"
+                else None
+            )
             it = encoder_iters if name != "tiny" else max(3, encoder_iters // 3)
             rows.append(encoder_benchmark(cfg, size, threads, it, 2 if quick else 3, 1, dev, "float32", extra))
             log(format_encoder_table(rows[-1]))
@@ -492,8 +561,17 @@ def benchmark_all(
 
     section("encoder", encoders)
     if dev == "cpu":
-        section("scan", lambda: scan_benchmark(scan_shape[0], scan_shape[1], threads=threads, iters=scan_iters,
-                                               torch_iters=max(2, scan_iters // 3), cold_start=not quick))
+        section(
+            "scan",
+            lambda: scan_benchmark(
+                scan_shape[0],
+                scan_shape[1],
+                threads=threads,
+                iters=scan_iters,
+                torch_iters=max(2, scan_iters // 3),
+                cold_start=not quick,
+            ),
+        )
     else:
         section("scan", lambda: _cuda_scan_benchmark(scan_shape[0], scan_shape[1], 4, 1, scan_iters))
 
@@ -501,8 +579,13 @@ def benchmark_all(
         from scmpr_ros.benchmarks.search import search_benchmark
 
         mc = ModelConfig()
-        return search_benchmark(list(search_sizes), mc.descriptor_dim or mc.feature_dim * mc.netvlad_clusters,
-                                RetrievalConfig(), queries=50 if quick else 200, log=log)
+        return search_benchmark(
+            list(search_sizes),
+            mc.descriptor_dim or mc.feature_dim * mc.netvlad_clusters,
+            RetrievalConfig(),
+            queries=50 if quick else 200,
+            log=log,
+        )
 
     section("search", search)
     section("ros", lambda: _ros_section(ros_bag, ros_map, ros_model, ros_rate, ros_duration))
@@ -529,16 +612,21 @@ def format_report_markdown(report: dict[str, Any]) -> str:
     ]
     s = report["sections"]
     if "encoder" in s:
-        out += ["## Encoder (one image)", "",
-                "| model | input | params (M) | median ms | p95 ms | min ms | ratio vs ResNet18+NetVLAD |",
-                "|---|---|---:|---:|---:|---:|---:|"]
+        out += [
+            "## Encoder (one image)",
+            "",
+            "| model | input | params (M) | median ms | p95 ms | min ms | ratio vs ResNet18+NetVLAD |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for res in s["encoder"]:
             h, w = res["size"]
             b = res["models"]["resnet18_netvlad"]["median_ms"]
             for name, mm in res["models"].items():
                 ratio = "1.00 (baseline)" if name == "resnet18_netvlad" else f"{mm['median_ms'] / b:.2f}"
-                out.append(f"| {_model_label(res, name)} | {h}x{w} | {mm['params'] / 1e6:.2f} | {mm['median_ms']:.1f} | "
-                           f"{mm['p95_ms']:.1f} | {mm['min_ms']:.1f} | {ratio} |")
+                out.append(
+                    f"| {_model_label(res, name)} | {h}x{w} | {mm['params'] / 1e6:.2f} | {mm['median_ms']:.1f} | "
+                    f"{mm['p95_ms']:.1f} | {mm['min_ms']:.1f} | {ratio} |"
+                )
         out.append("")
     if "scan" in s and "timings" in s["scan"] and "ratios" in s["scan"]:
         out += ["## Selective scan", "", "```", format_scan_table(s["scan"]), "```", ""]
@@ -547,18 +635,27 @@ def format_report_markdown(report: dict[str, Any]) -> str:
     if "search" in s:
         from scmpr_ros.benchmarks.search import format_search_table
 
-        out += ["## Search (per query: top-k + semantic re-rank)", "", "```", format_search_table(s["search"]), "```", ""]
+        out += [
+            "## Search (per query: top-k + semantic re-rank)",
+            "",
+            "```",
+            format_search_table(s["search"]),
+            "```",
+            "",
+        ]
     if "ros" in s:
         r = s["ros"]
         out += ["## ROS loop (bag_player -> localizer -> hypotheses)", ""]
         if "skipped" in r:
             out.append(f"skipped: {r['skipped']}")
         else:
-            out += [f"- processed {r['processed_hz']:.1f} Hz (images in at {r['input_hz']:.1f} Hz), dropped {r['dropped']}, "
-                    f"{'meets' if r['meets_10hz'] else 'misses'} 10 Hz",
-                    f"- end-to-end latency p50 {r['e2e_latency_ms']['p50']:.1f} ms, p95 {r['e2e_latency_ms']['p95']:.1f} ms; "
-                    f"encoder+search p50 {r['compute_ms']['p50']:.1f} ms",
-                    f"- RSS {r['rss_mb']['start']:.0f} -> {r['rss_mb']['end']:.0f} MB; model {r['model']}"]
+            out += [
+                f"- processed {r['processed_hz']:.1f} Hz (images in at {r['input_hz']:.1f} Hz), dropped {r['dropped']}, "
+                f"{'meets' if r['meets_10hz'] else 'misses'} 10 Hz",
+                f"- end-to-end latency p50 {r['e2e_latency_ms']['p50']:.1f} ms, p95 {r['e2e_latency_ms']['p95']:.1f} ms; "
+                f"encoder+search p50 {r['compute_ms']['p50']:.1f} ms",
+                f"- RSS {r['rss_mb']['start']:.0f} -> {r['rss_mb']['end']:.0f} MB; model {r['model']}",
+            ]
         out.append("")
     if report.get("errors"):
         out += ["## Errors", ""] + [f"- {k}: {v}" for k, v in report["errors"].items()] + [""]
@@ -581,11 +678,14 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         batch: int = typer.Option(1, "--batch", help="images per forward"),
         device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]"),
         dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (autocast)"),
-        scan_backend: Optional[str] = typer.Option(None, "--scan-backend", help="override model.scan_backend"),
-        compare_torch_scan: bool = typer.Option(False, "--compare-torch-scan",
-                                                help="also time the same model with the pure-torch scan"),
-        omp_wait_policy: str = typer.Option("keep", "--omp-wait-policy", help="keep | passive | active (OpenMP idle threads)"),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+        scan_backend: str | None = typer.Option(None, "--scan-backend", help="override model.scan_backend"),
+        compare_torch_scan: bool = typer.Option(
+            False, "--compare-torch-scan", help="also time the same model with the pure-torch scan"
+        ),
+        omp_wait_policy: str = typer.Option(
+            "keep", "--omp-wait-policy", help="keep | passive | active (OpenMP idle threads)"
+        ),
+        json_out: Path | None = typer.Option(None, "--json", help="also write the figures to this JSON file"),
     ) -> None:
         """Time the SCM-PR image encoder against ResNet-18 + NetVLAD in the same run (median, p95, ratio)."""
         import dataclasses
@@ -614,7 +714,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         torch_iters: int = typer.Option(5, "--torch-iters", help="timed rounds of the (slow) torch candidates"),
         ref_length: int = typer.Option(256, "--ref-length", help="tokens for the (slow) reference loop"),
         omp_wait_policy: str = typer.Option("keep", "--omp-wait-policy", help="keep | passive | active"),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+        json_out: Path | None = typer.Option(None, "--json", help="also write the figures to this JSON file"),
     ) -> None:
         """Time the compiled CPU scan against the bare recurrence (the memory limit), torch and the reference."""
         from scmpr_ros.errors import InputError
@@ -636,21 +736,25 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
     def all_cmd(
         out: Path = typer.Option(Path("bench"), "--out", "-o", help="directory for benchmark.json and benchmark.md"),
         quick: bool = typer.Option(False, "--quick", help="defaults become: nano only, 5 rounds, a 10k search map"),
-        configs: Optional[str] = typer.Option(None, "--configs", help="comma-separated backbone sizes [nano,micro,tiny]"),
+        configs: str | None = typer.Option(None, "--configs", help="comma-separated backbone sizes [nano,micro,tiny]"),
         size: str = typer.Option("160x512", "--size", help="encoder input height x width"),
         threads: int = typer.Option(2, "--threads", help="CPU threads"),
-        encoder_iters: Optional[int] = typer.Option(None, "--encoder-iters", help="timed rounds per encoder [15] (tiny: a third)"),
-        scan_iters: Optional[int] = typer.Option(None, "--scan-iters", help="timed rounds of the scan candidates [15]"),
+        encoder_iters: int | None = typer.Option(
+            None, "--encoder-iters", help="timed rounds per encoder [15] (tiny: a third)"
+        ),
+        scan_iters: int | None = typer.Option(None, "--scan-iters", help="timed rounds of the scan candidates [15]"),
         scan_shape: str = typer.Option("3328x768", "--scan-shape", help="tokens x channels of the scan section"),
-        search_sizes: Optional[str] = typer.Option(None, "--search-sizes", help="map sizes [100000,1000000]"),
+        search_sizes: str | None = typer.Option(None, "--search-sizes", help="map sizes [100000,1000000]"),
         device: str = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda"),
-        ros_bag: Optional[Path] = typer.Option(None, "--ros-bag", help="query rosbag2 for the ROS loop section"),
-        ros_map: Optional[Path] = typer.Option(None, "--ros-map", help=".scmpr-map for the ROS loop section"),
-        ros_model: Optional[Path] = typer.Option(None, "--ros-model", help="checkpoint (default: the shipped nano)"),
+        ros_bag: Path | None = typer.Option(None, "--ros-bag", help="query rosbag2 for the ROS loop section"),
+        ros_map: Path | None = typer.Option(None, "--ros-map", help=".scmpr-map for the ROS loop section"),
+        ros_model: Path | None = typer.Option(None, "--ros-model", help="checkpoint (default: the shipped nano)"),
         ros_duration: float = typer.Option(60.0, "--ros-duration", help="seconds of ROS playback"),
         omp_wait_policy: str = typer.Option(
-            "passive", "--omp-wait-policy",
-            help="passive (default: idle OpenMP threads sleep; spinning ones ruin timings on a shared machine) | active | keep"),
+            "passive",
+            "--omp-wait-policy",
+            help="passive (default: idle OpenMP threads sleep; spinning ones ruin timings on a shared machine) | active | keep",
+        ),
     ) -> None:
         """Encoder, scan, search and ROS loop into OUT/benchmark.json + OUT/benchmark.md (with machine info)."""
         from scmpr_ros.errors import InputError, ScmprError
@@ -665,7 +769,9 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
             sizes = tuple(int(v.replace("_", "")) for v in search_sizes.split(",") if v.strip())
             shape = tuple(int(v) for v in scan_shape.lower().split("x"))
         except ValueError as exc:
-            raise InputError(f"--search-sizes / --scan-shape: integers expected, got {search_sizes!r} / {scan_shape!r}") from exc
+            raise InputError(
+                f"--search-sizes / --scan-shape: integers expected, got {search_sizes!r} / {scan_shape!r}"
+            ) from exc
         if len(shape) != 2 or min(shape) < 4 or shape[1] % 4:
             raise InputError(f"--scan-shape must be TOKENSxCHANNELS with channels divisible by 4, got {scan_shape!r}")
         names = tuple(c.strip() for c in configs.split(",") if c.strip())
@@ -673,8 +779,23 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
             _model_config(name)  # unknown names fail before anything runs
         if device not in ("auto", "cpu", "cuda"):
             raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
-        report = benchmark_all(quick, names, _parse_size(size), threads, encoder_iters, scan_iters, sizes, shape,  # type: ignore[arg-type]
-                               device, ros_bag, ros_map, ros_model, 10.0, ros_duration, log=lambda s: typer.echo(s, err=True))
+        report = benchmark_all(
+            quick,
+            names,
+            _parse_size(size),
+            threads,
+            encoder_iters,
+            scan_iters,
+            sizes,
+            shape,  # type: ignore[arg-type]
+            device,
+            ros_bag,
+            ros_map,
+            ros_model,
+            10.0,
+            ros_duration,
+            log=lambda s: typer.echo(s, err=True),
+        )
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "benchmark.json", json.dumps(report, indent=2, default=float))
         md = format_report_markdown(report)
@@ -682,4 +803,6 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:  # noqa: ARG
         typer.echo(md)
         typer.echo(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}")
         if report["errors"]:
-            raise ScmprError(f"benchmark all: sections failed: {', '.join(report['errors'])} (see {out / 'benchmark.md'})")
+            raise ScmprError(
+                f"benchmark all: sections failed: {', '.join(report['errors'])} (see {out / 'benchmark.md'})"
+            )

@@ -1,9 +1,9 @@
 """``scmpr synth`` (generate the synthetic KITTI-format town) and ``scmpr dataset-info``."""
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -24,15 +24,27 @@ def synth(
     out: Path = typer.Argument(..., help="output directory (KITTI layout: OUT/sequences/NN/...)"),
     seed: int = typer.Option(0, help="random seed; the same seed gives the same town, byte for byte"),
     frames: int = typer.Option(200, min=2, help="frames of the mapping pass (the query pass has a similar length)"),
-    conditions: str = typer.Option("day,night,winter", help="query-pass camera conditions: comma list of day, night, winter"),
+    conditions: str = typer.Option(
+        "day,night,winter", help="query-pass camera conditions: comma list of day, night, winter"
+    ),
     image_size: str = typer.Option("1241x376", help="camera image WIDTHxHEIGHT (KITTI image_2 intrinsics, scaled)"),
     azimuth_steps: int = typer.Option(2000, min=16, help="LiDAR columns per revolution (64 beams, HDL-64 FOV)"),
-    class_images: bool = typer.Option(False, "--class-images", help="also write semantic_2/NNNNNN.png (common class per pixel)"),
+    class_images: bool = typer.Option(
+        False, "--class-images", help="also write semantic_2/NNNNNN.png (common class per pixel)"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a town already in OUT"),
 ) -> None:
     """Generate the synthetic town: mapping pass (00) and query pass (01 day, 02 night, 03 winter)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from scmpr_ros.datasets.synthetic import generate_town, parse_conditions
 
@@ -42,8 +54,14 @@ def synth(
     start = time.perf_counter()
     first_frame_t: list[float] = []
     with Progress(
-        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[fps]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
     ) as bar:
         task = bar.add_task("building town", total=None, fps="")
 
@@ -54,8 +72,17 @@ def synth(
             rate = done / (now - first_frame_t[0]) if done and now > first_frame_t[0] else 0.0
             bar.update(task, completed=done, total=total, description=label, fps=f"{rate:.2f} frames/s" if done else "")
 
-        manifest = generate_town(out, seed=seed, frames=frames, conditions=conds, image_size=size, azimuth_steps=azimuth_steps,
-                                 class_images=class_images, overwrite=overwrite, progress=progress)
+        manifest = generate_town(
+            out,
+            seed=seed,
+            frames=frames,
+            conditions=conds,
+            image_size=size,
+            azimuth_steps=azimuth_steps,
+            class_images=class_images,
+            overwrite=overwrite,
+            progress=progress,
+        )
     elapsed = time.perf_counter() - start
     seqs = manifest["sequences"]
     query = [v for k, v in seqs.items() if v["pass"] == "query"]
@@ -71,7 +98,9 @@ def synth(
 
 def dataset_info(
     root: Path = typer.Argument(..., help="dataset root (KITTI: holds sequences/; KITTI-360: holds data_3d_raw/)"),
-    sequence: Optional[str] = typer.Option(None, "--sequence", "-s", help="sequence (KITTI: 00; KITTI-360: 0 or the drive name)"),
+    sequence: str | None = typer.Option(
+        None, "--sequence", "-s", help="sequence (KITTI: 00; KITTI-360: 0 or the drive name)"
+    ),
     kind: str = typer.Option("auto", help="auto | kitti | kitti360"),
     check: bool = typer.Option(False, "--check", help="read every frame (scan, labels, image), not only the first"),
     as_json: bool = typer.Option(False, "--json", help="print the description as JSON"),

@@ -1,9 +1,9 @@
 """CLI group: ``scmpr build-map``, ``scmpr map-info``, ``scmpr train-segmenter``, ``scmpr benchmark search``."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -18,10 +18,22 @@ def _load_cfg(configs: list[Path] | None):
 
 def _progress_callback():
     """A rich progress bar driven by (stage, done, total) calls; returns (callback, progress)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    prog = Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn())
+    prog = Progress(
+        TextColumn("{task.description:>12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     tasks: dict[str, int] = {}
 
     def cb(stage: str, done: int, total: int) -> None:
@@ -35,11 +47,15 @@ def _progress_callback():
 def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
     @app.command("build-map")
     def build_map_cmd(
-        dataset_dir: Path = typer.Argument(..., help="dataset root (KITTI odometry layout, KITTI-360, or a synthetic town)"),
+        dataset_dir: Path = typer.Argument(
+            ..., help="dataset root (KITTI odometry layout, KITTI-360, or a synthetic town)"
+        ),
         sequence: str = typer.Option(..., "--sequence", "-s", help="mapping-pass sequence, e.g. 00"),
         model: Path = typer.Option(..., "--model", "-m", help="model checkpoint (e.g. models/scmpr_nano.pt)"),
         out: Path = typer.Option(..., "--out", "-o", help="map file to write (*.scmpr-map)"),
-        config: List[Path] = typer.Option([], "--config", "-c", help="YAML over config/scmpr.yaml (map:, lidar:, camera: sections)"),
+        config: list[Path] = typer.Option(
+            [], "--config", "-c", help="YAML over config/scmpr.yaml (map:, lidar:, camera: sections)"
+        ),
         device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]"),
         threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch default)"),
         kind: str = typer.Option("auto", "--kind", help="dataset kind: auto | kitti | kitti360"),
@@ -48,9 +64,9 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
         import torch
 
         from scmpr_ros.datasets import open_sequence
-        from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
         from scmpr_ros.mapping.builder import build_map
         from scmpr_ros.mapping.map_file import MAP_SUFFIX
+        from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
 
         if threads:
             torch.set_num_threads(threads)
@@ -61,8 +77,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
         seq = open_sequence(dataset_dir, sequence, kind=kind)
         cb, prog = _progress_callback()
         with prog:
-            res = build_map(seq, net, cfg, out, model_checksum(net), progress=cb,
-                            metadata={"model_file": str(model)})
+            res = build_map(seq, net, cfg, out, model_checksum(net), progress=cb, metadata={"model_file": str(model)})
         typer.echo(
             f"wrote {res['out']}: {res['viewpoints']} viewpoints ({res['places']} places), "
             f"{res['file_bytes'] / 1e6:.2f} MB ({res['bytes_per_1k_viewpoints'] / 1e3:.0f} kB per 1k viewpoints)"
@@ -77,7 +92,7 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
     def map_info_cmd(
         map_file: Path = typer.Argument(..., help="a .scmpr-map file"),
         as_json: bool = typer.Option(False, "--json", help="print JSON"),
-        model: Optional[Path] = typer.Option(None, "--model", "-m", help="also check the map fits this model checkpoint"),
+        model: Path | None = typer.Option(None, "--model", "-m", help="also check the map fits this model checkpoint"),
     ) -> None:
         """Validate a map file (magic, version, checksum, shapes, NaN/inf) and print what it holds."""
         from scmpr_ros.mapping.map_file import describe_map, read_map
@@ -115,20 +130,20 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
     @app.command("train-segmenter")
     def train_segmenter_cmd(
         dataset_dir: Path = typer.Argument(..., help="labelled dataset root (synthetic town / SemanticKITTI)"),
-        sequence: List[str] = typer.Option(["00"], "--sequence", "-s", help="training sequence(s)"),
+        sequence: list[str] = typer.Option(["00"], "--sequence", "-s", help="training sequence(s)"),
         out: Path = typer.Option(Path("models/range_segmenter.npz"), "--out", "-o", help="weights file"),
-        val_sequence: Optional[str] = typer.Option(None, "--val-sequence", help="held-out sequence for the mIoU"),
-        val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="held-out dataset root (default: DATASET_DIR)"),
+        val_sequence: str | None = typer.Option(None, "--val-sequence", help="held-out sequence for the mIoU"),
+        val_dir: Path | None = typer.Option(None, "--val-dir", help="held-out dataset root (default: DATASET_DIR)"),
         stride: int = typer.Option(2, "--stride", help="use every N-th scan"),
         steps: int = typer.Option(1500, "--steps", help="optimizer steps"),
-        config: List[Path] = typer.Option([], "--config", "-c", help="YAML over config/scmpr.yaml (lidar: section)"),
+        config: list[Path] = typer.Option([], "--config", "-c", help="YAML over config/scmpr.yaml (lidar: section)"),
     ) -> None:
         """Train the range-image point segmenter (numpy MLP) and report its mIoU on held-out scans."""
+        import numpy as np
+
         from scmpr_ros.datasets import open_sequence
         from scmpr_ros.lidar.range_image import RangeProjector
         from scmpr_ros.lidar.segmentation import segmentation_miou, train_range_segmenter
-
-        import numpy as np
 
         cfg = _load_cfg(config)
         proj = RangeProjector(cfg.lidar)
@@ -149,8 +164,10 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
                 preds.append(seg.segment_points(pts))
                 truths.append(vseq.load_labels(i))
             miou, per = segmentation_miou(np.concatenate(preds), np.concatenate(truths))
-            typer.echo(f"held-out mIoU {miou:.3f} ({val_dir or dataset_dir} sequence {val_sequence}): "
-                       + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
+            typer.echo(
+                f"held-out mIoU {miou:.3f} ({val_dir or dataset_dir} sequence {val_sequence}): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
+            )
 
     @benchmark_app.command("search")
     def search_cmd(
@@ -158,16 +175,18 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
         dim: int = typer.Option(0, "--dim", help="descriptor dimension (0 = the model config's descriptor_dim)"),
         queries: int = typer.Option(200, "--queries", help="single queries timed per size"),
         distribution: str = typer.Option("walk", "--distribution", help="walk (place-like) | iid (ANN worst case)"),
-        ann: Optional[str] = typer.Option(None, "--ann", help="ivf | hnsw (default: retrieval.ann_type)"),
+        ann: str | None = typer.Option(None, "--ann", help="ivf | hnsw (default: retrieval.ann_type)"),
         threads: int = typer.Option(0, "--threads", help="faiss OpenMP threads (0 = default)"),
-        config: List[Path] = typer.Option([], "--config", "-c", help="YAML over config/scmpr.yaml (retrieval: section)"),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+        config: list[Path] = typer.Option(
+            [], "--config", "-c", help="YAML over config/scmpr.yaml (retrieval: section)"
+        ),
+        json_out: Path | None = typer.Option(None, "--json", help="also write the figures to this JSON file"),
     ) -> None:
         """Per-query top-10 + re-rank time at each map size, and ANN recall@10 against exact search."""
         import dataclasses
 
-        from scmpr_ros.io_utils import atomic_write_text
         from scmpr_ros.benchmarks.search import format_search_table, search_benchmark
+        from scmpr_ros.io_utils import atomic_write_text
 
         cfg = _load_cfg(config)
         r = cfg.retrieval if ann is None else dataclasses.replace(cfg.retrieval, ann_type=ann)
@@ -177,8 +196,15 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
             faiss.omp_set_num_threads(threads)
         d = dim or (cfg.model.descriptor_dim or cfg.model.feature_dim * cfg.model.netvlad_clusters)
         size_list = [int(s.replace("_", "")) for s in sizes.split(",") if s.strip()]
-        rows = search_benchmark(size_list, d, r, queries=queries, top_k=r.top_k, distribution=distribution,
-                                log=lambda s: typer.echo(s, err=True))
+        rows = search_benchmark(
+            size_list,
+            d,
+            r,
+            queries=queries,
+            top_k=r.top_k,
+            distribution=distribution,
+            log=lambda s: typer.echo(s, err=True),
+        )
         typer.echo(format_search_table(rows))
         if json_out is not None:
             atomic_write_text(json_out, json.dumps(rows, indent=2))

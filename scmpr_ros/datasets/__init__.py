@@ -3,6 +3,7 @@
 ``open_sequence(root, sequence, kind="auto")`` is the one entry point; the synthetic town is
 written in the KITTI layout and read by the KITTI loader.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ A ``Sequence`` is a list of frames (LiDAR scan, optional image, labels, pose, ti
 4x4 float64 ``T_world_*`` matrices with NaN where ``pose_valid`` is False; every missing or
 malformed input raises ``DatasetError`` naming the file and what was expected.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,9 +58,7 @@ def read_numbers_file(path: Path, columns: int, what: str) -> np.ndarray:
             continue
         parts = line.split()
         if len(parts) != columns:
-            raise DatasetError(
-                f"{path}:{lineno}: has {len(parts)} values, expected {columns} ({what})"
-            )
+            raise DatasetError(f"{path}:{lineno}: has {len(parts)} values, expected {columns} ({what})")
         try:
             rows.append([float(p) for p in parts])
         except ValueError as exc:
@@ -221,5 +220,6 @@ def camera_from_calibration(calib: Any, fallback: CameraConfig) -> CameraConfig:
         raise DatasetError(f"calibration K must be a finite 3x3 intrinsic matrix, got {K.tolist()}")
     size = getattr(calib, "image_size", None)
     width, height = (int(size[0]), int(size[1])) if size else (fallback.width, fallback.height)
-    return CameraConfig(width=width, height=height, fx=float(K[0, 0]), fy=float(K[1, 1]),
-                        cx=float(K[0, 2]), cy=float(K[1, 2]))
+    return CameraConfig(
+        width=width, height=height, fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2])
+    )

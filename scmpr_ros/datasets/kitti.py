@@ -5,6 +5,7 @@ World frame: poses.txt holds camera-0 poses ``T_w_cam0``; like SemanticKITTI's t
 them in the LiDAR frame of the first pose (z up, REP-103 ``map``):
 ``T_map_velo = Tr^-1 T_w_cam0 Tr`` and ``T_map_cam = Tr^-1 T_w_cam0 T_cam2_cam0^-1``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,7 +59,9 @@ def _matrix(calib: dict[str, np.ndarray], key: str, path: Path, what: str) -> np
     return values.reshape(3, 4)
 
 
-def calibration_from_file(path: Path, image_size: tuple[int, int] | None) -> tuple[Calibration, np.ndarray, np.ndarray, list[str]]:
+def calibration_from_file(
+    path: Path, image_size: tuple[int, int] | None
+) -> tuple[Calibration, np.ndarray, np.ndarray, list[str]]:
     """Return (Calibration, Tr 4x4, T_cam2_cam0 4x4, keys)."""
     calib = parse_calib(path)
     P2 = _matrix(calib, "P2", path, "projection matrix of the left colour camera image_2")
@@ -67,7 +70,9 @@ def calibration_from_file(path: Path, image_size: tuple[int, int] | None) -> tup
     Tr[:3, :] = _matrix(calib, tr_key, path, "velodyne -> camera-0 transform")
     K = P2[:, :3].copy()
     if abs(K[0, 0]) < 1e-9 or abs(K[1, 1]) < 1e-9:
-        raise DatasetError(f"{path}: P2 has a zero focal length ({K[0, 0]}, {K[1, 1]}); the matrix is not a camera projection")
+        raise DatasetError(
+            f"{path}: P2 has a zero focal length ({K[0, 0]}, {K[1, 1]}); the matrix is not a camera projection"
+        )
     T_c2_c0 = np.eye(4)
     T_c2_c0[:3, 3] = np.linalg.solve(K, P2[:, 3])
     cal = Calibration(K=K, P=P2.copy(), T_cam_velo=T_c2_c0 @ Tr, image_size=image_size)
@@ -163,12 +168,16 @@ class KittiSequence(Sequence):
             self._check_pairing(sem_dir, [p.stem for p in self._image_labels], "class images", "semantic_2/NNNNNN.png")
         self.has_image_labels = bool(self._image_labels)
 
-        self.calib, self.Tr, self.T_cam2_cam0, self.calib_keys = calibration_from_file(seq_dir / "calib.txt", image_size)
+        self.calib, self.Tr, self.T_cam2_cam0, self.calib_keys = calibration_from_file(
+            seq_dir / "calib.txt", image_size
+        )
 
         times_path = require_file(seq_dir / "times.txt", f"one timestamp in seconds per frame ({n} lines)")
         times = read_numbers_file(times_path, 1, "one timestamp in seconds per line")[:, 0] if n else np.zeros(0)
         if len(times) != n:
-            raise DatasetError(f"{times_path}: has {len(times)} timestamps but velodyne/ has {n} scans; expected one line per frame")
+            raise DatasetError(
+                f"{times_path}: has {len(times)} timestamps but velodyne/ has {n} scans; expected one line per frame"
+            )
         self.times = times
 
         self._load_poses(n)
@@ -202,7 +211,9 @@ class KittiSequence(Sequence):
             return
         rows = read_numbers_file(path, 12, "a camera-0 pose as 12 numbers (row-major 3x4) per line")
         if len(rows) != n:
-            raise DatasetError(f"{path}: has {len(rows)} poses but velodyne/ has {n} scans; expected one pose line per frame")
+            raise DatasetError(
+                f"{path}: has {len(rows)} poses but velodyne/ has {n} scans; expected one pose line per frame"
+            )
         T_w_c0 = to_homogeneous(rows)
         valid = np.isfinite(rows).all(axis=1)
         Tr_inv = np.linalg.inv(self.Tr)  # calibration rotations are not exactly orthonormal
@@ -219,7 +230,9 @@ class KittiSequence(Sequence):
         """(H, W) uint8 common class per pixel of image i (255 = none), from semantic_2/."""
         i = self._check_index(i)
         if not self.has_image_labels:
-            raise DatasetError(f"{self.seq_dir}: no semantic_2/ folder; only the synthetic town (--class-images) has dense image labels")
+            raise DatasetError(
+                f"{self.seq_dir}: no semantic_2/ folder; only the synthetic town (--class-images) has dense image labels"
+            )
         import cv2
 
         path = self._image_labels[i]

@@ -6,6 +6,7 @@ cam0_to_world.txt when present, else ``T_world_pose T_pose_cam0 R_rect_00^-1``. 
 come from data_3d_semantics: each scan point takes the class of the nearest point of the
 accumulated labelled window (PLY) covering the frame, if within ``LABEL_RADIUS_M``.
 """
+
 from __future__ import annotations
 
 import re
@@ -62,9 +63,22 @@ def _hom(m34: np.ndarray) -> np.ndarray:
 def read_ply_vertices(path: Path) -> np.ndarray:
     """Vertex element of a PLY file (binary little/big endian or ascii) as a structured array."""
     types = {
-        "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-        "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-        "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+        "char": "i1",
+        "int8": "i1",
+        "uchar": "u1",
+        "uint8": "u1",
+        "short": "i2",
+        "int16": "i2",
+        "ushort": "u2",
+        "uint16": "u2",
+        "int": "i4",
+        "int32": "i4",
+        "uint": "u4",
+        "uint32": "u4",
+        "float": "f4",
+        "float32": "f4",
+        "double": "f8",
+        "float64": "f8",
     }
     with open(path, "rb") as handle:
         if handle.readline().strip() != b"ply":
@@ -126,11 +140,13 @@ def list_sequences(root: Path) -> list[str]:
 
 
 def _parse_timestamps(path: Path) -> np.ndarray:
-    lines = [l.strip() for l in path.read_text().splitlines() if l.strip()]
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     try:
-        stamps = np.array([np.datetime64(l.replace(" ", "T"), "ns") for l in lines])
+        stamps = np.array([np.datetime64(line.replace(" ", "T"), "ns") for line in lines])
     except ValueError as exc:
-        raise DatasetError(f"{path}: unreadable timestamp ({exc}); expected 'YYYY-MM-DD hh:mm:ss.fffffffff' per line") from exc
+        raise DatasetError(
+            f"{path}: unreadable timestamp ({exc}); expected 'YYYY-MM-DD hh:mm:ss.fffffffff' per line"
+        ) from exc
     if not len(stamps):
         return np.zeros(0)
     return (stamps - stamps[0]).astype(np.int64) / 1e9
@@ -185,7 +201,9 @@ class Kitti360Sequence(Sequence):
 
         self._load_calibration(self._images[0] if self._images else None)
 
-        ts_path = require_file(velo_dir.parent / "timestamps.txt", "one 'YYYY-MM-DD hh:mm:ss.fffffffff' line per scan frame number")
+        ts_path = require_file(
+            velo_dir.parent / "timestamps.txt", "one 'YYYY-MM-DD hh:mm:ss.fffffffff' line per scan frame number"
+        )
         stamps = _parse_timestamps(ts_path)
         if len(stamps) <= frames[-1]:
             raise DatasetError(
@@ -199,23 +217,31 @@ class Kitti360Sequence(Sequence):
 
     # --- calibration ------------------------------------------------------------------------
     def _load_calibration(self, first_image: Path | None) -> None:
-        cal_dir = require_dir(self.root / "calibration", "calibration/ with perspective.txt, calib_cam_to_velo.txt, calib_cam_to_pose.txt")
+        cal_dir = require_dir(
+            self.root / "calibration", "calibration/ with perspective.txt, calib_cam_to_velo.txt, calib_cam_to_pose.txt"
+        )
         persp_path = cal_dir / "perspective.txt"
         persp = _parse_keyed(persp_path, "P_rect_00 / R_rect_00 / S_rect_00 lines")
         P = _keyed_matrix(persp, "P_rect_00", 12, persp_path, "rectified projection of camera 0").reshape(3, 4)
         R_rect = np.eye(4)
-        R_rect[:3, :3] = _keyed_matrix(persp, "R_rect_00", 9, persp_path, "rectifying rotation of camera 0").reshape(3, 3)
+        R_rect[:3, :3] = _keyed_matrix(persp, "R_rect_00", 9, persp_path, "rectifying rotation of camera 0").reshape(
+            3, 3
+        )
         velo_path = require_file(cal_dir / "calib_cam_to_velo.txt", "12 numbers: camera 0 -> velodyne (row-major 3x4)")
         nums = velo_path.read_text().split()
         if len(nums) != 12:
-            raise DatasetError(f"{velo_path}: has {len(nums)} numbers, expected 12 (camera 0 -> velodyne, row-major 3x4)")
+            raise DatasetError(
+                f"{velo_path}: has {len(nums)} numbers, expected 12 (camera 0 -> velodyne, row-major 3x4)"
+            )
         try:
             self.T_velo_cam0 = _hom(np.array([float(v) for v in nums]))
         except ValueError as exc:
             raise DatasetError(f"{velo_path}: non-number in the matrix ({exc})") from exc
         self.R_rect = R_rect
         image_size = png_size(first_image) if first_image is not None else None
-        self.calib = Calibration(K=P[:, :3].copy(), P=P, T_cam_velo=R_rect @ np.linalg.inv(self.T_velo_cam0), image_size=image_size)
+        self.calib = Calibration(
+            K=P[:, :3].copy(), P=P, T_cam_velo=R_rect @ np.linalg.inv(self.T_velo_cam0), image_size=image_size
+        )
         self.calib_keys = sorted(k for k in persp if k.endswith("_00")) + ["calib_cam_to_velo"]
         self._cal_dir = cal_dir
 
@@ -237,7 +263,9 @@ class Kitti360Sequence(Sequence):
         lookup = {int(f): i for i, f in enumerate(self.frame_index)}
         cam_valid = np.zeros(n, dtype=bool)
         if cam_path.is_file():
-            rows = read_numbers_file(cam_path, 17, "frame number + 16 numbers (4x4 rectified camera 0 -> world) per line")
+            rows = read_numbers_file(
+                cam_path, 17, "frame number + 16 numbers (4x4 rectified camera 0 -> world) per line"
+            )
             for row in rows:
                 i = lookup.get(int(row[0]))
                 if i is not None:
@@ -267,7 +295,9 @@ class Kitti360Sequence(Sequence):
         elif not self.has_poses:
             self.notes.append(f"{pose_dir}: no pose for any of the {n} frames (poses.txt / cam0_to_world.txt)")
         elif not self.pose_valid.all():
-            self.notes.append(f"{int((~self.pose_valid).sum())} of {n} frames have no pose (KITTI-360 poses are sparse)")
+            self.notes.append(
+                f"{int((~self.pose_valid).sum())} of {n} frames have no pose (KITTI-360 poses are sparse)"
+            )
 
     # --- semantics --------------------------------------------------------------------------
     def _find_semantics(self, drive: str) -> None:

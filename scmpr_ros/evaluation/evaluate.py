@@ -5,20 +5,25 @@ pass or condition, each run through the same :class:`PlaceRecognizer` the ROS lo
 search + α·cos + β·ψ re-rank).  Ground truth = the query frame's LiDAR pose (camera pose where the
 dataset has no LiDAR extrinsics), so query and database positions refer to the same sensor.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scmpr_ros.errors import ScmprError
+from scmpr_ros.geometry import heading_of, positions_of
 from scmpr_ros.io_utils import atomic_write_text
 from scmpr_ros.retrieval.metrics import DEFAULT_NS, recall_at_n
-from scmpr_ros.geometry import heading_of, positions_of
+
+if TYPE_CHECKING:
+    from scmpr_ros.config import ScmprConfig
 
 EXTRA_CANDIDATES_EXCLUDE = 40  # more hypotheses asked for when exclude-recent drops some
 
@@ -90,9 +95,9 @@ def evaluate(
 
     from scmpr_ros.config import default_config_dir, load_config
     from scmpr_ros.datasets import open_sequence
-    from scmpr_ros.model import load_checkpoint, model_checksum
-    from scmpr_ros.mapping.map_file import read_map
     from scmpr_ros.localization.recognizer import PlaceRecognizer
+    from scmpr_ros.mapping.map_file import read_map
+    from scmpr_ros.model import load_checkpoint, model_checksum
 
     if threshold_m <= 0:
         raise EvaluationError(f"--threshold must be > 0 m, got {threshold_m}")
@@ -112,7 +117,9 @@ def evaluate(
     max_n = max(ns)
     k = max(max_n, cfg.retrieval.top_k) + (EXTRA_CANDIDATES_EXCLUDE if exclude_recent_s else 0)
     k = min(k, map_data.num_viewpoints)
-    cfg = dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, top_k=k, rerank_k=max(cfg.retrieval.rerank_k, k)))
+    cfg = dataclasses.replace(
+        cfg, retrieval=dataclasses.replace(cfg.retrieval, top_k=k, rerank_k=max(cfg.retrieval.rerank_k, k))
+    )
     recognizer = PlaceRecognizer(model, map_data, cfg)
 
     db_xyz = positions_of(np.asarray(map_data.poses))
@@ -159,18 +166,29 @@ def evaluate(
         if not frames:
             raise EvaluationError(f"{queries_dir}/sequences/{seq_name}: no frame with a valid pose to query")
         q_times = np.asarray(seq.times, dtype=np.float64)[frames] if exclude_recent_s is not None else None
-        if exclude_recent_s is not None and map_sequence is None and str(map_meta.get("sequence", "")) not in ("", seq_name):
+        if (
+            exclude_recent_s is not None
+            and map_sequence is None
+            and str(map_meta.get("sequence", "")) not in ("", seq_name)
+        ):
             raise EvaluationError(
                 f"--exclude-recent compares times of one sequence, but the map is from sequence "
                 f"{map_meta.get('sequence')} and the queries from {seq_name}; leave it out for cross-pass evaluation"
             )
+
         def score(order: np.ndarray):
             return recall_at_n(
-                order, q_T, db_xyz, threshold_m, ns,
+                order,
+                q_T,
+                db_xyz,
+                threshold_m,
+                ns,
                 query_yaw=heading_of(q_T, 0) if yaw_gate_deg is not None else None,
                 db_yaw=db_yaw if yaw_gate_deg is not None else None,
                 yaw_gate_deg=yaw_gate_deg,
-                query_times=q_times, db_times=db_times, exclude_recent_s=exclude_recent_s,
+                query_times=q_times,
+                db_times=db_times,
+                exclude_recent_s=exclude_recent_s,
             )
 
         result = score(ranked)
@@ -181,7 +199,7 @@ def evaluate(
         records[key] = {"result": result, "query_xyz": positions_of(q_T), "frames": frames}
 
     # Aggregate over all queries (each condition weighted by its evaluated queries).
-    ns_sorted = tuple(sorted(set(int(n) for n in ns)))
+    ns_sorted = tuple(sorted({int(n) for n in ns}))
     overall = _pooled_recall([r["result"] for r in records.values()], ns_sorted)
     summary = {
         "model": str(model_path),
@@ -195,12 +213,17 @@ def evaluate(
         "beta": cfg.retrieval.beta,
         "overall": overall | {"num_evaluated": sum(r["result"].num_evaluated for r in records.values())},
         "per_condition": per,
-        "latency_ms_per_query_batched": {"median": float(np.median(timings)), "p95": float(np.percentile(timings, 95))} if timings else {},
+        "latency_ms_per_query_batched": {"median": float(np.median(timings)), "p95": float(np.percentile(timings, 95))}
+        if timings
+        else {},
     }
     if betas:
         summary["beta_sweep"] = [
-            {"beta": b, "per_condition": {c: r.recall[1] for c, r in swept[b].items()},
-             "overall": _pooled_recall(list(swept[b].values()), ns_sorted)}
+            {
+                "beta": b,
+                "per_condition": {c: r.recall[1] for c, r in swept[b].items()},
+                "overall": _pooled_recall(list(swept[b].values()), ns_sorted),
+            }
             for b in betas
         ]
     if out_dir is not None:
@@ -222,7 +245,10 @@ def write_outputs(out: Path, summary: dict, records: dict, db_xyz: np.ndarray, n
 
     out.mkdir(parents=True, exist_ok=True)
     curves = {name: (list(ns), [r["result"].recall[n] for n in ns]) for name, r in records.items()}
-    files = {"json": str(out / "results.json"), "recall_curve": str(plot_recall_curve(curves, out / "recall_at_n.png", threshold_m=summary["threshold_m"]))}
+    files = {
+        "json": str(out / "results.json"),
+        "recall_curve": str(plot_recall_curve(curves, out / "recall_at_n.png", threshold_m=summary["threshold_m"])),
+    }
     for name, r in records.items():
         res = r["result"]
         top1 = np.full((len(res.top1_ids), 3), np.nan)
@@ -230,8 +256,13 @@ def write_outputs(out: Path, summary: dict, records: dict, db_xyz: np.ndarray, n
         top1[ok] = db_xyz[res.top1_ids[ok]]
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
         path = plot_trajectory(
-            db_xyz, r["query_xyz"], res.hits_at(1), out / f"trajectory_{safe}.png",
-            title=f"{name}: R@1 {100 * res.recall[1]:.1f}% within {res.threshold_m:g} m", evaluated=res.evaluated, top1_xy=top1,
+            db_xyz,
+            r["query_xyz"],
+            res.hits_at(1),
+            out / f"trajectory_{safe}.png",
+            title=f"{name}: R@1 {100 * res.recall[1]:.1f}% within {res.threshold_m:g} m",
+            evaluated=res.evaluated,
+            top1_xy=top1,
         )
         files[f"trajectory_{name}"] = str(path)
     summary["files"] = files
@@ -258,10 +289,19 @@ def format_summary(summary: dict) -> str:
     sweep = summary.get("beta_sweep") or []
     if sweep:
         conds = list(sweep[0]["per_condition"])
-        lines.append(f"R@1 by re-rank beta (alpha {summary['alpha']:g}): " + f"{'beta':>6} " + " ".join(f"{c:>8}" for c in conds) + f" {'all':>8}")
+        lines.append(
+            f"R@1 by re-rank beta (alpha {summary['alpha']:g}): "
+            + f"{'beta':>6} "
+            + " ".join(f"{c:>8}" for c in conds)
+            + f" {'all':>8}"
+        )
         for row in sweep:
-            lines.append(" " * 34 + f"{row['beta']:>6g} " + " ".join(f"{100 * row['per_condition'][c]:>7.1f}%" for c in conds)
-                         + f" {100 * row['overall']['R@1']:>7.1f}%")
+            lines.append(
+                " " * 34
+                + f"{row['beta']:>6g} "
+                + " ".join(f"{100 * row['per_condition'][c]:>7.1f}%" for c in conds)
+                + f" {100 * row['overall']['R@1']:>7.1f}%"
+            )
     return "\n".join(lines)
 
 
@@ -279,16 +319,27 @@ def build_and_evaluate(
 ) -> dict[str, Any]:
     """Map of ``map_sequence`` with this model, then ``evaluate`` of the query sequences against it."""
     from scmpr_ros.datasets import open_sequence
-    from scmpr_ros.model import load_checkpoint, model_checksum
     from scmpr_ros.mapping.builder import build_map
+    from scmpr_ros.model import load_checkpoint, model_checksum
 
     net, _, _ = load_checkpoint(model_path, device)
     map_path = out / f"map_{map_sequence}.scmpr-map"
     seq = open_sequence(eval_root, map_sequence)
-    build = build_map(seq, net, cfg, map_path, model_checksum(net), progress=progress, metadata={"model_file": str(model_path)})
-    summary = evaluate(model_path, map_path, eval_root, query_sequences, threshold_m=threshold_m,
-                       exclude_recent_s=exclude_recent_s, map_sequence=map_sequence if exclude_recent_s else None,
-                       out_dir=out / "eval", device=device, progress=progress)
+    build = build_map(
+        seq, net, cfg, map_path, model_checksum(net), progress=progress, metadata={"model_file": str(model_path)}
+    )
+    summary = evaluate(
+        model_path,
+        map_path,
+        eval_root,
+        query_sequences,
+        threshold_m=threshold_m,
+        exclude_recent_s=exclude_recent_s,
+        map_sequence=map_sequence if exclude_recent_s else None,
+        out_dir=out / "eval",
+        device=device,
+        progress=progress,
+    )
     summary["map_build"] = {k: build[k] for k in ("viewpoints", "places", "viewpoints_per_s", "seconds_total")}
     return summary
 
@@ -310,17 +361,35 @@ def run_protocol(
     out = Path(out)
     rows = {}
     for s in sequences:
-        summary = build_and_evaluate(Path(model_path), Path(data), s, [s], cfg, out / f"seq_{s}", device=device,
-                                     threshold_m=threshold_m, exclude_recent_s=exclude_recent_s, progress=progress)
+        summary = build_and_evaluate(
+            Path(model_path),
+            Path(data),
+            s,
+            [s],
+            cfg,
+            out / f"seq_{s}",
+            device=device,
+            threshold_m=threshold_m,
+            exclude_recent_s=exclude_recent_s,
+            progress=progress,
+        )
         rows[s] = summary
     ns = [k for k in next(iter(rows.values()))["overall"] if k.startswith("R@")]
     title = f"Cross-modal place recognition, threshold {threshold_m:g} m" + (
-        f", exclude-recent {exclude_recent_s:g} s" if exclude_recent_s else "")
-    lines = [f"### {title}", "", "| sequence | queries | viewpoints | " + " | ".join(f"{n} (%)" for n in ns) + " |",
-             "|---|---|---|" + "---|" * len(ns)]
+        f", exclude-recent {exclude_recent_s:g} s" if exclude_recent_s else ""
+    )
+    lines = [
+        f"### {title}",
+        "",
+        "| sequence | queries | viewpoints | " + " | ".join(f"{n} (%)" for n in ns) + " |",
+        "|---|---|---|" + "---|" * len(ns),
+    ]
     for s, r in rows.items():
-        lines.append(f"| {s} | {r['overall']['num_evaluated']} | {r['num_viewpoints']} | "
-                     + " | ".join(f"{100 * r['overall'][n]:.2f}" for n in ns) + " |")
+        lines.append(
+            f"| {s} | {r['overall']['num_evaluated']} | {r['num_viewpoints']} | "
+            + " | ".join(f"{100 * r['overall'][n]:.2f}" for n in ns)
+            + " |"
+        )
     mean = {n: sum(r["overall"][n] for r in rows.values()) / len(rows) for n in ns}
     lines.append("| mean | | | " + " | ".join(f"{100 * mean[n]:.2f}" for n in ns) + " |")
     table = "\n".join(lines)

@@ -2,17 +2,17 @@
 
 matplotlib with the non-interactive Agg backend; files are written atomically.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from scmpr_ros.io_utils import pyplot_agg, write_figure_png
 
 CONDITION_COLORS = {"day": "#1f77b4", "night": "#2c2c54", "winter": "#17becf", "all": "#ff7f0e"}
-
 
 
 def plot_recall_curve(
@@ -67,12 +67,36 @@ def plot_trajectory(
         top1_xy = np.asarray(top1_xy, dtype=np.float64)[:, :2]
         for q in np.flatnonzero(miss):
             if np.isfinite(top1_xy[q]).all():
-                ax.plot([query_xy[q, 0], top1_xy[q, 0]], [query_xy[q, 1], top1_xy[q, 1]], color="#d62728", lw=0.5, alpha=0.35, zorder=2)
+                ax.plot(
+                    [query_xy[q, 0], top1_xy[q, 0]],
+                    [query_xy[q, 1], top1_xy[q, 1]],
+                    color="#d62728",
+                    lw=0.5,
+                    alpha=0.35,
+                    zorder=2,
+                )
     n_eval = max(int(evaluated.sum()), 1)
-    ax.scatter(query_xy[evaluated & hits, 0], query_xy[evaluated & hits, 1], s=14, c="#2ca02c", label=f"hit@1 ({int((evaluated & hits).sum())}/{n_eval})", zorder=3)
-    ax.scatter(query_xy[miss, 0], query_xy[miss, 1], s=14, c="#d62728", label=f"miss@1 ({int(miss.sum())}/{n_eval})", zorder=4)
+    ax.scatter(
+        query_xy[evaluated & hits, 0],
+        query_xy[evaluated & hits, 1],
+        s=14,
+        c="#2ca02c",
+        label=f"hit@1 ({int((evaluated & hits).sum())}/{n_eval})",
+        zorder=3,
+    )
+    ax.scatter(
+        query_xy[miss, 0], query_xy[miss, 1], s=14, c="#d62728", label=f"miss@1 ({int(miss.sum())}/{n_eval})", zorder=4
+    )
     if (~evaluated).any():
-        ax.scatter(query_xy[~evaluated, 0], query_xy[~evaluated, 1], s=14, c="#7f7f7f", marker="x", label=f"no true match in map ({int((~evaluated).sum())})", zorder=3)
+        ax.scatter(
+            query_xy[~evaluated, 0],
+            query_xy[~evaluated, 1],
+            s=14,
+            c="#7f7f7f",
+            marker="x",
+            label=f"no true match in map ({int((~evaluated).sum())})",
+            zorder=3,
+        )
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")

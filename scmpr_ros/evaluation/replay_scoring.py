@@ -3,6 +3,7 @@
 Pure data in, numbers out (no rclpy, no bag reading): nodes/replay.py records the results and reads
 the bag's ground truth, this module scores them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,7 +29,9 @@ def score_replay(
     index_of = {int(v): i for i, v in enumerate(np.asarray(m.viewpoint_ids))}
     stamps = sorted(s for s in results if s in ground_truth)
     if not stamps:
-        raise ScmprError("no published result has a ground-truth pose with the same stamp: is the bag's ground truth missing?")
+        raise ScmprError(
+            "no published result has a ground-truth pose with the same stamp: is the bag's ground truth missing?"
+        )
     k = max(len(results[s]["hypotheses"]) for s in stamps)
     ranked = np.full((len(stamps), k), -1, dtype=np.int64)
     for j, s in enumerate(stamps):
@@ -47,6 +50,12 @@ def score_replay(
         "num_scored": rr.num_evaluated,
         "num_results": len(results),
         "threshold_m": threshold_m,
-        "_detail": {"stamps": stamps, "query_xyz": q_xyz, "db_xyz": np.asarray(m.poses)[:, :3].copy(),
-                    "hits": rr.hits_at(1), "evaluated": rr.evaluated, "top1": rr.top1_ids},
+        "_detail": {
+            "stamps": stamps,
+            "query_xyz": q_xyz,
+            "db_xyz": np.asarray(m.poses)[:, :3].copy(),
+            "hits": rr.hits_at(1),
+            "evaluated": rr.evaluated,
+            "top1": rr.top1_ids,
+        },
     }

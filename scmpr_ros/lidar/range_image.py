@@ -5,6 +5,7 @@ row = floor((fov_up - asin(z / r)) / (fov_up - fov_down) * H); the nearest point
 Normals: mean of the cross products of the four (right, down, left, up) neighbour pairs whose range
 is within ``NORMAL_MAX_REL_JUMP`` of the centre, oriented towards the sensor.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,11 +94,7 @@ class RangeProjector:
         colf = (0.5 * (1.0 - yaw / np.pi)) * self.W
         rowf = (self.fov_up - pitch) / self.fov * self.H
         in_view = (
-            np.isfinite(r)
-            & (r >= self.cfg.min_range_m)
-            & (r <= self.cfg.max_range_m)
-            & (rowf >= 0)
-            & (rowf < self.H)
+            np.isfinite(r) & (r >= self.cfg.min_range_m) & (r <= self.cfg.max_range_m) & (rowf >= 0) & (rowf < self.H)
         )
         rows = np.floor(np.where(in_view, rowf, 0)).astype(np.int64)
         cols = np.floor(np.where(in_view, colf, 0)).astype(np.int64) % self.W
@@ -262,7 +259,7 @@ def estimate_normals(xyz: np.ndarray, rng: np.ndarray, valid: np.ndarray, wrap: 
 
 def encoder_input(ri: RangeImage, cfg: LidarConfig | None = None) -> np.ndarray:
     """(RANGE_CHANNELS, H, W) float32: range/max_range, z/10 m, reflectance, normals, valid mask."""
-    max_range = (cfg.max_range_m if cfg is not None else LidarConfig().max_range_m)
+    max_range = cfg.max_range_m if cfg is not None else LidarConfig().max_range_m
     out = np.empty((RANGE_CHANNELS, ri.height, ri.width), dtype=np.float32)
     v = ri.valid
     out[0] = np.where(v, ri.range / max_range, 0.0)

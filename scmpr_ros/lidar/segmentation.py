@@ -6,6 +6,7 @@
   channels plus local height context (numpy inference; weights in a ``.npz``); each point takes the
   class predicted for its pixel.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -105,28 +106,35 @@ class RangeImageSegmenter:
         self.projector = RangeProjector(cfg)
         self.source = source
         try:
-            self.layers = [(np.asarray(weights[f"W{i}"], np.float32), np.asarray(weights[f"b{i}"], np.float32))
-                           for i in range(3)]
+            self.layers = [
+                (np.asarray(weights[f"W{i}"], np.float32), np.asarray(weights[f"b{i}"], np.float32)) for i in range(3)
+            ]
             self.mean = np.asarray(weights["mean"], np.float32)
             self.std = np.asarray(weights["std"], np.float32)
         except KeyError as exc:
             raise DatasetError(f"{source}: segmenter weights lack {exc}; retrain with `scmpr train-segmenter`") from exc
         if self.layers[-1][0].shape[1] != NUM_CLASSES:
-            raise DatasetError(f"{source}: segmenter predicts {self.layers[-1][0].shape[1]} classes, expected {NUM_CLASSES}")
+            raise DatasetError(
+                f"{source}: segmenter predicts {self.layers[-1][0].shape[1]} classes, expected {NUM_CLASSES}"
+            )
 
     @classmethod
-    def load(cls, path: str | Path, cfg: LidarConfig) -> "RangeImageSegmenter":
+    def load(cls, path: str | Path, cfg: LidarConfig) -> RangeImageSegmenter:
         path = Path(path)
         if not path.is_file():
-            raise DatasetError(f"segmenter weights not found: {path} (lidar.segmenter_weights); train them with "
-                               "`scmpr train-segmenter`")
+            raise DatasetError(
+                f"segmenter weights not found: {path} (lidar.segmenter_weights); train them with "
+                "`scmpr train-segmenter`"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{path}: not a segmenter weights file ({exc})") from exc
         if str(data.get("format", "")) != SEGMENTER_FORMAT or int(data.get("version", -1)) != SEGMENTER_VERSION:
-            raise DatasetError(f"{path}: not a {SEGMENTER_FORMAT} v{SEGMENTER_VERSION} file; retrain with `scmpr train-segmenter`")
+            raise DatasetError(
+                f"{path}: not a {SEGMENTER_FORMAT} v{SEGMENTER_VERSION} file; retrain with `scmpr train-segmenter`"
+            )
         return cls(data, cfg, str(path))
 
     def save(self, path: str | Path) -> None:
@@ -134,8 +142,13 @@ class RangeImageSegmenter:
 
         arrays = {f"W{i}": w for i, (w, _) in enumerate(self.layers)}
         arrays.update({f"b{i}": b for i, (_, b) in enumerate(self.layers)})
-        arrays.update(mean=self.mean, std=self.std, format=np.array(SEGMENTER_FORMAT),
-                      version=np.array(SEGMENTER_VERSION), classes=np.array(CLASS_NAMES))
+        arrays.update(
+            mean=self.mean,
+            std=self.std,
+            format=np.array(SEGMENTER_FORMAT),
+            version=np.array(SEGMENTER_VERSION),
+            classes=np.array(CLASS_NAMES),
+        )
         with atomic_write(path, "wb") as fh:
             np.savez(fh, **arrays)
 
@@ -183,8 +196,10 @@ def make_segmenter(cfg: LidarConfig, sequence: Any) -> PointSegmenter:
             "(train one with `scmpr train-segmenter` on a labelled dataset), or use a labelled sequence"
         )
     if not cfg.segmenter_weights:
-        raise DatasetError("lidar.segmentation is 'learned' but lidar.segmenter_weights is empty: "
-                           "point it at weights from `scmpr train-segmenter`")
+        raise DatasetError(
+            "lidar.segmentation is 'learned' but lidar.segmenter_weights is empty: "
+            "point it at weights from `scmpr train-segmenter`"
+        )
     return RangeImageSegmenter.load(cfg.segmenter_weights, cfg)
 
 

@@ -10,19 +10,20 @@
   uses the scan for viewpoints without lateral offset (exact, 3x faster) and the map otherwise
   (the re-projected scan leaves parallax holes: test_viewpoints measures both against true scans).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from scmpr_ros.config import CameraConfig, MapConfig
 from scmpr_ros.errors import InputError
 from scmpr_ros.lidar.range_image import RangeImage, RangeProjector, estimate_normals
-from scmpr_ros.semantics.grid import grid_from_points
 from scmpr_ros.semantics import IGNORE_ID, NUM_CLASSES
+from scmpr_ros.semantics.grid import grid_from_points
 
 RENDER_MODES = ("auto", "scan", "map")
 _KEY_BITS = 21
@@ -73,7 +74,7 @@ class LabelledMap:
         lo = np.floor((np.asarray(center_xy[:2]) - radius) / self.tile_size).astype(np.int64) + _KEY_OFFSET
         hi = np.floor((np.asarray(center_xy[:2]) + radius) / self.tile_size).astype(np.int64) + _KEY_OFFSET
         tx, ty = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
-        wanted = ((tx.ravel() << 32) | ty.ravel())
+        wanted = (tx.ravel() << 32) | ty.ravel()
         if not len(self._tile_keys):
             return np.zeros(0, dtype=np.int64)
         pos = np.minimum(np.searchsorted(self._tile_keys, wanted), len(self._tile_keys) - 1)
@@ -361,8 +362,14 @@ class ViewpointRenderer:
         win = order[first]
         pixw = pix_s[first]
         kw = keep_own[win]
-        hit = np.stack([np.where(kw, qx[win], dx[win] * t[win]), np.where(kw, qy[win], dy[win] * t[win]),
-                        np.where(kw, qz[win], dz[win] * t[win])], 1)
+        hit = np.stack(
+            [
+                np.where(kw, qx[win], dx[win] * t[win]),
+                np.where(kw, qy[win], dy[win] * t[win]),
+                np.where(kw, qz[win], dz[win] * t[win]),
+            ],
+            1,
+        )
         rng = np.zeros(H * W, np.float32)
         xyz = np.zeros((H * W, 3), np.float32)
         refl = np.zeros(H * W, np.float32)
@@ -377,10 +384,15 @@ class ViewpointRenderer:
         valid = (point_index >= 0).reshape(H, W)
         rng2, xyz2 = rng.reshape(H, W), xyz.reshape(H, W, 3)
         return RangeImage(
-            range=rng2, xyz=xyz2, reflectance=refl.reshape(H, W),
+            range=rng2,
+            xyz=xyz2,
+            reflectance=refl.reshape(H, W),
             normals=estimate_normals(xyz2, rng2, valid, wrap=True),
-            labels=lab.reshape(H, W), valid=valid, point_index=point_index.reshape(H, W),
-            col_offset=0, full_width=W,
+            labels=lab.reshape(H, W),
+            valid=valid,
+            point_index=point_index.reshape(H, W),
+            col_offset=0,
+            full_width=W,
         )
 
 
@@ -390,8 +402,9 @@ def _in_yaw_window(p: np.ndarray, yaw: float, hfov: float, margin: float) -> np.
     return np.abs(a) <= hfov / 2 + margin
 
 
-def render_agreement(a: RangeImage, b: RangeImage, abs_tol_m: float = 0.3, rel_tol: float = 0.03,
-                     pixel_rad: float | None = None) -> dict:
+def render_agreement(
+    a: RangeImage, b: RangeImage, abs_tol_m: float = 0.3, rel_tol: float = 0.03, pixel_rad: float | None = None
+) -> dict:
     """How well a rendered range image ``a`` matches a real one ``b`` (same geometry).
 
     Ranges agree within max(abs_tol, rel_tol * r, r * pixel_rad * tan(incidence)): the last term is

@@ -4,18 +4,20 @@ D_RGB = model.encode_image(image, map prototypes) (CSA context from the map file
 grid_from_labels(argmax of the segmentation logits); top ``rerank_k`` by cosine from the vector
 index, then Sim = alpha * cos + beta * psi (rerank.py), best ``top_k`` returned.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from scmpr_ros.config import ScmprConfig
 from scmpr_ros.errors import InputError, MapFileError
-from scmpr_ros.retrieval.index import DescriptorIndex
 from scmpr_ros.mapping.map_file import MapData
+from scmpr_ros.retrieval.index import DescriptorIndex
 from scmpr_ros.retrieval.rerank import Hypothesis, rerank
 from scmpr_ros.semantics.grid import grid_from_labels
 
@@ -59,18 +61,35 @@ class PlaceRecognizer:
             self.prototypes = torch.from_numpy(protos.copy()).to(self.device)
         self.grid_rows, self.grid_cols = map_data.grid_shape[:2]
 
-    def rank_again(self, result: RecognitionResult, *, alpha: float | None = None, beta: float | None = None) -> list[Hypothesis]:
+    def rank_again(
+        self, result: RecognitionResult, *, alpha: float | None = None, beta: float | None = None
+    ) -> list[Hypothesis]:
         """The hypotheses of an earlier ``result`` re-ranked with other weights (no encoder pass, no
         search): its index candidates (top ``rerank_k``), scored α·cos + β·ψ."""
         if result.candidates is None:
             raise InputError("rank_again needs a result of this recognizer's recognize / recognize_batch")
         r = self.cfg.retrieval
-        return self._rerank(*result.candidates, result.query_grid,
-                            r.alpha if alpha is None else float(alpha), r.beta if beta is None else float(beta))
+        return self._rerank(
+            *result.candidates,
+            result.query_grid,
+            r.alpha if alpha is None else float(alpha),
+            r.beta if beta is None else float(beta),
+        )
 
-    def _rerank(self, cosines: np.ndarray, rows: np.ndarray, grid: np.ndarray | None, alpha: float, beta: float) -> list[Hypothesis]:
-        return rerank(cosines, rows, grid, self.map.semantic_grids, alpha, beta, self.cfg.retrieval.top_k,
-                      poses=self.map.poses, viewpoint_ids=self.map.viewpoint_ids)
+    def _rerank(
+        self, cosines: np.ndarray, rows: np.ndarray, grid: np.ndarray | None, alpha: float, beta: float
+    ) -> list[Hypothesis]:
+        return rerank(
+            cosines,
+            rows,
+            grid,
+            self.map.semantic_grids,
+            alpha,
+            beta,
+            self.cfg.retrieval.top_k,
+            poses=self.map.poses,
+            viewpoint_ids=self.map.viewpoint_ids,
+        )
 
     def recognize(self, rgb: np.ndarray) -> RecognitionResult:
         return self.recognize_batch([rgb])[0]

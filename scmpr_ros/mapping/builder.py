@@ -5,25 +5,27 @@ Viewpoints (lidar/viewpoints.py) are rendered in the camera's horizontal FOV, en
 per-class sums, so memory does not grow with the map); a background thread renders the next batch
 while the encoder runs (numpy and torch both release the GIL).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from scmpr_ros.config import CameraConfig, ScmprConfig
-from scmpr_ros.errors import DatasetError, InputError
+from scmpr_ros.config import ScmprConfig
 from scmpr_ros.datasets.base import camera_from_calibration
+from scmpr_ros.errors import DatasetError, InputError
+from scmpr_ros.geometry import matrices_to_poses
 from scmpr_ros.lidar.range_image import RangeProjector, camera_fov, crop_to_fov, encoder_input
 from scmpr_ros.lidar.segmentation import make_segmenter
 from scmpr_ros.lidar.viewpoints import MapAccumulator, ViewpointRenderer, frustum_grid, plan_viewpoints
 from scmpr_ros.mapping.map_file import MapData, camera_dict, write_map
-from scmpr_ros.geometry import matrices_to_poses
 
 Progress = Callable[[str, int, int], None]
 

@@ -5,6 +5,7 @@ length, u64 file size, sha256 of bytes [64:]; then a UTF-8 JSON header (array ta
 then the arrays, each 64-byte aligned.  Semantic grids are bit-packed per viewpoint.
 Loading checks magic, version, size, checksum, shapes, finiteness and model compatibility.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +51,7 @@ class PackedGrids:
             )
 
     @classmethod
-    def pack(cls, grids: np.ndarray) -> "PackedGrids":
+    def pack(cls, grids: np.ndarray) -> PackedGrids:
         g = np.asarray(grids, dtype=bool)
         if g.ndim != 4:
             raise MapFileError(f"semantic grids must be (N, rows, cols, classes), got shape {g.shape}")
@@ -116,10 +117,7 @@ class MapData:
 # -- poses --------------------------------------------------------------------------------------
 # -- validation ---------------------------------------------------------------------------------
 def _all_finite(a: np.ndarray) -> bool:
-    for s in range(0, len(a), _CHUNK_ROWS):
-        if not np.isfinite(a[s : s + _CHUNK_ROWS]).all():
-            return False
-    return True
+    return all(np.isfinite(a[s : s + _CHUNK_ROWS]).all() for s in range(0, len(a), _CHUNK_ROWS))
 
 
 def validate_map(m: MapData, where: str) -> None:
@@ -194,8 +192,14 @@ def write_map(path: str | Path, m: MapData) -> int:
         "descriptor_dim": m.descriptor_dim,
         "descriptor_dtype": str(m.descriptors.dtype),
         "frame_id": m.frame_id,
-        "grid": {"rows": rows, "cols": cols, "num_classes": ncls, "class_names": list(CLASS_NAMES),
-                 "min_fraction": float(m.grid_min_fraction), "packed": "packbits"},
+        "grid": {
+            "rows": rows,
+            "cols": cols,
+            "num_classes": ncls,
+            "class_names": list(CLASS_NAMES),
+            "min_fraction": float(m.grid_min_fraction),
+            "packed": "packbits",
+        },
         "camera": m.camera,
         "model_config": m.model_config,
         "model_checksum": m.model_checksum,
@@ -371,8 +375,12 @@ def describe_map(m: MapData, path: str | Path | None = None) -> dict:
         "descriptor_dim": m.descriptor_dim,
         "descriptor_dtype": str(m.descriptors.dtype),
         "frame_id": m.frame_id,
-        "semantic_grid": {"rows": m.grid_shape[0], "cols": m.grid_shape[1], "classes": m.grid_shape[2],
-                          "min_fraction": m.grid_min_fraction},
+        "semantic_grid": {
+            "rows": m.grid_shape[0],
+            "cols": m.grid_shape[1],
+            "classes": m.grid_shape[2],
+            "min_fraction": m.grid_min_fraction,
+        },
         "prototypes": list(m.prototypes.shape),
         "model_checksum": m.model_checksum,
         "model_config": m.model_config,

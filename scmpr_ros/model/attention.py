@@ -4,6 +4,7 @@ Each image feature f (pixel) attends over the map's N_S per-class prototypes P (
 LiDAR class features, never place-specific): w = softmax_c(q(f)·k(P_c)/√d_a), ctx = Σ_c w_c v(P_c);
 gate A = σ(W_g [f; ctx] + b_g), F' = A ⊙ F.  Without a map the learned default prototypes are used.
 """
+
 from __future__ import annotations
 
 import math

@@ -2,6 +2,7 @@
 (K clusters on the 512-d conv5 features, projection to d_D), written here because torchvision cannot
 be installed beside the CPU torch.  Used by ``scmpr benchmark encoder`` as the yardstick.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn

@@ -3,13 +3,14 @@ ModelConfig as JSON, user meta as JSON, SHA-256 of the weights).  Loading verifi
 builds the model from the stored config before returning, so a bad file never gives a half-loaded
 model.  ``model_checksum`` = SHA-256 over (name, dtype, shape, bytes) of the sorted state dict.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,7 +41,9 @@ def model_checksum(model: nn.Module) -> str:
     return state_checksum(model.state_dict())
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, cfg: Optional[ModelConfig] = None, meta: Optional[dict[str, Any]] = None) -> str:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, cfg: ModelConfig | None = None, meta: dict[str, Any] | None = None
+) -> str:
     """Write model + config (+ JSON-serialisable ``meta``) atomically to ``path``; returns the checksum."""
     from safetensors.torch import save
 
@@ -72,7 +75,9 @@ def _read_header(data: bytes, path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: file is too short to be a checkpoint ({len(data)} bytes)")
     n = int.from_bytes(data[:8], "little")
     if n <= 0 or 8 + n > len(data):
-        raise CheckpointError(f"{path}: not a safetensors checkpoint (bad header length); is it a checkpoint written by scmpr?")
+        raise CheckpointError(
+            f"{path}: not a safetensors checkpoint (bad header length); is it a checkpoint written by scmpr?"
+        )
     try:
         header = json.loads(data[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -81,7 +86,9 @@ def _read_header(data: bytes, path: Path) -> dict[str, str]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an scmpr checkpoint (no '{FORMAT}' tag in the header)")
     if meta.get("version") != str(VERSION):
-        raise CheckpointError(f"{path}: checkpoint version {meta.get('version')!r}, this scmpr_ros reads version {VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint version {meta.get('version')!r}, this scmpr_ros reads version {VERSION}"
+        )
     for key in ("config", "meta", "checksum"):
         if key not in meta:
             raise CheckpointError(f"{path}: checkpoint header lacks '{key}'")
@@ -105,7 +112,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     except (SafetensorError, Exception) as exc:  # noqa: BLE001 - any parse failure is a corrupt file
         raise CheckpointError(f"{path}: corrupt checkpoint tensors ({exc})") from exc
     if state_checksum(state) != header["checksum"]:
-        raise CheckpointError(f"{path}: checksum mismatch - the weights are corrupt or were modified; re-copy or retrain")
+        raise CheckpointError(
+            f"{path}: checksum mismatch - the weights are corrupt or were modified; re-copy or retrain"
+        )
     try:
         cfg_dict = json.loads(header["config"])
         meta = json.loads(header["meta"])

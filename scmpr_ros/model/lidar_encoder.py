@@ -5,9 +5,10 @@ concatenated with a learned embedding of the per-pixel semantic label (IGNORE_ID
 embedding).  Stem conv (stride 1x2) + residual stages (stride 2 each) + 1x1 to the feature dim,
 output stride (2^S, 2^(S+1)).  Per-class weights = fraction of each cell's pixels with that label.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,7 @@ class LidarEncoder(nn.Module):
         self.stages = nn.Sequential(*blocks)
         self.head = nn.Conv2d(prev, feature_dim, 1)
 
-    def forward(self, x: Tensor, labels: Optional[Tensor] = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """x (B, C_in, H, W), labels (B, H, W) -> (features (B, C, h, w), class fractions (B, N_S, h, w) or None)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise InputError(f"range input must be (B, {self.in_channels}, H, W), got {tuple(x.shape)}")

@@ -7,9 +7,8 @@
   (eq. 11 with 𝒫_c = the matched RGB/LiDAR pairs and dist = cosine distance).
 * L_seg: pixel cross-entropy with ignore_index = IGNORE_ID (sparse labels from projected points).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +20,16 @@ from scmpr_ros.semantics import IGNORE_ID
 
 def _check_pair(a: Tensor, b: Tensor, what: str) -> None:
     if a.dim() != 2 or a.shape != b.shape:
-        raise ScmprError(f"{what}: descriptors must be two (B, D) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ScmprError(
+            f"{what}: descriptors must be two (B, D) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
 
 
 def info_nce(
     d_rgb: Tensor,
     d_lidar: Tensor,
     temperature: Tensor | float = 0.07,
-    positive_mask: Optional[Tensor] = None,
+    positive_mask: Tensor | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE; descriptors (B, D) (normalised here), temperature a float or a (learned) tensor.
     ``positive_mask`` (B, B) bool marks further true matches, which are not used as negatives."""
@@ -44,7 +45,7 @@ def info_nce(
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def triplet_loss(d_rgb: Tensor, d_lidar: Tensor, margin: float = 0.3, positive_mask: Optional[Tensor] = None) -> Tensor:
+def triplet_loss(d_rgb: Tensor, d_lidar: Tensor, margin: float = 0.3, positive_mask: Tensor | None = None) -> Tensor:
     """Batch-hard triplet loss over the cross-modal distance matrix, RGB->LiDAR and LiDAR->RGB."""
     _check_pair(d_rgb, d_lidar, "triplet_loss")
     n = d_rgb.shape[0]
@@ -91,9 +92,13 @@ def semantic_consistency_loss(
 def segmentation_loss(seg_logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_ID) -> Tensor:
     """L_seg: cross-entropy of (B, N_S, H, W) logits with (B, H, W) sparse labels; zero when all ignored."""
     if seg_logits.dim() != 4 or labels.dim() != 3 or labels.shape[0] != seg_logits.shape[0]:
-        raise ScmprError(f"segmentation_loss: logits (B, N_S, H, W) and labels (B, H, W) expected, got {tuple(seg_logits.shape)} and {tuple(labels.shape)}")
+        raise ScmprError(
+            f"segmentation_loss: logits (B, N_S, H, W) and labels (B, H, W) expected, got {tuple(seg_logits.shape)} and {tuple(labels.shape)}"
+        )
     if labels.shape[-2:] != seg_logits.shape[-2:]:
-        raise ScmprError(f"segmentation_loss: labels {tuple(labels.shape[-2:])} and logits {tuple(seg_logits.shape[-2:])} differ in size")
+        raise ScmprError(
+            f"segmentation_loss: labels {tuple(labels.shape[-2:])} and logits {tuple(seg_logits.shape[-2:])} differ in size"
+        )
     labels = labels.long()
     valid = labels != ignore_index
     if not valid.any():
@@ -103,8 +108,8 @@ def segmentation_loss(seg_logits: Tensor, labels: Tensor, ignore_index: int = IG
 
 def total_loss(
     l_con: Tensor,
-    l_sem: Optional[Tensor] = None,
-    l_seg: Optional[Tensor] = None,
+    l_sem: Tensor | None = None,
+    l_seg: Tensor | None = None,
     lambda_sem: float = 0.1,
     mu_seg: float = 1.0,
 ) -> Tensor:

@@ -3,6 +3,7 @@ intra-normalise each V_k, flatten, L2; optional linear projection to d_D (PCA-wh
 by ``init_projection_pca``) followed by L2.  ``init_netvlad_from_features`` sets c_k by spherical
 k-means and w_k = 2α c_k, b_k = −α‖c_k‖² (α from the top-1/top-2 assignment gap).
 """
+
 from __future__ import annotations
 
 import math
@@ -90,12 +91,16 @@ def spherical_kmeans(x: Tensor, k: int, iters: int = 30, seed: int = 0) -> Tenso
 
 
 @torch.no_grad()
-def init_netvlad_from_features(netvlad: NetVLAD, features: Tensor, iters: int = 30, seed: int = 0, max_features: int = 50000) -> None:
+def init_netvlad_from_features(
+    netvlad: NetVLAD, features: Tensor, iters: int = 30, seed: int = 0, max_features: int = 50000
+) -> None:
     """Centroids from k-means over local features (N, C) (or (B, C, H, W)); α from the assignment gap."""
     if features.dim() == 4:
         features = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
     if features.dim() != 2 or features.shape[1] != netvlad.dim:
-        raise ScmprError(f"init_netvlad_from_features: expected (N, {netvlad.dim}) features, got {tuple(features.shape)}")
+        raise ScmprError(
+            f"init_netvlad_from_features: expected (N, {netvlad.dim}) features, got {tuple(features.shape)}"
+        )
     features = features[torch.isfinite(features).all(1)]
     if features.shape[0] > max_features:
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -116,7 +121,9 @@ def init_projection_pca(netvlad: NetVLAD, vlads: Tensor, whiten: bool = True, ep
         raise ScmprError("init_projection_pca: this NetVLAD has no projection (model.descriptor_dim is 0)")
     x = vlads.float()
     if x.dim() != 2 or x.shape[1] != netvlad.clusters * netvlad.dim:
-        raise ScmprError(f"init_projection_pca: expected (N, {netvlad.clusters * netvlad.dim}) VLADs, got {tuple(x.shape)}")
+        raise ScmprError(
+            f"init_projection_pca: expected (N, {netvlad.clusters * netvlad.dim}) VLADs, got {tuple(x.shape)}"
+        )
     out_dim = netvlad.proj.out_features
     mean = x.mean(0)
     xc = x - mean

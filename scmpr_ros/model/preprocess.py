@@ -1,8 +1,9 @@
 """Camera image -> encoder input: resize the whole frame to (image_height, image_width) (no crop, so
 the field of view matches the LiDAR crop), RGB float in [0, 1], normalised with ImageNet mean/std."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

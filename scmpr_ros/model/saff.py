@@ -6,17 +6,23 @@ F = F_d + σ(W_g F_s) ⊙ F_d.  Segmentation logits: 1x1 on F_s (stride 8), upsa
 the stride-4 stage (detail), bilinearly upsampled to the input size.  ``use_saff=False`` keeps only
 the neck and F_d (no segmentation branch, no gate, no logits).
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 class ConvBNAct(nn.Sequential):
-    def __init__(self, cin: int, cout: int, k: int = 1, stride: int | tuple[int, int] = 1, groups: int = 1, act: bool = True):
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    def __init__(
+        self, cin: int, cout: int, k: int = 1, stride: int | tuple[int, int] = 1, groups: int = 1, act: bool = True
+    ):
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         if act:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
@@ -43,7 +49,9 @@ class SAFFHead(nn.Module):
             self.seg_cls = nn.Conv2d(feature_dim, num_classes, 1)
             self.seg_detail = nn.Conv2d(in_channels[0], num_classes, 1)
 
-    def forward(self, feats: Sequence[Tensor], out_size: tuple[int, int]) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    def forward(
+        self, feats: Sequence[Tensor], out_size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """feats: the four stage maps (stride 4..32). Returns (F (B, C, H/8, W/8),
         seg_logits (B, N_S, H, W) or None, class probabilities at stride 8 (B, N_S, H/8, W/8) or None)."""
         size8 = feats[1].shape[-2:]
@@ -51,7 +59,11 @@ class SAFFHead(nn.Module):
         for lat, f in zip(self.lateral, feats):
             x = lat(f)
             if x.shape[-2:] != size8:
-                x = F.adaptive_avg_pool2d(x, size8) if x.shape[-1] > size8[-1] else F.interpolate(x, size=size8, mode="bilinear", align_corners=False)
+                x = (
+                    F.adaptive_avg_pool2d(x, size8)
+                    if x.shape[-1] > size8[-1]
+                    else F.interpolate(x, size=size8, mode="bilinear", align_corners=False)
+                )
             p = x if p is None else p + x
         p = self.fuse(p)
         fd = self.desc(p)

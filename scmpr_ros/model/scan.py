@@ -11,10 +11,10 @@ reverse) and ``reference`` (the plain sequential loop, for tests).  Decays are m
 divided, so nothing overflows (a log-cumsum formulation would).  ``auto`` / ``cpu`` on a CPU take
 numba when no gradient is needed and numba is importable, else torch.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,9 @@ def resolve_backend(backend: str, device: torch.device, grad: bool = False) -> s
                 f"({NUMBA_IMPORT_ERROR or 'disabled'}); `pip install numba` or set model.scan_backend to 'auto'"
             )
         if device.type != "cpu":
-            raise ScanBackendError(f"model.scan_backend=numba runs on the CPU, but the tensors are on {device}; use 'auto'")
+            raise ScanBackendError(
+                f"model.scan_backend=numba runs on the CPU, but the tensors are on {device}; use 'auto'"
+            )
         if grad:
             raise ScanBackendError(
                 "model.scan_backend=numba has no backward pass; train with 'auto' or 'torch' "
@@ -105,11 +107,11 @@ def resolve_backend(backend: str, device: torch.device, grad: bool = False) -> s
     return backend
 
 
-def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _np32(t: Optional[Tensor]):
+def _np32(t: Tensor | None):
     """A float32 contiguous numpy view (a copy only when needed) of a CPU tensor, or None."""
     if t is None:
         return None
@@ -123,8 +125,15 @@ def _numba_tokens(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> Tensor
     if B.dim() == 3:
         B, C = B.unsqueeze(2), C.unsqueeze(2)
     y = scan_numba.scan_tokens(
-        _np32(u), _np32(delta), _np32(A), _np32(B), _np32(C), _np32(D), _np32(delta_bias),
-        bool(delta_softplus), torch.get_num_threads(),
+        _np32(u),
+        _np32(delta),
+        _np32(A),
+        _np32(B),
+        _np32(C),
+        _np32(D),
+        _np32(delta_bias),
+        bool(delta_softplus),
+        torch.get_num_threads(),
     )
     out = torch.from_numpy(y)
     if z is not None:
@@ -142,7 +151,7 @@ def _chunk_len(length: int) -> int:
     return int(min(256, max(8, round(math.sqrt(length / 2)))))
 
 
-def _sequential(a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor) -> None:
+def _sequential(a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor) -> None:
     """out[:, t] = a[:, t] * out[:, t-1] + b[:, t] along dim 1 (any leading/trailing dims)."""
     if h0 is None:
         out[:, 0].copy_(b[:, 0])
@@ -154,7 +163,7 @@ def _sequential(a: Tensor, b: Tensor, h0: Optional[Tensor], out: Tensor) -> None
 
 @torch.no_grad()
 def linear_recurrence(
-    a: Tensor, b: Tensor, h0: Optional[Tensor] = None, chunk: int = 0, out: Optional[Tensor] = None
+    a: Tensor, b: Tensor, h0: Tensor | None = None, chunk: int = 0, out: Tensor | None = None
 ) -> Tensor:
     """All states of h_t = a_t h_{t-1} + b_t (h_{-1} = h0 or 0); a, b: (B, L, M) -> (B, L, M).
 
@@ -209,7 +218,7 @@ class _LinearRecurrence(torch.autograd.Function):
         return grad_a, g, grad_h0
 
 
-def linear_recurrence_autograd(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> Tensor:
+def linear_recurrence_autograd(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     if h0 is None:
         h0 = torch.zeros(a.shape[0], a.shape[2], dtype=a.dtype, device=a.device)
     if not (a.requires_grad or b.requires_grad or h0.requires_grad) or not torch.is_grad_enabled():
@@ -228,9 +237,9 @@ def selective_scan_tokens(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
 ) -> Tensor:
     """Selective scan on token-major tensors: u, delta, z (B, L, Dc); A (Dc, N);
@@ -285,14 +294,18 @@ def selective_scan_tokens(
 
 def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
     if u.dim() != 3 or delta.shape != u.shape:
-        raise ScanBackendError(f"selective_scan: u and delta must be (B, D, L) of one shape, got {tuple(u.shape)} and {tuple(delta.shape)}")
+        raise ScanBackendError(
+            f"selective_scan: u and delta must be (B, D, L) of one shape, got {tuple(u.shape)} and {tuple(delta.shape)}"
+        )
     if A.dim() != 2 or A.shape[0] != u.shape[1]:
         raise ScanBackendError(f"selective_scan: A must be (D, N) with D={u.shape[1]}, got {tuple(A.shape)}")
     for name, t in (("B", B), ("C", C)):
         if t.dim() not in (3, 4) or t.shape[0] != u.shape[0] or t.shape[-1] != u.shape[2] or t.shape[-2] != A.shape[1]:
             raise ScanBackendError(f"selective_scan: {name} must be (B, N, L) or (B, G, N, L), got {tuple(t.shape)}")
         if t.dim() == 4 and u.shape[1] % t.shape[1]:
-            raise ScanBackendError(f"selective_scan: {name} has {t.shape[1]} groups, which do not divide D={u.shape[1]}")
+            raise ScanBackendError(
+                f"selective_scan: {name} has {t.shape[1]} groups, which do not divide D={u.shape[1]}"
+            )
 
 
 def selective_scan(
@@ -301,9 +314,9 @@ def selective_scan(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     backend: str = "auto",
 ) -> Tensor:
@@ -313,8 +326,17 @@ def selective_scan(
     which = resolve_backend(backend, u.device, _needs_grad(u, delta, A, B, C, D, z, delta_bias))
     if which == "numba":
         tb = (lambda t: t.permute(0, 3, 1, 2)) if B.dim() == 4 else (lambda t: t.transpose(1, 2))
-        y = _numba_tokens(u.transpose(1, 2), delta.transpose(1, 2), A, tb(B), tb(C), D,
-                          None if z is None else z.transpose(1, 2), delta_bias, delta_softplus)
+        y = _numba_tokens(
+            u.transpose(1, 2),
+            delta.transpose(1, 2),
+            A,
+            tb(B),
+            tb(C),
+            D,
+            None if z is None else z.transpose(1, 2),
+            delta_bias,
+            delta_softplus,
+        )
         return y.transpose(1, 2)
     if which == "cuda":
         fn = _mamba_selective_scan_fn()
@@ -342,9 +364,9 @@ def selective_scan_reference(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
 ) -> Tensor:
     """The plain sequential loop (mamba layout), fp32 inside. For tests only: slow."""
@@ -387,8 +409,8 @@ def selective_scan_token_major(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     backend: str = "auto",
 ) -> Tensor:

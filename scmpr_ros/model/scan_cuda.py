@@ -5,9 +5,8 @@ pulls in triton / tilelang / transformers for Mamba-2/3 models we do not use) bu
 kernel that ``pip install .[cuda]`` built is present.  Same call and layout as
 ``mamba_ssm.selective_scan_fn``: u, delta, z (B, D, L); A (D, N); B, C (B, N, L) or (B, G, N, L).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 from torch import Tensor
@@ -71,9 +70,9 @@ def make_selective_scan_fn(ext):
         A: Tensor,
         B: Tensor,
         C: Tensor,
-        D: Optional[Tensor] = None,
-        z: Optional[Tensor] = None,
-        delta_bias: Optional[Tensor] = None,
+        D: Tensor | None = None,
+        z: Tensor | None = None,
+        delta_bias: Tensor | None = None,
         delta_softplus: bool = False,
     ) -> Tensor:
         return _CudaSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ext)

@@ -11,18 +11,17 @@ channels-last map in one call and sums them back into place (the cross-merge), s
 cross-scan copies nor the merge exist as tensors.  Caching: ``cache=True`` in numba's cache dir
 (falls back to an in-memory JIT when no cache directory is writable).
 """
+
 from __future__ import annotations
 
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
 
 import numpy as np
 
 try:  # numba is optional: without it the pure-torch scan is used
-    import numba
     from llvmlite import ir as _llir
     from numba import carray, njit
     from numba.core import types as _nbt
@@ -72,7 +71,7 @@ if NUMBA_AVAILABLE:
 
     # fast-math without reassociation: log1p's (1 + y) - 1 must stay as written
     _FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
-    _JIT_INLINE = dict(inline="always", fastmath=_FASTMATH, nogil=True)
+    _JIT_INLINE = {"inline": "always", "fastmath": _FASTMATH, "nogil": True}
 
     @njit(**_JIT_INLINE)
     def _fexp(x):
@@ -113,7 +112,7 @@ if NUMBA_AVAILABLE:
     # over a small pool of Python threads.  (numba's parallel=True would bring a second OpenMP runtime
     # next to torch's: its idle threads spin against torch's on a loaded machine, it is not fork-safe,
     # and it compiles several times slower.)
-    _JIT_KERNEL = dict(fastmath=_FASTMATH, nogil=True, boundscheck=False, error_model="numpy")
+    _JIT_KERNEL = {"fastmath": _FASTMATH, "nogil": True, "boundscheck": False, "error_model": "numpy"}
 
     # Rows are taken as carray(_ptr(a, flat offset), n): C-contiguous 1-D arrays without a reference
     # count, so the channel loops vectorise and a new row per step costs nothing.  Blocks are as wide
@@ -287,7 +286,7 @@ if NUMBA_AVAILABLE:
         return e, s
 
 
-_KERNELS: Optional[dict] = None
+_KERNELS: dict | None = None
 _KERNEL_LOCK = threading.Lock()
 CACHE_INFO: dict = {"cached": None, "compile_s": None, "reason": ""}
 
@@ -302,7 +301,7 @@ def _compile(fn, cache: bool):
     return njit(cache=False, **opts)(fn)
 
 
-def kernels() -> Optional[dict]:
+def kernels() -> dict | None:
     """The compiled kernels (dispatchers; compiled per signature on first call), or None without numba."""
     global _KERNELS
     if not NUMBA_AVAILABLE or os.environ.get("SCMPR_DISABLE_NUMBA", "") not in ("", "0"):
@@ -330,7 +329,7 @@ def _nsub(parts: int, channels: int, threads: int) -> int:
     return max(1, min(want, channels // _BLOCK_MULTIPLE))
 
 
-_POOL: Optional[ThreadPoolExecutor] = None
+_POOL: ThreadPoolExecutor | None = None
 _POOL_PID = 0
 _POOL_LOCK = threading.Lock()
 
@@ -339,7 +338,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool of idle-blocking worker threads (re-created after a fork, grown on demand)."""
     global _POOL, _POOL_PID
     with _POOL_LOCK:
-        if _POOL is None or _POOL_PID != os.getpid() or _POOL._max_workers < workers:
+        if _POOL is None or os.getpid() != _POOL_PID or _POOL._max_workers < workers:
             _POOL = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="scmpr-scan")
             _POOL_PID = os.getpid()
         return _POOL
@@ -371,7 +370,7 @@ def _c32(a: np.ndarray, name: str, shape: tuple) -> np.ndarray:
     return a
 
 
-def _out(out: Optional[np.ndarray], shape: tuple, zero: bool) -> np.ndarray:
+def _out(out: np.ndarray | None, shape: tuple, zero: bool) -> np.ndarray:
     if out is None:
         return np.zeros(shape, np.float32) if zero else np.empty(shape, np.float32)
     if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
@@ -387,11 +386,11 @@ def scan_tokens(
     A: np.ndarray,
     B: np.ndarray,
     C: np.ndarray,
-    D: Optional[np.ndarray],
-    delta_bias: Optional[np.ndarray],
+    D: np.ndarray | None,
+    delta_bias: np.ndarray | None,
     delta_softplus: bool,
     threads: int,
-    out: Optional[np.ndarray] = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Token-major selective scan on float32 numpy arrays: u, delta (Bn, L, Dc); A (Dc, N);
     B, C (Bn, L, G, N) with G | Dc.  Returns y (Bn, L, Dc)."""
@@ -411,7 +410,9 @@ def scan_tokens(
     out = _out(out, (bn, length, dc), zero=False)
     per = dc // groups
     nsub = _nsub(bn * groups, per, threads)
-    _run_tasks(k["tokens"], (u, delta, At, B, C, Dv, bias, bool(delta_softplus), out, per, nsub), bn * groups * nsub, threads)
+    _run_tasks(
+        k["tokens"], (u, delta, At, B, C, Dv, bias, bool(delta_softplus), out, per, nsub), bn * groups * nsub, threads
+    )
     return out
 
 
@@ -425,7 +426,7 @@ def ss2d_scan(
     height: int,
     width: int,
     threads: int,
-    out: Optional[np.ndarray] = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fused 4-direction SS2D core (see the module docstring) on float32 arrays: x (Bn, H*W, d)
     channels-last tokens; proj (Bn, H*W, K(R+2N)) = x @ [W_x,0; ...; W_x,K-1]^T; dt_weight (K, d, R);
@@ -435,7 +436,9 @@ def ss2d_scan(
     n_dir, _, rank = dt_weight.shape
     n_state = A.shape[1]
     if n_dir != 4 or length != height * width:
-        raise ValueError(f"scan_numba.ss2d_scan: 4 directions over H*W tokens needed, got {n_dir} and {length} != {height}*{width}")
+        raise ValueError(
+            f"scan_numba.ss2d_scan: 4 directions over H*W tokens needed, got {n_dir} and {length} != {height}*{width}"
+        )
     x = _c32(x, "x", (bn, length, d))
     proj = _c32(proj, "proj", (bn, length, n_dir * (rank + 2 * n_state)))
     Wdt = _c32(dt_weight.transpose(0, 2, 1), "dt_weight^T", (n_dir, rank, d))
@@ -448,7 +451,7 @@ def ss2d_scan(
     return out
 
 
-def recurrence(a: np.ndarray, b: np.ndarray, threads: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+def recurrence(a: np.ndarray, b: np.ndarray, threads: int, out: np.ndarray | None = None) -> np.ndarray:
     """h_t = a_t h_{t-1} + b_t over contiguous float32 (L, d) arrays (the benchmark's limit)."""
     k = kernels()
     a = _c32(a, "a", b.shape)
@@ -476,8 +479,17 @@ def warmup(threads: int = 1) -> dict:
         scan_tokens(u, u, -np.ones((4, n), f32), bc, bc, np.ones(4, f32), np.zeros(4, f32), True, threads)
     x = r.standard_normal((1, 6, 4), dtype=f32)
     for n in (1, 2):
-        ss2d_scan(x, r.standard_normal((1, 6, 4 * (1 + 2 * n)), dtype=f32), r.standard_normal((4, 4, 1), dtype=f32),
-                  -np.ones((16, n), f32), np.ones(16, f32), np.zeros(16, f32), 2, 3, threads)
+        ss2d_scan(
+            x,
+            r.standard_normal((1, 6, 4 * (1 + 2 * n)), dtype=f32),
+            r.standard_normal((4, 4, 1), dtype=f32),
+            -np.ones((16, n), f32),
+            np.ones(16, f32),
+            np.zeros(16, f32),
+            2,
+            3,
+            threads,
+        )
     seconds = time.perf_counter() - t0
     CACHE_INFO["compile_s"] = seconds
     return {"available": True, "seconds": seconds, "cached": CACHE_INFO["cached"], "reason": CACHE_INFO["reason"]}

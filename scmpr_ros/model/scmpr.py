@@ -6,12 +6,12 @@ label fractions on the LiDAR side) for L_sem and the map-wide CSA prototypes.
 Ablation: use_semantics=False removes SAFF, CSA, L_sem and the LiDAR label embedding; use_saff,
 use_csa remove their modules; use_lsem only switches the loss (L_sem has no parameters of its own).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -33,16 +33,16 @@ PRESENT_MIN_MASS = 1.0
 @dataclass
 class ImageEncoding:
     descriptor: Tensor  # (B, D) unit norm
-    seg_logits: Optional[Tensor]  # (B, N_S, H, W); None without SAFF
-    class_features: Optional[Tensor]  # (B, N_S, C); None without semantics
-    class_present: Optional[Tensor]  # (B, N_S) bool
+    seg_logits: Tensor | None  # (B, N_S, H, W); None without SAFF
+    class_features: Tensor | None  # (B, N_S, C); None without semantics
+    class_present: Tensor | None  # (B, N_S) bool
 
 
 @dataclass
 class LidarEncoding:
     descriptor: Tensor  # (B, D) unit norm
-    class_features: Optional[Tensor]  # (B, N_S, C); None without semantics
-    class_present: Optional[Tensor]  # (B, N_S) bool
+    class_features: Tensor | None  # (B, N_S, C); None without semantics
+    class_present: Tensor | None  # (B, N_S) bool
 
 
 def validate_model_config(cfg: ModelConfig) -> None:
@@ -71,7 +71,9 @@ def validate_model_config(cfg: ModelConfig) -> None:
     if not 0.0 <= cfg.drop_path_rate < 1.0:
         raise bad("drop_path_rate", f"must be in [0, 1), got {cfg.drop_path_rate}")
     if cfg.use_semantics and cfg.use_lsem and not (cfg.use_saff or cfg.use_csa):
-        raise bad("use_lsem", "L_sem needs image class features, which come from SAFF or CSA; enable use_saff or use_csa")
+        raise bad(
+            "use_lsem", "L_sem needs image class features, which come from SAFF or CSA; enable use_saff or use_csa"
+        )
 
 
 def _class_pool(feats: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,7 +85,7 @@ def _class_pool(feats: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class SCMPRModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, lidar_in_channels: Optional[int] = None):
+    def __init__(self, cfg: ModelConfig, lidar_in_channels: int | None = None):
         super().__init__()
         if lidar_in_channels is not None:
             cfg = dataclasses.replace(cfg, lidar_in_channels=int(lidar_in_channels))
@@ -140,7 +142,7 @@ class SCMPRModel(nn.Module):
         if not images.is_floating_point():
             raise InputError(f"images must be float (normalised), got {images.dtype}; use preprocess_images()")
 
-    def image_features(self, images: Tensor, prototypes: Optional[Tensor] = None):
+    def image_features(self, images: Tensor, prototypes: Tensor | None = None):
         """(F after SAFF, F' after CSA, seg logits, class weights) of a batch; shared by encode/init."""
         self._check_images(images)
         feats = self.backbone.forward_features(images)
@@ -151,7 +153,7 @@ class SCMPRModel(nn.Module):
         weights = probs if probs is not None else attn
         return fused, attended, seg_logits, weights
 
-    def encode_image(self, images: Tensor, prototypes: Optional[Tensor] = None) -> ImageEncoding:
+    def encode_image(self, images: Tensor, prototypes: Tensor | None = None) -> ImageEncoding:
         """images (B, 3, H, W) normalised; prototypes (N_S, C) map-wide context or None (learned defaults)."""
         fused, attended, seg_logits, weights = self.image_features(images, prototypes)
         descriptor = self.netvlad_rgb(attended)
@@ -161,7 +163,7 @@ class SCMPRModel(nn.Module):
         return ImageEncoding(descriptor, seg_logits, cf, present)
 
     # ------------------------------------------------------------------ LiDAR branch
-    def encode_lidar(self, range_input: Tensor, labels: Optional[Tensor] = None) -> LidarEncoding:
+    def encode_lidar(self, range_input: Tensor, labels: Tensor | None = None) -> LidarEncoding:
         """range_input (B, C_in, Hr, Wr); labels (B, Hr, Wr) common ids, IGNORE_ID where none."""
         feats, fractions = self.lidar(range_input, labels)
         descriptor = self.netvlad_lidar(feats)
@@ -196,7 +198,7 @@ class SCMPRModel(nn.Module):
         self,
         images: Tensor,
         range_input: Tensor,
-        range_labels: Optional[Tensor] = None,
+        range_labels: Tensor | None = None,
         seed: int = 0,
         batch_size: int = 16,
     ) -> None:

@@ -9,6 +9,7 @@ CPU inference (no autograd, scan backend auto | cpu | numba) runs the SS2D core 
 plus one fused numba kernel (Δ projection, 4-direction scan and cross-merge in place, no copies);
 training and the other backends keep the differentiable cross-scan -> scan -> merge in torch.
 """
+
 from __future__ import annotations
 
 import math
@@ -153,7 +154,9 @@ class SS2D(nn.Module):
         p_hw = x_hw @ torch.cat([wx[0], wx[2]], 0).t()  # (B, L, 2(R+2N))
         p_wh = x_wh @ torch.cat([wx[1], wx[3]], 0).t()
         c = r + 2 * n
-        proj = torch.stack([p_hw[..., :c], p_wh[..., :c], p_hw[..., c:].flip(1), p_wh[..., c:].flip(1)], 2)  # (B, L, K, c)
+        proj = torch.stack(
+            [p_hw[..., :c], p_wh[..., :c], p_hw[..., c:].flip(1), p_wh[..., c:].flip(1)], 2
+        )  # (B, L, K, c)
         xs = torch.stack([x_hw, x_wh, x_hw.flip(1), x_wh.flip(1)], 2)  # (B, L, K, d)
         dts_r, b_mat, c_mat = proj.split([r, n, n], dim=-1)
         # Δ of all directions in one matmul: (B L, K R) @ blockdiag(W_Δ,k^T) + b_Δ -> (B L, K d)
@@ -248,7 +251,9 @@ class VMamba(nn.Module):
         super().__init__()
         if isinstance(config, str):
             if config not in VMAMBA_CONFIGS:
-                raise ScmprError(f"model.backbone: unknown VMamba size {config!r} (choose one of {', '.join(VMAMBA_CONFIGS)})")
+                raise ScmprError(
+                    f"model.backbone: unknown VMamba size {config!r} (choose one of {', '.join(VMAMBA_CONFIGS)})"
+                )
             config = VMAMBA_CONFIGS[config]
         self.spec = config
         dims, depths = config.dims, config.depths
@@ -261,7 +266,9 @@ class VMamba(nn.Module):
         k = 0
         for i, (dim, depth) in enumerate(zip(dims, depths)):
             self.downsamples.append(nn.Identity() if i == 0 else Downsample(dims[i - 1], dim))
-            blocks = [VSSBlock(dim, d_state, ssm_ratio, config.mlp_ratio, rates[k + j], scan_backend) for j in range(depth)]
+            blocks = [
+                VSSBlock(dim, d_state, ssm_ratio, config.mlp_ratio, rates[k + j], scan_backend) for j in range(depth)
+            ]
             k += depth
             self.stages.append(nn.Sequential(*blocks))
             self.out_norms.append(nn.LayerNorm(dim))

@@ -6,9 +6,11 @@ our numpy path otherwise; validation is ours in both cases.  PointCloud2 <-> num
 through the PointField layout (sensor_msgs_py when importable for ROS messages, numpy otherwise).
 The helpers work on rclpy messages and on rosbags' message dataclasses alike (same field names).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +45,7 @@ class CloudFormatError(InputError):
 
 # ----------------------------------------------------------------------------------------- stamps
 
+
 def stamp_to_ns(stamp: Any) -> int:
     """builtin_interfaces/Time (sec, nanosec) -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
@@ -56,6 +59,7 @@ def ns_to_sec_nanosec(ns: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------- images
+
 
 def validate_image(msg: Any) -> int:
     """Check an Image message; return its channel count or raise ImageFormatError naming the field."""
@@ -140,9 +144,9 @@ def rgb_to_image_msg(rgb: np.ndarray, stamp_ns: int = 0, frame_id: str = "camera
         "bgr8": lambda a: a[:, :, ::-1],
         "rgba8": lambda a: np.concatenate([a, np.full(a.shape[:2] + (1,), 255, np.uint8)], axis=2),
         "bgra8": lambda a: np.concatenate([a[:, :, ::-1], np.full(a.shape[:2] + (1,), 255, np.uint8)], axis=2),
-        "mono8": lambda a: np.round(a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
-        .clip(0, 255)
-        .astype(np.uint8),
+        "mono8": lambda a: (
+            np.round(a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).clip(0, 255).astype(np.uint8)
+        ),
     }
     if encoding not in conv:
         raise ImageFormatError(f"cannot write encoding '{encoding}'; use one of {', '.join(conv)}")

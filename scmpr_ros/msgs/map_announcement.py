@@ -13,6 +13,7 @@ read_map) equal the announced ones, so maps of 1M viewpoints (~0.5-1 GB) never p
 ``version`` grows by one per successful (re)load and is how the localizer notices a swap.  The localizer and
 map_server therefore need the same filesystem (same host or a shared mount).  No rclpy here.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,14 +57,16 @@ class MapAnnouncement:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "MapAnnouncement":
+    def from_json(cls, text: str) -> MapAnnouncement:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"map announcement is not JSON ({exc}): {text[:120]!r}") from exc
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise InputError(f"map announcement has schema {data.get('schema') if isinstance(data, dict) else None!r}, "
-                             f"expected {SCHEMA!r}; are map_server and localizer the same scmpr_ros version?")
+            raise InputError(
+                f"map announcement has schema {data.get('schema') if isinstance(data, dict) else None!r}, "
+                f"expected {SCHEMA!r}; are map_server and localizer the same scmpr_ros version?"
+            )
         try:
             return cls(
                 version=int(data["version"]),
@@ -84,12 +87,18 @@ class MapAnnouncement:
         try:
             st = os.stat(self.path)
         except OSError as exc:
-            raise MapFileError(f"announced map {self.path} is not readable here ({exc}); the localizer needs the "
-                               "same filesystem as map_server") from exc
+            raise MapFileError(
+                f"announced map {self.path} is not readable here ({exc}); the localizer needs the "
+                "same filesystem as map_server"
+            ) from exc
         if st.st_size != self.size_bytes:
-            raise MapFileError(f"announced map {self.path} has {st.st_size} bytes, map_server announced "
-                               f"{self.size_bytes}; the file changed after it was loaded — reload map_server")
+            raise MapFileError(
+                f"announced map {self.path} has {st.st_size} bytes, map_server announced "
+                f"{self.size_bytes}; the file changed after it was loaded — reload map_server"
+            )
         digest = stored_checksum(self.path)
         if digest != self.sha256:
-            raise MapFileError(f"announced map {self.path} has sha256 {digest[:12]}…, map_server announced "
-                               f"{self.sha256[:12]}…; the file changed after it was loaded — reload map_server")
+            raise MapFileError(
+                f"announced map {self.path} has sha256 {digest[:12]}…, map_server announced "
+                f"{self.sha256[:12]}…; the file changed after it was loaded — reload map_server"
+            )

@@ -3,6 +3,7 @@
 Node topics are relative (a namespace applies); /initialpose and /diagnostics are absolute by
 convention.  Bag topics are what ``scmpr kitti-to-bag`` writes and ``bag_player`` replays.
 """
+
 from __future__ import annotations
 
 # --- nodes ---------------------------------------------------------------------------------

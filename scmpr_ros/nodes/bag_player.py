@@ -10,6 +10,7 @@ start with a std_msgs/Header by k x (bag span + 1 s), patched in the CDR bytes, 
 and increasing (benchmarks key results on them).  Parameters: bag, rate, clock, clock_frequency,
 topics, wait_for_topics, min_subscribers, wait_timeout_s, start_delay_s, loop.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,8 +26,12 @@ from scmpr_ros.bags.reader import BagError, bag_info, iter_raw
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.nodes.qos import LATCHED_QOS
 
-PLAYBACK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                          durability=DurabilityPolicy.VOLATILE)
+PLAYBACK_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 
 
 #: ROS parameters of bag_player and their defaults
@@ -109,7 +114,9 @@ class BagPlayer(Node):
                 self.skipped[topic] = msgtype
                 self.get_logger().warning(f"{topic}: message type {msgtype} is not importable here; not replayed")
                 continue
-            self.pubs[topic] = self.create_publisher(cls, topic, LATCHED_QOS if topic in latched_topics else PLAYBACK_QOS)
+            self.pubs[topic] = self.create_publisher(
+                cls, topic, LATCHED_QOS if topic in latched_topics else PLAYBACK_QOS
+            )
             if starts_with_header(cls):
                 self.stamped.add(topic)
         self.clock_pub = None
@@ -118,7 +125,7 @@ class BagPlayer(Node):
 
             self.clock_pub = self.create_publisher(Clock, "/clock", 10)
         self.published = 0
-        self.published_per_topic = {t: 0 for t in self.pubs}
+        self.published_per_topic = dict.fromkeys(self.pubs, 0)
         self.done = threading.Event()
         self._stop = threading.Event()
         self.first_publish_wall: float | None = None
@@ -170,12 +177,17 @@ class BagPlayer(Node):
             if pub is None:
                 self.get_logger().warning(f"wait_for_topics: {topic} is not replayed; not waiting for it")
                 continue
-            while pub.get_subscription_count() < self.min_subscribers and time.monotonic() < deadline \
-                    and not self._stop.is_set():
+            while (
+                pub.get_subscription_count() < self.min_subscribers
+                and time.monotonic() < deadline
+                and not self._stop.is_set()
+            ):
                 time.sleep(0.02)
             if pub.get_subscription_count() < self.min_subscribers:
-                self.get_logger().warning(f"{pub.get_subscription_count()} subscribers on {topic} after "
-                                       f"{self.wait_timeout:.1f} s (waiting for {self.min_subscribers}); starting anyway")
+                self.get_logger().warning(
+                    f"{pub.get_subscription_count()} subscribers on {topic} after "
+                    f"{self.wait_timeout:.1f} s (waiting for {self.min_subscribers}); starting anyway"
+                )
 
     def _play(self) -> None:
         try:
@@ -191,8 +203,9 @@ class BagPlayer(Node):
                 for topic, _type, t_ns, raw in iter_raw(self.bag, replay):
                     if t_bag0 is None:
                         t_bag0 = t_ns
-                    if not self._sleep_until(t_start + (t_ns - t_bag0) / 1e9 / self.rate, t_bag0 + shift, t_start,
-                                             t_ns + shift):
+                    if not self._sleep_until(
+                        t_start + (t_ns - t_bag0) / 1e9 / self.rate, t_bag0 + shift, t_start, t_ns + shift
+                    ):
                         return
                     if self.clock_pub is not None:
                         self._publish_clock(t_ns + shift)

@@ -7,6 +7,7 @@ MultiThreadedExecutor (its Python wait-set rebuild per callback costs most under
 EventsExecutor.spin() busy-waits and misses SIGINT in rclpy 9.1, so nodes spin with spin_until_shutdown
 (spin_once with a timeout, checking the context), which idles at ~1 % CPU and exits on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import threading
@@ -31,8 +32,9 @@ def make_executor(context: Context | None = None, kind: str = "auto", threads: i
     return MultiThreadedExecutor(num_threads=threads, context=context)
 
 
-def spin_until_shutdown(executor: Executor, context: Context | None = None, done: threading.Event | None = None,
-                        period_s: float = 0.1) -> None:
+def spin_until_shutdown(
+    executor: Executor, context: Context | None = None, done: threading.Event | None = None, period_s: float = 0.1
+) -> None:
     """Run callbacks until the context shuts down (Ctrl-C, SIGTERM) or ``done`` is set."""
     while rclpy.ok(context=context) and not (done is not None and done.is_set()):
         executor.spin_once(timeout_sec=period_s)

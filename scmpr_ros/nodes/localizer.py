@@ -11,6 +11,7 @@ s_0 - s_1 >= min_confidence for consistent_frames consecutive frames whose best 
 consistency_radius_m; ``~/relocalize`` re-arms it.  The map arrives as a latched announcement
 (map_transport.py) and is opened from disk; a map that fails to load leaves the old one active.
 """
+
 from __future__ import annotations
 
 import collections
@@ -36,22 +37,32 @@ from std_srvs.srv import Trigger
 
 from scmpr_ros.config import NodesConfig
 from scmpr_ros.errors import InputError, ScmprError
+from scmpr_ros.geometry import wrap_angle, yaw_from_quat
 from scmpr_ros.msgs.conversions import HYPOTHESIS_DTYPE, image_to_rgb, points_to_cloud_msg, stamp_to_ns
 from scmpr_ros.msgs.map_announcement import MapAnnouncement
+from scmpr_ros.msgs.topics import (
+    BEST_POSE_TOPIC,
+    DIAGNOSTICS_TOPIC,
+    HYPOTHESES_TOPIC,
+    INITIALPOSE_TOPIC,
+    MAP_TOPIC,
+    SCORES_TOPIC,
+)
 from scmpr_ros.nodes.qos import LATCHED_QOS, OUTPUT_QOS, SENSOR_QOS
-from scmpr_ros.msgs.topics import BEST_POSE_TOPIC, DIAGNOSTICS_TOPIC, HYPOTHESES_TOPIC, INITIALPOSE_TOPIC, MAP_TOPIC, SCORES_TOPIC
-from scmpr_ros.geometry import wrap_angle, yaw_from_quat
 
 # ------------------------------------------------------------------------------ pure helpers
 
 
-def pose_covariance(poses7: np.ndarray, scores: np.ndarray, temperature: float, pos_floor_m: float,
-                    yaw_floor_rad: float) -> np.ndarray:
+def pose_covariance(
+    poses7: np.ndarray, scores: np.ndarray, temperature: float, pos_floor_m: float, yaw_floor_rad: float
+) -> np.ndarray:
     """Row-major 6x6 covariance (x y z roll pitch yaw) of the best hypothesis (module docstring)."""
     poses7 = np.asarray(poses7, dtype=np.float64).reshape(-1, 7)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(poses7) == 0 or len(scores) != len(poses7):
-        raise InputError(f"pose_covariance needs matching non-empty poses and scores, got {len(poses7)} and {len(scores)}")
+        raise InputError(
+            f"pose_covariance needs matching non-empty poses and scores, got {len(poses7)} and {len(scores)}"
+        )
     t = max(float(temperature), 1e-9)
     w = np.exp(-(scores[0] - scores) / t)
     w /= w.sum()
@@ -128,10 +139,27 @@ class _Active:
 # ----------------------------------------------------------------------------------------- node
 
 #: ROS parameters of the localizer (defaults: scmpr_ros.config.NodesConfig; config/localization.params.yaml)
-PARAMETERS = ("model", "device", "image_topic", "camera_info_topic", "top_k", "rerank_k", "alpha", "beta",
-              "frame_id", "publish_initialpose", "min_confidence", "consistent_frames", "consistency_radius_m",
-              "diagnostics_period_s", "threads", "verify_map_checksum", "covariance_temperature",
-              "position_sigma_floor_m", "yaw_sigma_floor_deg")
+PARAMETERS = (
+    "model",
+    "device",
+    "image_topic",
+    "camera_info_topic",
+    "top_k",
+    "rerank_k",
+    "alpha",
+    "beta",
+    "frame_id",
+    "publish_initialpose",
+    "min_confidence",
+    "consistent_frames",
+    "consistency_radius_m",
+    "diagnostics_period_s",
+    "threads",
+    "verify_map_checksum",
+    "covariance_temperature",
+    "position_sigma_floor_m",
+    "yaw_sigma_floor_deg",
+)
 
 
 class Localizer(Node):
@@ -177,7 +205,9 @@ class Localizer(Node):
         self.create_timer(max(0.05, float(p["diagnostics_period_s"])), self._publish_diagnostics)
         self._worker = threading.Thread(target=self._run, name="scmpr_localizer_worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"model {p['model']} on {self.device}; images from {self.resolve_topic_name(str(p['image_topic']))}")
+        self.get_logger().info(
+            f"model {p['model']} on {self.device}; images from {self.resolve_topic_name(str(p['image_topic']))}"
+        )
 
     # ------------------------------------------------------------------------------ model/map
     def _load_model(self, path: str) -> None:
@@ -204,24 +234,33 @@ class Localizer(Node):
     def recognizer_config(self, num_viewpoints: int):
         """config/scmpr.yaml + the checkpoint's model section + this node's top_k / rerank_k / alpha / beta."""
         k = min(max(2, int(self.p["top_k"])), num_viewpoints)  # two at least: the score margin needs the runner-up
-        retrieval = dataclasses.replace(self.cfg.retrieval, top_k=k,
-                                        rerank_k=min(max(int(self.p["rerank_k"]), k), num_viewpoints),
-                                        alpha=float(self.p["alpha"]), beta=float(self.p["beta"]))
+        retrieval = dataclasses.replace(
+            self.cfg.retrieval,
+            top_k=k,
+            rerank_k=min(max(int(self.p["rerank_k"]), k), num_viewpoints),
+            alpha=float(self.p["alpha"]),
+            beta=float(self.p["beta"]),
+        )
         return dataclasses.replace(self.cfg, retrieval=retrieval)
 
     def _open_map(self, ann: MapAnnouncement) -> None:
-        from scmpr_ros.mapping.map_file import read_map
         from scmpr_ros.localization.recognizer import PlaceRecognizer
+        from scmpr_ros.mapping.map_file import read_map
 
         t0 = time.perf_counter()
         try:
             if ann.model_checksum != self.model_checksum:
-                raise ScmprError(f"map {ann.path} was built with model {ann.model_checksum[:12]}…, this localizer "
-                                 f"runs {self.model_checksum[:12]}…; rebuild the map with this model")
+                raise ScmprError(
+                    f"map {ann.path} was built with model {ann.model_checksum[:12]}…, this localizer "
+                    f"runs {self.model_checksum[:12]}…; rebuild the map with this model"
+                )
             ann.check_file()
-            data = read_map(ann.path, expected_dim=self.model.descriptor_dim,
-                            expected_model_checksum=self.model_checksum,
-                            verify_checksum=bool(self.p["verify_map_checksum"]))
+            data = read_map(
+                ann.path,
+                expected_dim=self.model.descriptor_dim,
+                expected_model_checksum=self.model_checksum,
+                verify_checksum=bool(self.p["verify_map_checksum"]),
+            )
             recognizer = PlaceRecognizer(self.model, data, self.recognizer_config(data.num_viewpoints))
         except (ScmprError, OSError, ValueError) as exc:
             self.map_error = str(exc)
@@ -229,7 +268,9 @@ class Localizer(Node):
             self.get_logger().error(f"map v{ann.version} rejected ({keep}): {exc}")
             return
         if ann.frame_id != self.p["frame_id"]:
-            self.get_logger().warning(f"map frame {ann.frame_id!r} differs from parameter frame_id {self.p['frame_id']!r}")
+            self.get_logger().warning(
+                f"map frame {ann.frame_id!r} differs from parameter frame_id {self.p['frame_id']!r}"
+            )
         self.active = _Active(ann, recognizer)
         self.map_error = ""
         self.map_status = f"v{ann.version} {ann.path} ({ann.num_viewpoints} viewpoints)"
@@ -243,8 +284,11 @@ class Localizer(Node):
             self.map_error = str(exc)
             self.get_logger().error(str(exc))
             return
-        if self.active is not None and self.active.announcement.version == ann.version \
-                and self.active.announcement.sha256 == ann.sha256:
+        if (
+            self.active is not None
+            and self.active.announcement.version == ann.version
+            and self.active.announcement.sha256 == ann.sha256
+        ):
             return
         with self._cond:
             self._pending_map = ann
@@ -306,9 +350,15 @@ class Localizer(Node):
             self.skipped_no_map += 1
             self.get_logger().warning(f"no map yet ({self.map_status}); image skipped", throttle_duration_sec=5.0)
             return
-        if self.camera_info is not None and (self.camera_info.width, self.camera_info.height) != (msg.width, msg.height):
-            self.get_logger().warning(f"camera_info is {self.camera_info.width}x{self.camera_info.height} but images are "
-                                   f"{msg.width}x{msg.height}", throttle_duration_sec=10.0)
+        if self.camera_info is not None and (self.camera_info.width, self.camera_info.height) != (
+            msg.width,
+            msg.height,
+        ):
+            self.get_logger().warning(
+                f"camera_info is {self.camera_info.width}x{self.camera_info.height} but images are "
+                f"{msg.width}x{msg.height}",
+                throttle_duration_sec=10.0,
+            )
         t0 = time.monotonic()
         result = active.recognizer.recognize(rgb)
         t1 = time.monotonic()
@@ -347,8 +397,13 @@ class Localizer(Node):
         best = PoseWithCovarianceStamped()
         best.header.stamp, best.header.frame_id = stamp, frame
         best.pose.pose = _pose_msg(poses[0])
-        cov = pose_covariance(poses[:k], scores[:k], self.p["covariance_temperature"],
-                              self.p["position_sigma_floor_m"], np.radians(self.p["yaw_sigma_floor_deg"]))
+        cov = pose_covariance(
+            poses[:k],
+            scores[:k],
+            self.p["covariance_temperature"],
+            self.p["position_sigma_floor_m"],
+            np.radians(self.p["yaw_sigma_floor_deg"]),
+        )
         best.pose.covariance = [float(c) for c in cov]
         # Scores and best pose go out before the PoseArray so a listener keyed on the PoseArray has all three.
         self.pub_scores.publish(scores_msg)
@@ -364,12 +419,20 @@ class Localizer(Node):
         comp = np.array(self.compute_ms) if self.compute_ms else np.zeros(0)
         pct = lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan")  # noqa: E731
         return {
-            "received": self.received, "processed": self.processed, "dropped": self.dropped,
-            "rejected": self.rejected, "skipped_no_map": self.skipped_no_map,
-            "latency_p50_ms": pct(lat, 50), "latency_p95_ms": pct(lat, 95),
-            "compute_p50_ms": pct(comp, 50), "compute_p95_ms": pct(comp, 95),
-            "device": self.device, "map_status": self.map_status, "map_error": self.map_error,
-            "initialpose_sent": self.gate.sent, "last_reject": self.last_reject,
+            "received": self.received,
+            "processed": self.processed,
+            "dropped": self.dropped,
+            "rejected": self.rejected,
+            "skipped_no_map": self.skipped_no_map,
+            "latency_p50_ms": pct(lat, 50),
+            "latency_p95_ms": pct(lat, 95),
+            "compute_p50_ms": pct(comp, 50),
+            "compute_p95_ms": pct(comp, 95),
+            "device": self.device,
+            "map_status": self.map_status,
+            "map_error": self.map_error,
+            "initialpose_sent": self.gate.sent,
+            "last_reject": self.last_reject,
         }
 
     def _publish_diagnostics(self) -> None:

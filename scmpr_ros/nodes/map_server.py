@@ -7,6 +7,7 @@ keeps the old map and says why in the response).  Publishes, latched: the announ
 ``scmpr/map`` (see map_transport.py: path + sha256 + version, not the payload), the viewpoint poses
 (geometry_msgs/PoseArray, decimated to max_published_poses) and an RViz MarkerArray.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 from scmpr_ros.config import NodesConfig
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.msgs.map_announcement import MapAnnouncement, stored_checksum
-from scmpr_ros.nodes.qos import LATCHED_QOS
 from scmpr_ros.msgs.topics import MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
-
+from scmpr_ros.nodes.qos import LATCHED_QOS
 
 #: ROS parameters of map_server (defaults: scmpr_ros.config.NodesConfig)
 PARAMETERS = ("map_file", "frame_id", "max_published_poses")
@@ -99,13 +99,19 @@ class MapServer(Node):
                 data, ann = load_and_validate(path, frame, self.version + 1)
             except (ScmprError, OSError, ValueError) as exc:
                 self.last_error = str(exc)
-                keep = f"; keeping map v{self.version} {self.announcement.path}" if self.announcement else "; no map active"
+                keep = (
+                    f"; keeping map v{self.version} {self.announcement.path}"
+                    if self.announcement
+                    else "; no map active"
+                )
                 return False, f"map load failed: {exc}{keep}"
             self.version = ann.version
             self.map_data, self.announcement, self.last_error = data, ann, ""
             self._publish(data, ann)
-            return True, (f"map v{ann.version} {ann.path}: {ann.num_viewpoints} viewpoints, dim {ann.descriptor_dim}, "
-                          f"{ann.size_bytes / 1e6:.1f} MB, loaded in {time.perf_counter() - t0:.2f} s")
+            return True, (
+                f"map v{ann.version} {ann.path}: {ann.num_viewpoints} viewpoints, dim {ann.descriptor_dim}, "
+                f"{ann.size_bytes / 1e6:.1f} MB, loaded in {time.perf_counter() - t0:.2f} s"
+            )
 
     def _publish(self, data, ann: MapAnnouncement) -> None:
         self._ann_pub.publish(String(data=ann.to_json()))

@@ -5,6 +5,7 @@ Map announcement and viewpoint poses: latched (reliable, transient local, keep l
 map_server -> AMCL pattern, so a localizer started later still receives the active map.
 Outputs: reliable, keep last 10.
 """
+
 from __future__ import annotations
 
 from rclpy.qos import (

@@ -6,14 +6,16 @@ file as launch/localization.launch.py (``--ros-args --params-file``; per-run val
 The recorder keys everything on the image stamp: end-to-end latency = PoseArray received - the same
 image received by the recorder.  Scoring uses the bag's ground-truth odometry and training.metrics.
 """
+
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -23,12 +25,11 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, PointCloud2
 
-from scmpr_ros.msgs.topics import GROUND_TRUTH_TOPIC
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.msgs.conversions import read_hypotheses, stamp_to_ns
+from scmpr_ros.msgs.topics import BEST_POSE_TOPIC, GROUND_TRUTH_TOPIC, HYPOTHESES_TOPIC, SCORES_TOPIC
 from scmpr_ros.nodes.executors import make_executor
 from scmpr_ros.nodes.qos import OUTPUT_QOS, SENSOR_QOS
-from scmpr_ros.msgs.topics import BEST_POSE_TOPIC, HYPOTHESES_TOPIC, SCORES_TOPIC
 
 
 def default_params_file() -> Path:
@@ -82,8 +83,20 @@ class Recorder(Node):
                 self.latencies_ms.append((t - t_image) * 1e3)
                 self.events.append((stamp, t_image, t))
             if self.keep_results:
-                poses = np.array([[p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
-                                   p.orientation.z, p.orientation.w] for p in msg.poses])
+                poses = np.array(
+                    [
+                        [
+                            p.position.x,
+                            p.position.y,
+                            p.position.z,
+                            p.orientation.x,
+                            p.orientation.y,
+                            p.orientation.z,
+                            p.orientation.w,
+                        ]
+                        for p in msg.poses
+                    ]
+                )
                 self._entry(msg.header.stamp).update(poses=poses, t_result=t, frame_id=msg.header.frame_id)
 
     def _on_scores(self, msg: PointCloud2) -> None:
@@ -165,8 +178,11 @@ class ReplayResult:
             "compute_ms": {"p50": self.localizer["compute_p50_ms"], "p95": self.localizer["compute_p95_ms"]},
             "ros_overhead_ms": {"p50": opct(50), "p95": opct(95)},
             "device": self.localizer["device"],
-            "rss_mb": {"start": rss[0] if rss else float("nan"), "end": rss[-1] if rss else float("nan"),
-                       "max": max(rss) if rss else float("nan")},
+            "rss_mb": {
+                "start": rss[0] if rss else float("nan"),
+                "end": rss[-1] if rss else float("nan"),
+                "max": max(rss) if rss else float("nan"),
+            },
         }
 
 
@@ -241,12 +257,21 @@ def run_replay(
             if n_img < 2 or span <= 0 or not image_rate_hz > 0:
                 raise ScmprError(f"cannot play {bag} at {image_rate_hz} images/s ({n_img} images over {span:.2f} s)")
             rate = float(image_rate_hz) / ((n_img - 1) / span)
-        wanted = [image_topic, str(localizer.p["camera_info_topic"]), GROUND_TRUTH_TOPIC]  # what the nodes + scoring use
-        player = BagPlayer(context=ctx, parameter_overrides=[Parameter("bag", value=str(bag)),
-                                                              Parameter("topics", value=[t for t in wanted if t in info.topics]),
-                                                              Parameter("rate", value=float(rate)),
-                                                              Parameter("min_subscribers", value=2),
-                                                              Parameter("loop", value=bool(loop))])
+        wanted = [
+            image_topic,
+            str(localizer.p["camera_info_topic"]),
+            GROUND_TRUTH_TOPIC,
+        ]  # what the nodes + scoring use
+        player = BagPlayer(
+            context=ctx,
+            parameter_overrides=[
+                Parameter("bag", value=str(bag)),
+                Parameter("topics", value=[t for t in wanted if t in info.topics]),
+                Parameter("rate", value=float(rate)),
+                Parameter("min_subscribers", value=2),
+                Parameter("loop", value=bool(loop)),
+            ],
+        )
         nodes.append(player)
         executor.add_node(player)
         total = info.topics[image_topic].count
@@ -277,13 +302,19 @@ def run_replay(
         play_end = player.last_publish_wall or time.monotonic()
         rss.append((time.monotonic() - t_start, rss_mb()))
         return ReplayResult(
-            bag=str(bag), map_file=str(map_file), model=str(model), rate=float(rate),
+            bag=str(bag),
+            map_file=str(map_file),
+            model=str(model),
+            rate=float(rate),
             images_published=player.published_per_topic.get(image_topic, 0),
             play_wall_s=max(0.0, play_end - (t_play or play_end)),
-            results=recorder.complete(), result_count=recorder.result_count,
-            latencies_ms=np.array(recorder.latencies_ms), events=list(recorder.events),
+            results=recorder.complete(),
+            result_count=recorder.result_count,
+            latencies_ms=np.array(recorder.latencies_ms),
+            events=list(recorder.events),
             trace=list(localizer.trace),
-            localizer=localizer.stats(), rss_mb=rss,
+            localizer=localizer.stats(),
+            rss_mb=rss,
         )
     finally:
         executor.shutdown(timeout_sec=5.0)

@@ -3,6 +3,7 @@
 Exact ``IndexFlatIP`` up to ``RetrievalConfig.ann_threshold`` viewpoints, above it an ANN index:
 HNSW (``IndexHNSWFlat``, inner product) or IVF (``IndexIVFFlat`` with a flat IP coarse quantizer).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,13 @@ def _faiss():
 class DescriptorIndex:
     """``DescriptorIndex(descriptors (N, D), cfg)``; ``search(queries, k) -> (scores, ids)``."""
 
-    def __init__(self, descriptors: np.ndarray, cfg: RetrievalConfig | None = None, kind: str = "auto",
-                 threads: int | None = None):
+    def __init__(
+        self,
+        descriptors: np.ndarray,
+        cfg: RetrievalConfig | None = None,
+        kind: str = "auto",
+        threads: int | None = None,
+    ):
         cfg = cfg if cfg is not None else RetrievalConfig()
         if kind not in INDEX_KINDS:
             raise InputError(f"index kind '{kind}' unknown (known: {', '.join(INDEX_KINDS)})")

@@ -7,10 +7,12 @@ database come from the same sequence, the loop-closure protocol).  Queries with 
 match in the database are left out of the denominator (the usual convention) and counted apart.
 Pure numpy: no torch.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

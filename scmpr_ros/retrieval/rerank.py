@@ -2,6 +2,7 @@
 
 The top ``rerank_k`` candidates of the vector index are re-scored; ties keep the cosine order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@ overlap score psi (``grid``), shared by the camera and the LiDAR side.
 
 The class table is re-exported here: ``from scmpr_ros.semantics import IGNORE_ID, NUM_CLASSES``.
 """
+
 from scmpr_ros.semantics.classes import (
     CLASS_COLORS,
     CLASS_ID,

@@ -11,9 +11,10 @@ are mapped into it here and nowhere else:
 Pixels / points with no common class (unlabeled, outlier, sky, ego vehicle, ...) get
 ``IGNORE_ID`` and are excluded from losses and metrics.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -55,36 +56,96 @@ IGNORE_COLOR: tuple[int, int, int] = (0, 0, 0)
 
 # SemanticKITTI raw id -> common class name (semantic-kitti.yaml). Absent ids are ignored.
 SEMANTIC_KITTI_TO_COMMON: dict[int, str] = {
-    10: "car", 11: "car", 13: "car", 15: "car", 16: "car", 18: "car", 20: "car",
-    30: "person", 31: "person", 32: "person",
-    40: "road", 44: "road", 60: "road",
+    10: "car",
+    11: "car",
+    13: "car",
+    15: "car",
+    16: "car",
+    18: "car",
+    20: "car",
+    30: "person",
+    31: "person",
+    32: "person",
+    40: "road",
+    44: "road",
+    60: "road",
     48: "sidewalk",
-    49: "terrain", 72: "terrain",
+    49: "terrain",
+    72: "terrain",
     50: "building",
     51: "fence",
-    52: "other", 99: "other",
-    70: "vegetation", 71: "vegetation",
+    52: "other",
+    99: "other",
+    70: "vegetation",
+    71: "vegetation",
     80: "pole",
     81: "traffic_sign",
-    252: "car", 256: "car", 257: "car", 258: "car", 259: "car",
-    253: "person", 254: "person", 255: "person",
+    252: "car",
+    256: "car",
+    257: "car",
+    258: "car",
+    259: "car",
+    253: "person",
+    254: "person",
+    255: "person",
 }
 # Inverse used by the synthetic town, which writes real SemanticKITTI ids.
 COMMON_TO_SEMANTIC_KITTI: dict[str, int] = {
-    "road": 40, "sidewalk": 48, "building": 50, "fence": 51, "pole": 80,
-    "traffic_sign": 81, "vegetation": 70, "terrain": 72, "car": 10, "person": 30,
+    "road": 40,
+    "sidewalk": 48,
+    "building": 50,
+    "fence": 51,
+    "pole": 80,
+    "traffic_sign": 81,
+    "vegetation": 70,
+    "terrain": 72,
+    "car": 10,
+    "person": 30,
     "other": 99,
 }
 
 # KITTI-360 label id (kitti360scripts/helpers/labels.py) -> common class name.
 KITTI360_TO_COMMON: dict[int, str] = {
-    6: "terrain", 7: "road", 8: "sidewalk", 9: "road", 10: "other",
-    11: "building", 12: "fence", 13: "fence", 14: "fence", 15: "building", 16: "building",
-    17: "pole", 18: "pole", 19: "traffic_sign", 20: "traffic_sign", 21: "vegetation",
-    22: "terrain", 24: "person", 25: "person", 26: "car", 27: "car", 28: "car", 29: "car",
-    30: "car", 31: "car", 32: "car", 33: "car", 34: "building", 35: "fence", 36: "traffic_sign",
-    37: "pole", 38: "pole", 4: "other", 5: "other", 39: "other", 40: "other", 41: "other",
-    42: "other", 43: "car", 44: "other",
+    6: "terrain",
+    7: "road",
+    8: "sidewalk",
+    9: "road",
+    10: "other",
+    11: "building",
+    12: "fence",
+    13: "fence",
+    14: "fence",
+    15: "building",
+    16: "building",
+    17: "pole",
+    18: "pole",
+    19: "traffic_sign",
+    20: "traffic_sign",
+    21: "vegetation",
+    22: "terrain",
+    24: "person",
+    25: "person",
+    26: "car",
+    27: "car",
+    28: "car",
+    29: "car",
+    30: "car",
+    31: "car",
+    32: "car",
+    33: "car",
+    34: "building",
+    35: "fence",
+    36: "traffic_sign",
+    37: "pole",
+    38: "pole",
+    4: "other",
+    5: "other",
+    39: "other",
+    40: "other",
+    41: "other",
+    42: "other",
+    43: "car",
+    44: "other",
 }
 
 

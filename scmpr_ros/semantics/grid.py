@@ -6,6 +6,7 @@ The same binning serves the camera (dense predicted mask) and a LiDAR viewpoint 
 projected into the reference camera).  psi = |Q ∩ V| / |Q ∪ V| over the (cell, class) pairs of the
 cells where the viewpoint sees anything (the "overlapping visible region"); 0 if it sees nothing.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,7 +58,9 @@ def grid_from_labels(
     H, W = lab.shape
     vv, uu = np.mgrid[0:H, 0:W]
     # pixel centres, so an image binned at any resolution lands in the same cells
-    return grid_from_pixels(uu.ravel() + 0.5, vv.ravel() + 0.5, lab.ravel(), W, H, rows, cols, min_fraction, num_classes)
+    return grid_from_pixels(
+        uu.ravel() + 0.5, vv.ravel() + 0.5, lab.ravel(), W, H, rows, cols, min_fraction, num_classes
+    )
 
 
 def grid_from_points(
@@ -81,8 +84,9 @@ def grid_from_points(
     pc = pc[front]
     u = camera.fx * pc[:, 0] / pc[:, 2] + camera.cx
     v = camera.fy * pc[:, 1] / pc[:, 2] + camera.cy
-    return grid_from_pixels(u, v, np.asarray(labels)[front], camera.width, camera.height, rows, cols,
-                            min_fraction, num_classes)
+    return grid_from_pixels(
+        u, v, np.asarray(labels)[front], camera.width, camera.height, rows, cols, min_fraction, num_classes
+    )
 
 
 def semantic_overlap(grid_q: np.ndarray, grids: np.ndarray) -> np.ndarray:

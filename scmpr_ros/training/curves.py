@@ -1,8 +1,9 @@
 """The training log as a PNG: loss per logged step and validation R@1 per epoch."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from scmpr_ros.io_utils import pyplot_agg, write_figure_png
 

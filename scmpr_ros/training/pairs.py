@@ -11,14 +11,16 @@ a place is a positive for its LiDAR view.  Batches hold places mutually farther 
 ``training.negative_radius_m`` (25 m), so every other item of a batch is a valid negative.
 Everything is precomputed once into a :class:`PairCache` (one ``.npz``) so that epochs are cheap.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -140,13 +142,22 @@ class PairCache:
         out[:, 0] += self.group.astype(np.float64) * TOWN_OFFSET_M
         return out
 
-    def subset(self, idx: np.ndarray) -> "PairCache":
+    def subset(self, idx: np.ndarray) -> PairCache:
         idx = np.asarray(idx)
         return PairCache(
-            images=self.images[idx], image_present=self.image_present[idx], conditions=self.conditions,
-            image_labels=self.image_labels[idx], range_input=self.range_input[idx], range_labels=self.range_labels[idx],
-            positions=self.positions[idx], yaw=self.yaw[idx], group=self.group[idx], role=self.role[idx],
-            frame=self.frame[idx], sequence=self.sequence[idx], meta=dict(self.meta),
+            images=self.images[idx],
+            image_present=self.image_present[idx],
+            conditions=self.conditions,
+            image_labels=self.image_labels[idx],
+            range_input=self.range_input[idx],
+            range_labels=self.range_labels[idx],
+            positions=self.positions[idx],
+            yaw=self.yaw[idx],
+            group=self.group[idx],
+            role=self.role[idx],
+            frame=self.frame[idx],
+            sequence=self.sequence[idx],
+            meta=dict(self.meta),
         )
 
     def save(self, path: str | Path, compress: bool = True, compact: bool = False) -> Path:
@@ -165,7 +176,7 @@ class PairCache:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PairCache":
+    def load(cls, path: str | Path) -> PairCache:
         path = Path(path)
         if not path.is_file():
             raise PairsError(f"pair cache not found: {path}")
@@ -181,13 +192,15 @@ class PairCache:
         except (KeyError, ValueError, OSError) as exc:
             raise PairsError(f"{path}: not a pair cache or corrupt ({exc}); delete it and rebuild") from exc
         if meta.get("version") != CACHE_VERSION:
-            raise PairsError(f"{path}: pair cache version {meta.get('version')} != {CACHE_VERSION}; delete it and rebuild")
+            raise PairsError(
+                f"{path}: pair cache version {meta.get('version')} != {CACHE_VERSION}; delete it and rebuild"
+            )
         meta.pop("version", None)
         meta.pop("compact", None)
         return cls(conditions=conditions, meta=meta, **arrays)
 
     @classmethod
-    def concatenate(cls, caches: Sequence["PairCache"]) -> "PairCache":
+    def concatenate(cls, caches: Sequence[PairCache]) -> PairCache:
         if not caches:
             raise PairsError("no training data: no cache to concatenate")
         conds: list[str] = []
@@ -195,7 +208,9 @@ class PairCache:
             conds += [k for k in c.conditions if k not in conds]
         shapes = {(c.image_hw, c.range_input.shape[1:]) for c in caches}
         if len(shapes) != 1:
-            raise PairsError(f"caches disagree on image / range-image shapes: {sorted(shapes)}; rebuild with one config")
+            raise PairsError(
+                f"caches disagree on image / range-image shapes: {sorted(shapes)}; rebuild with one config"
+            )
         parts: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAY_FIELDS}
         offset = 0
         for c in caches:
@@ -207,7 +222,11 @@ class PairCache:
                 pres[:, conds.index(k)] = c.image_present[:, j]
             uniq, local = np.unique(c.group, return_inverse=True)  # renumber groups 0.. per cache
             for k in _ARRAY_FIELDS:
-                parts[k].append({"images": imgs, "image_present": pres, "group": (local + offset).astype(np.int32)}.get(k, getattr(c, k)))
+                parts[k].append(
+                    {"images": imgs, "image_present": pres, "group": (local + offset).astype(np.int32)}.get(
+                        k, getattr(c, k)
+                    )
+                )
             offset += len(uniq)
         meta = dict(caches[0].meta)
         meta["sources"] = [s for c in caches for s in c.meta.get("sources", [])]
@@ -215,22 +234,33 @@ class PairCache:
 
 
 _ARRAY_FIELDS = (
-    "images", "image_present", "image_labels", "range_input", "range_labels",
-    "positions", "yaw", "group", "role", "frame", "sequence",
+    "images",
+    "image_present",
+    "image_labels",
+    "range_input",
+    "range_labels",
+    "positions",
+    "yaw",
+    "group",
+    "role",
+    "frame",
+    "sequence",
 )
 
 
 _Q_RANGE, _Q_Z, _Q_REFL, _Q_NORMAL = 65535.0, 3000.0, 255.0, 127.0
 
 
-def _compact_arrays(c: "PairCache") -> dict[str, np.ndarray]:
+def _compact_arrays(c: PairCache) -> dict[str, np.ndarray]:
     import cv2
 
     chunks, offsets = [], [0]
     for i in range(len(c)):
         for k in range(len(c.conditions)):
             if c.image_present[i, k]:
-                ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(c.images[i, k][:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 92])
+                ok, buf = cv2.imencode(
+                    ".jpg", np.ascontiguousarray(c.images[i, k][:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 92]
+                )
                 if not ok:
                     raise PairsError("JPEG encoding of a training image failed")
                 chunks.append(buf.reshape(-1))
@@ -278,6 +308,7 @@ def find_datasets(data_dir: str | Path) -> list[Path]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise PairsError(f"training data directory not found: {data_dir}")
+
     def is_dataset(p: Path) -> bool:  # KITTI / synthetic town / KITTI-360 root
         return (p / "sequences").is_dir() or (p / "synth_manifest.yaml").is_file() or (p / "data_3d_raw").is_dir()
 
@@ -365,15 +396,17 @@ def build_pair_cache(
 ) -> PairCache:
     """Pairs of one dataset root (see module docstring)."""
     from scmpr_ros.datasets import open_sequence
-    from scmpr_ros.lidar.range_image import RangeProjector, camera_fov, crop_to_fov, encoder_input
     from scmpr_ros.datasets.base import camera_from_calibration
+    from scmpr_ros.lidar.range_image import RangeProjector, camera_fov, crop_to_fov, encoder_input
 
     root = Path(root)
     if frame_stride < 1:
         raise PairsError(f"training.frame_stride must be >= 1, got {frame_stride}")
     from scmpr_ros.lidar.segmentation import make_segmenter
 
-    plans = plan_passes(root, sequences, need_labels=cfg.lidar.segmentation == "ground_truth" and not cfg.lidar.segmenter_weights)
+    plans = plan_passes(
+        root, sequences, need_labels=cfg.lidar.segmentation == "ground_truth" and not cfg.lidar.segmenter_weights
+    )
     projector = RangeProjector(cfg.lidar)
     segmenters: dict[str, Any] = {}
     out_hw = (int(cfg.model.image_height), int(cfg.model.image_width))
@@ -431,7 +464,14 @@ def build_pair_cache(
         progress(len(todo), len(todo))
     if not rows["images"]:
         raise PairsError(f"{root}: no frame with a valid pose, an image and a scan")
-    dtypes = {"group": np.int32, "role": np.uint8, "frame": np.int32, "sequence": "<U16", "positions": np.float64, "yaw": np.float64}
+    dtypes = {
+        "group": np.int32,
+        "role": np.uint8,
+        "frame": np.int32,
+        "sequence": "<U16",
+        "positions": np.float64,
+        "yaw": np.float64,
+    }
     arrays = {k: np.asarray(v, dtype=dtypes.get(k)) if k in dtypes else np.stack(v) for k, v in rows.items()}
     meta = {
         "sources": [{"root": str(root), "plans": plans}],
@@ -443,8 +483,17 @@ def build_pair_cache(
 
 
 def _lidar_meta(cfg: ScmprConfig) -> dict:
-    keys = ("range_height", "range_width", "fov_up_deg", "fov_down_deg", "min_range_m", "max_range_m",
-            "crop_to_camera_fov", "segmentation", "segmenter_weights")
+    keys = (
+        "range_height",
+        "range_width",
+        "fov_up_deg",
+        "fov_down_deg",
+        "min_range_m",
+        "max_range_m",
+        "crop_to_camera_fov",
+        "segmentation",
+        "segmenter_weights",
+    )
     return {k: getattr(cfg.lidar, k) for k in keys}
 
 
@@ -524,7 +573,14 @@ def place_batches(
     return batches
 
 
-def epoch_batches(cache: PairCache, batch_size: int, min_separation_m: float, seed: int, epoch: int, candidates: np.ndarray | None = None) -> list[np.ndarray]:
+def epoch_batches(
+    cache: PairCache,
+    batch_size: int,
+    min_separation_m: float,
+    seed: int,
+    epoch: int,
+    candidates: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Deterministic batch list of one epoch (same on every rank and after a resume)."""
     rng = np.random.default_rng([seed, epoch, 17])
     return place_batches(cache.separated_positions(), batch_size, min_separation_m, rng, candidates)

@@ -8,6 +8,7 @@ class prototypes (map-wide statistics, never the answer's).  One entry point for
 nccl on CUDA).  Checkpoints (model + config, and the optimiser/scheduler/RNG state) are atomic;
 ``resume`` continues bit-identically on CPU because every batch is rebuilt from (seed, epoch, index).
 """
+
 from __future__ import annotations
 
 import io
@@ -15,9 +16,10 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -158,7 +160,9 @@ def compute_losses(model: Any, img: Any, lid: Any, temperature: Any, batch: dict
         raise TrainingError(f"training.contrastive must be infonce or triplet, got {t.contrastive!r}")
     total = out["l_con"]
     if model.use_lsem and img.class_features is not None and lid.class_features is not None and t.lambda_sem > 0:
-        out["l_sem"] = losses.semantic_consistency_loss(img.class_features, img.class_present, lid.class_features, lid.class_present)
+        out["l_sem"] = losses.semantic_consistency_loss(
+            img.class_features, img.class_present, lid.class_features, lid.class_present
+        )
         total = total + t.lambda_sem * out["l_sem"]
     if img.seg_logits is not None and t.mu_seg > 0:
         out["l_seg"] = losses.segmentation_loss(img.seg_logits, batch["image_labels"])
@@ -180,7 +184,9 @@ def _average_buffers(model: Any, world: int) -> None:
                 buf /= world
 
 
-def _update_prototypes(model: Any, protos: Any, seen: Any, lid: Any, momentum: float, dist_info: DistInfo) -> tuple[Any, Any]:
+def _update_prototypes(
+    model: Any, protos: Any, seen: Any, lid: Any, momentum: float, dist_info: DistInfo
+) -> tuple[Any, Any]:
     """EMA over training batches of the per-class mean LiDAR class feature (what build-map computes
     over the whole map); classes not seen yet keep the model's learned default prototype."""
     import torch
@@ -206,7 +212,6 @@ def _update_prototypes(model: Any, protos: Any, seen: Any, lid: Any, momentum: f
         return protos, seen | here
 
 
-
 def warm_start(model: Any, source: Any) -> tuple[int, int]:
     """Copy the tensors of ``source`` whose name and shape match into ``model`` (an ablation variant
     takes what it shares with a trained model); returns (copied, tensors in model)."""
@@ -228,7 +233,9 @@ def kmeans_init(model: Any, cache: PairCache, train_ids: np.ndarray, cfg: ScmprC
     import torch
 
     t = cfg.training
-    batches = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, KMEANS_EPOCH, train_ids)[: max(1, t.kmeans_batches)]
+    batches = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, KMEANS_EPOCH, train_ids)[
+        : max(1, t.kmeans_batches)
+    ]
     if not batches:
         raise TrainingError("not enough training places for one batch; lower training.batch_size or add data")
     img_list, rng_list, lab_list = [], [], []
@@ -246,7 +253,9 @@ def kmeans_init(model: Any, cache: PairCache, train_ids: np.ndarray, cfg: ScmprC
 # --------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------
-def encode_cache(model: Any, cache: PairCache, ids: np.ndarray, cfg: ScmprConfig, device: str, batch_size: int = 32) -> dict:
+def encode_cache(
+    model: Any, cache: PairCache, ids: np.ndarray, cfg: ScmprConfig, device: str, batch_size: int = 32
+) -> dict:
     """LiDAR descriptors + map-wide prototypes of ``ids``; returns arrays on the CPU."""
     import torch
 
@@ -384,7 +393,9 @@ def train(
     if t.epochs < 1:
         raise TrainingError(f"training.epochs must be >= 1, got {t.epochs}")
     out = Path(out)
-    dist_info = init_distributed("cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    dist_info = init_distributed(
+        "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     device = resolve_device(device, dist_info)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
@@ -402,7 +413,9 @@ def train(
         train_ids, val_ids = split_train_val(cache, t.val_fraction, t.negative_radius_m)
         val_cache = cache
     if len(train_ids) < t.batch_size:
-        raise TrainingError(f"only {len(train_ids)} training places for batch_size {t.batch_size}; add data or lower it")
+        raise TrainingError(
+            f"only {len(train_ids)} training places for batch_size {t.batch_size}; add data or lower it"
+        )
 
     # ---- model
     model = SCMPRModel(cfg.model, lidar_in_channels=RANGE_CHANNELS)
@@ -430,8 +443,12 @@ def train(
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        pair = DDP(pair, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
-                   find_unused_parameters=True, broadcast_buffers=False)  # buffers: _average_buffers
+        pair = DDP(
+            pair,
+            device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
+            find_unused_parameters=True,
+            broadcast_buffers=False,
+        )  # buffers: _average_buffers
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
     # ---- schedule: the number of batches per epoch is fixed by the data
@@ -452,7 +469,9 @@ def train(
         from torch.utils.data import DistributedSampler
 
         bl = batches_of(epoch)
-        sampler = DistributedSampler(range(len(bl)), num_replicas=dist_info.world, rank=dist_info.rank, shuffle=True, seed=t.seed, drop_last=True)
+        sampler = DistributedSampler(
+            range(len(bl)), num_replicas=dist_info.world, rank=dist_info.rank, shuffle=True, seed=t.seed, drop_last=True
+        )
         sampler.set_epoch(epoch)
         return list(sampler)
 
@@ -497,13 +516,22 @@ def train(
             return
         meta = {"step": step, "epoch": epoch, "best_val_r1": best, "data": str(data_dir), "config": cfg.to_dict()}
         save_checkpoint(out / LAST_MODEL, model, cfg.model, meta)
-        _save_state(out, {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "step": step, "epoch": epoch, "batch": batch, "best": best, "plan": dict(plan),
-            "prototypes": None if prototypes is None else prototypes.detach().cpu(),
-            "proto_seen": None if proto_seen is None else proto_seen.detach().cpu(),
-            "torch_rng": torch.get_rng_state(),
-        })
+        _save_state(
+            out,
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "batch": batch,
+                "best": best,
+                "plan": dict(plan),
+                "prototypes": None if prototypes is None else prototypes.detach().cpu(),
+                "proto_seen": None if proto_seen is None else proto_seen.detach().cpu(),
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
         if path_model is not None:
             save_checkpoint(path_model, model, cfg.model, meta)
 
@@ -528,7 +556,9 @@ def train(
                     terms = compute_losses(model, img, lid, tau, batch, cfg)
                 loss = terms["loss"]
                 if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at step {step}; lower training.lr or check the data")
+                    raise TrainingError(
+                        f"loss became {loss.item()} at step {step}; lower training.lr or check the data"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if t.grad_clip > 0:
@@ -541,17 +571,31 @@ def train(
                 if dist_info.enabled:
                     _average_buffers(model, dist_info.world)
                 if model.use_csa and lid.class_features is not None:  # map-wide CSA context, see _update_prototypes
-                    prototypes, proto_seen = _update_prototypes(model, prototypes, proto_seen, lid, t.prototype_momentum, dist_info)
+                    prototypes, proto_seen = _update_prototypes(
+                        model, prototypes, proto_seen, lid, t.prototype_momentum, dist_info
+                    )
                 record = {k: float(v.detach()) for k, v in terms.items()}
                 if main and (step % max(t.log_every, 1) == 0 or step == 1):
-                    _append_jsonl(log_path, {"kind": "step", "step": step, "epoch": epoch, **record, "lr": scheduler.get_last_lr()[0],
-                                             "temperature": float(model.temperature().detach()), "time": time.time() - t0})
+                    _append_jsonl(
+                        log_path,
+                        {
+                            "kind": "step",
+                            "step": step,
+                            "epoch": epoch,
+                            **record,
+                            "lr": scheduler.get_last_lr()[0],
+                            "temperature": float(model.temperature().detach()),
+                            "time": time.time() - t0,
+                        },
+                    )
                 if on_step is not None:
                     on_step(step, record)
                 if bar is not None:
                     bar.update(step, loss=record["loss"], epoch=epoch)
-                if t.time_budget_s > 0 and step - steps_at_start >= max(t.warmup_steps, 5) and (
-                    not plan["budget_fixed"] or step % BUDGET_REFIT_STEPS == 0
+                if (
+                    t.time_budget_s > 0
+                    and step - steps_at_start >= max(t.warmup_steps, 5)
+                    and (not plan["budget_fixed"] or step % BUDGET_REFIT_STEPS == 0)
                 ):
                     # time budget: fit the cosine schedule to the measured speed (10 % kept for validation),
                     # first after the warm-up, then every BUDGET_REFIT_STEPS steps from the recent speed
@@ -563,7 +607,9 @@ def train(
                     plan.update(total=max(step + 1, min(total_steps, fit)), budget_fixed=True)
                     if bar is not None:
                         bar.set_total(plan["total"])
-                        bar.note(f"time budget {t.time_budget_s / 60:.0f} min at {rate * 60:.1f} steps/min: {plan['total']} steps")
+                        bar.note(
+                            f"time budget {t.time_budget_s / 60:.0f} min at {rate * 60:.1f} steps/min: {plan['total']} steps"
+                        )
                 done_epoch = b == len(my_batches) - 1
                 if step >= plan["total"] and not done_epoch:
                     finished = True
@@ -579,10 +625,14 @@ def train(
             finished = finished or step >= plan["total"]
             if main and ((epoch + 1) % max(t.val_every, 1) == 0 or epoch + 1 == t.epochs or finished):
                 last_val = validate(model, val_cache, val_ids, cfg, device)
-                _append_jsonl(log_path, {"kind": "val", "step": step, "epoch": epoch, **last_val, "time": time.time() - t0})
+                _append_jsonl(
+                    log_path, {"kind": "val", "step": step, "epoch": epoch, **last_val, "time": time.time() - t0}
+                )
                 if bar is not None:
-                    bar.note(f"epoch {epoch + 1}/{t.epochs}: val R@1 {last_val['val_r1']:.3f} "
-                             + " ".join(f"{c}={v['R@1']:.2f}" for c, v in last_val["per_condition"].items()))
+                    bar.note(
+                        f"epoch {epoch + 1}/{t.epochs}: val R@1 {last_val['val_r1']:.3f} "
+                        + " ".join(f"{c}={v['R@1']:.2f}" for c, v in last_val["per_condition"].items())
+                    )
                 if last_val["val_r1"] > best:
                     best = last_val["val_r1"]
                     checkpoint(epoch + 1, 0, out / BEST_MODEL)
@@ -597,7 +647,9 @@ def train(
     if main and not stop:
         src = out / BEST_MODEL if (out / BEST_MODEL).is_file() else out / LAST_MODEL
         atomic_write_bytes(final, src.read_bytes())
-        _append_jsonl(log_path, {"kind": "done", "step": step, "wall_s": wall, "best_val_r1": best, "model": str(final)})
+        _append_jsonl(
+            log_path, {"kind": "done", "step": step, "wall_s": wall, "best_val_r1": best, "model": str(final)}
+        )
         try:
             from scmpr_ros.training.curves import plot_training_curves
 
@@ -608,8 +660,17 @@ def train(
         import torch.distributed as dist
 
         dist.barrier()
-    return TrainResult(out_dir=out, model_path=final if final.is_file() else out / LAST_MODEL, steps=step,
-                       epochs=t.epochs, wall_s=wall, best_val_r1=best, last_val=last_val, model=model, batch_ids=seen_batches)
+    return TrainResult(
+        out_dir=out,
+        model_path=final if final.is_file() else out / LAST_MODEL,
+        steps=step,
+        epochs=t.epochs,
+        wall_s=wall,
+        best_val_r1=best,
+        last_val=last_val,
+        model=model,
+        batch_ids=seen_batches,
+    )
 
 
 def hash_seed(*parts: int) -> int:
@@ -647,10 +708,22 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn())
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         self.progress.__enter__()
         task = self.progress.add_task("training", total=self.total, completed=self.done)
         return _Bar(self.progress, task)

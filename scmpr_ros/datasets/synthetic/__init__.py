@@ -6,6 +6,7 @@
 
 Output is read back by the KITTI loader (``scmpr_ros.datasets.open_sequence``).
 """
+
 from __future__ import annotations
 
 from scmpr_ros.datasets.synthetic.render import CONDITIONS
@@ -13,6 +14,13 @@ from scmpr_ros.datasets.synthetic.town import KITTI_IMAGE_SIZE, SyntheticTown, k
 from scmpr_ros.datasets.synthetic.writer import MANIFEST, QUERY_SEQUENCE, generate_town, parse_conditions, read_manifest
 
 __all__ = [
-    "CONDITIONS", "KITTI_IMAGE_SIZE", "MANIFEST", "QUERY_SEQUENCE", "SyntheticTown", "generate_town",
-    "kitti_calib", "parse_conditions", "read_manifest",
+    "CONDITIONS",
+    "KITTI_IMAGE_SIZE",
+    "MANIFEST",
+    "QUERY_SEQUENCE",
+    "SyntheticTown",
+    "generate_town",
+    "kitti_calib",
+    "parse_conditions",
+    "read_manifest",
 ]

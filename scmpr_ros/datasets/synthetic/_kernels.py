@@ -4,6 +4,7 @@ Radiance = albedo * (ambient(n_z) + lights) + emission; fog ``f = exp(-t / D)``;
 ``1 - exp(-k x)`` then gamma 1/2.2; sensor noise from a per-pixel hash (deterministic, thread-safe).
 Texture kinds match ``mesh.Tex``.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,9 @@ from numba import njit, prange
 # numba tries TBB first and warns when the installed TBB is too old; it then uses OpenMP/workqueue.
 warnings.filterwarnings("ignore", message="The TBB threading layer requires TBB version")
 
-ASPHALT, PAINT, PAVING, WALL, ROOF, GRASS, FOLIAGE, BARK, METAL, SIGN, CARPAINT, CLOTH, FENCE, CONCRETE, LAMP, TIRE = range(16)
+ASPHALT, PAINT, PAVING, WALL, ROOF, GRASS, FOLIAGE, BARK, METAL, SIGN, CARPAINT, CLOTH, FENCE, CONCRETE, LAMP, TIRE = (
+    range(16)
+)
 DAY, NIGHT, WINTER = 0, 1, 2
 KERB_H = 0.15
 
@@ -101,7 +104,7 @@ def _surface(tex, col, prm, px, py, pz, nx, ny, nz, tab0, tab1):
         f = 0.45 + 1.0 * _vnoise(tab0, px * 2.3 + pz * 1.7, py * 2.3 - pz * 1.3)
     elif tex == BARK:
         f = 0.75 + 0.5 * _vnoise(tab0, pz * 5.0, (px + py) * 3.0)
-    elif tex == ROOF or tex == CONCRETE or tex == METAL:
+    elif tex in (ROOF, CONCRETE, METAL):
         f = 0.85 + 0.3 * _vnoise(tab0, px * 1.1 + pz, py * 1.1 - pz)
         if tex == ROOF and (pz * 3.0 - math.floor(pz * 3.0)) < 0.15:
             f *= 0.8
@@ -130,7 +133,9 @@ def lidar_reflectance_factor(tri, px, tex, param, color, nrm, tab0, tab1):
     out = np.ones(len(tri), dtype=np.float32)
     for i in prange(len(tri)):
         k = tri[i]
-        res = _surface(tex[k], color[k], param[k], px[i, 0], px[i, 1], px[i, 2], nrm[i, 0], nrm[i, 1], nrm[i, 2], tab0, tab1)
+        res = _surface(
+            tex[k], color[k], param[k], px[i, 0], px[i, 1], px[i, 2], nrm[i, 0], nrm[i, 1], nrm[i, 2], tab0, tab1
+        )
         out[i] = res[5]
     return out
 
@@ -143,7 +148,7 @@ def _sky(dx, dy, dz, zen, hor, sun, with_sun):
     b = hor[2] * (1 - up) + zen[2] * up
     if with_sun:
         cs = max(dx * sun[0] + dy * sun[1] + dz * sun[2], 0.0)
-        glow = 0.5 * cs ** 60
+        glow = 0.5 * cs**60
         if cs > 0.9995:
             glow += 6.0
         r += glow
@@ -153,8 +158,28 @@ def _sky(dx, dy, dz, zen, hor, sun, with_sun):
 
 
 @njit(cache=True, parallel=True)
-def shade_radiance(cond, t, tri, nrm, dirs, origin, tex, color, param, tab0, tab1, sun, vis,
-                   zen, hor, fog, fog_dist, heads, head_axis, lamps):
+def shade_radiance(
+    cond,
+    t,
+    tri,
+    nrm,
+    dirs,
+    origin,
+    tex,
+    color,
+    param,
+    tab0,
+    tab1,
+    sun,
+    vis,
+    zen,
+    hor,
+    fog,
+    fog_dist,
+    heads,
+    head_axis,
+    lamps,
+):
     """Linear radiance (P,3) of every pixel under one condition."""
     npx = len(t)
     out = np.empty((npx, 3), dtype=np.float32)
@@ -187,14 +212,21 @@ def shade_radiance(cond, t, tri, nrm, dirs, origin, tex, color, param, tab0, tab
                 b += 0.25 * sb
         elif cond == WINTER:
             snow = 0.0
-            if tk == GRASS or tk == PAVING or tk == ROOF or tk == CONCRETE or tk == WALL or tk == CARPAINT or tk == FENCE or tk == METAL:
+            if tk in (GRASS, PAVING, ROOF, CONCRETE, WALL, CARPAINT, FENCE, METAL):
                 if nz > 0.55:
                     snow = 0.92
             elif tk == FOLIAGE:
                 if _vnoise(tab1, px * 1.5 + pz, py * 1.5) > 0.35:
                     snow = min(max((nz + 0.2) * 1.6, 0.0), 1.0) * 0.85
-            elif tk == ASPHALT or tk == PAINT:
-                snow = min(max((_vnoise(tab0, px * 0.9, py * 0.9) * 0.6 + _vnoise(tab1, px * 0.2, py * 0.2) * 0.4 - 0.45) * 3.0, 0.0), 0.75)
+            elif tk in (ASPHALT, PAINT):
+                snow = min(
+                    max(
+                        (_vnoise(tab0, px * 0.9, py * 0.9) * 0.6 + _vnoise(tab1, px * 0.2, py * 0.2) * 0.4 - 0.45)
+                        * 3.0,
+                        0.0,
+                    ),
+                    0.75,
+                )
             ar = ar * (1 - snow) + 0.82 * snow
             ag = ag * (1 - snow) + 0.84 * snow
             ab = ab * (1 - snow) + 0.88 * snow

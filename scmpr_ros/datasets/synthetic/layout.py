@@ -6,6 +6,7 @@ width, parking, trees and lamps.  The route is a random walk over unused grid ed
 filleted corners (radius 9 m); the mapping pass drives it at c = -1.75 m (right lane); the
 query pass drives the same streets 1-2 m to the side, with a stretch in the opposite direction.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,12 +25,43 @@ def srgb(*rgb) -> tuple[float, float, float]:
     return tuple(float((c / 255.0) ** 2.2) for c in rgb)
 
 
-FACADES = [srgb(*c) for c in [(215, 200, 170), (235, 225, 200), (150, 75, 55), (115, 62, 50), (150, 150, 150),
-                              (92, 94, 98), (225, 225, 220), (160, 180, 200), (170, 195, 160), (225, 200, 120),
-                              (220, 150, 120), (95, 125, 155), (175, 168, 155), (200, 120, 90)]]
-CAR_COLORS = [srgb(*c) for c in [(200, 200, 205), (30, 30, 35), (150, 20, 25), (20, 40, 120), (235, 235, 235),
-                                 (110, 110, 115), (40, 90, 50), (200, 170, 40), (90, 60, 40), (160, 165, 175)]]
-CLOTHES = [srgb(*c) for c in [(30, 30, 60), (150, 30, 30), (60, 60, 60), (200, 180, 140), (40, 90, 140), (220, 220, 220)]]
+FACADES = [
+    srgb(*c)
+    for c in [
+        (215, 200, 170),
+        (235, 225, 200),
+        (150, 75, 55),
+        (115, 62, 50),
+        (150, 150, 150),
+        (92, 94, 98),
+        (225, 225, 220),
+        (160, 180, 200),
+        (170, 195, 160),
+        (225, 200, 120),
+        (220, 150, 120),
+        (95, 125, 155),
+        (175, 168, 155),
+        (200, 120, 90),
+    ]
+]
+CAR_COLORS = [
+    srgb(*c)
+    for c in [
+        (200, 200, 205),
+        (30, 30, 35),
+        (150, 20, 25),
+        (20, 40, 120),
+        (235, 235, 235),
+        (110, 110, 115),
+        (40, 90, 50),
+        (200, 170, 40),
+        (90, 60, 40),
+        (160, 165, 175),
+    ]
+]
+CLOTHES = [
+    srgb(*c) for c in [(30, 30, 60), (150, 30, 30), (60, 60, 60), (200, 180, 140), (40, 90, 140), (220, 220, 220)]
+]
 ROOFS = [srgb(*c) for c in [(140, 60, 45), (80, 80, 85), (110, 50, 40), (60, 60, 65), (150, 110, 80)]]
 
 
@@ -219,8 +251,12 @@ class TownBuilder:
         mb.rect(x0, y0, x1, y1, 0.0, tile=12.0, sk=SK["road"], tex=Tex.ASPHALT, color=asphalt, refl=0.18)
         grass = srgb(95, 120, 60)
         far = 350.0
-        for rect in ((x0 - far, y0 - far, x1 + far, y0), (x0 - far, y1, x1 + far, y1 + far),
-                     (x0 - far, y0, x0, y1), (x1, y0, x1 + far, y1)):
+        for rect in (
+            (x0 - far, y0 - far, x1 + far, y0),
+            (x0 - far, y1, x1 + far, y1 + far),
+            (x0 - far, y0, x0, y1),
+            (x1, y0, x1 + far, y1),
+        ):
             mb.rect(*rect, 0.0, tile=25.0, sk=SK["terrain"], tex=Tex.GRASS, color=grass, refl=0.4)
         # forest belt and distant hills around the grid
         for _ in range(int((x1 - x0 + y1 - y0) / 6)):
@@ -237,9 +273,20 @@ class TownBuilder:
         for _ in range(10):
             a = self.rng.uniform(0, 2 * np.pi)
             r = max(x1 - x0, y1 - y0) / 2 + self.rng.uniform(120, 260)
-            self.mb.blob(cx + r * np.cos(a), cy + r * np.sin(a), -10, self.rng.uniform(60, 120), self.rng.uniform(60, 120),
-                         self.rng.uniform(25, 45), self.rng, jitter=0.25, sk=SK["terrain"], tex=Tex.GRASS,
-                         color=srgb(80, 105, 60), refl=0.35)
+            self.mb.blob(
+                cx + r * np.cos(a),
+                cy + r * np.sin(a),
+                -10,
+                self.rng.uniform(60, 120),
+                self.rng.uniform(60, 120),
+                self.rng.uniform(25, 45),
+                self.rng,
+                jitter=0.25,
+                sk=SK["terrain"],
+                tex=Tex.GRASS,
+                color=srgb(80, 105, 60),
+                refl=0.35,
+            )
 
     def street_marks(self) -> None:
         """Centre lines, parking lines and zebra crossings on every street segment."""
@@ -258,11 +305,29 @@ class TownBuilder:
                         if along1 - along0 < 0.1:
                             return
                         if axis == "x":
-                            mb.rect(c + cross - width / 2, along0, c + cross + width / 2, along1, 0.01,
-                                    sk=SK["lane_marking"], tex=Tex.PAINT, color=colour, refl=0.65)
+                            mb.rect(
+                                c + cross - width / 2,
+                                along0,
+                                c + cross + width / 2,
+                                along1,
+                                0.01,
+                                sk=SK["lane_marking"],
+                                tex=Tex.PAINT,
+                                color=colour,
+                                refl=0.65,
+                            )
                         else:
-                            mb.rect(along0, c + cross - width / 2, along1, c + cross + width / 2, 0.01,
-                                    sk=SK["lane_marking"], tex=Tex.PAINT, color=colour, refl=0.65)
+                            mb.rect(
+                                along0,
+                                c + cross - width / 2,
+                                along1,
+                                c + cross + width / 2,
+                                0.01,
+                                sk=SK["lane_marking"],
+                                tex=Tex.PAINT,
+                                color=colour,
+                                refl=0.65,
+                            )
 
                     if props["double_line"]:
                         mark(a0 + 1, a1 - 1, -0.12, 0.12, yellow)
@@ -277,7 +342,7 @@ class TownBuilder:
                         if props["parking"][side]:
                             mark(a0 + 6, a1 - 6, sgn * (hw - 2.3), 0.12, white)
                     # zebra crossings at some segment ends
-                    for end, lo in ((0, a0 + 0.8), (1, a1 - 3.8)):
+                    for lo in (a0 + 0.8, a1 - 3.8):
                         if self.rng.random() < 0.3:
                             for k in range(int(2 * hw / 1.0) - 1):
                                 cross = -hw + 1.0 + k * 1.0
@@ -315,51 +380,186 @@ class TownBuilder:
         ca, sa = np.cos(yaw), np.sin(yaw)
         if van:
             length = max(length, 5.0)
-            mb.box(x, y, z0 + 0.3, length, width, 1.9, yaw, sk=sk, tex=Tex.CARPAINT, color=colour,
-                   param=(z0 + 1.35, z0 + 1.9, 0, 0, 0, 0), refl=0.35, inst=inst)
+            mb.box(
+                x,
+                y,
+                z0 + 0.3,
+                length,
+                width,
+                1.9,
+                yaw,
+                sk=sk,
+                tex=Tex.CARPAINT,
+                color=colour,
+                param=(z0 + 1.35, z0 + 1.9, 0, 0, 0, 0),
+                refl=0.35,
+                inst=inst,
+            )
         else:
-            mb.box(x, y, z0 + 0.3, length, width, 0.72, yaw, sk=sk, tex=Tex.CARPAINT, color=colour, param=(0, 0), refl=0.35, inst=inst)
+            mb.box(
+                x,
+                y,
+                z0 + 0.3,
+                length,
+                width,
+                0.72,
+                yaw,
+                sk=sk,
+                tex=Tex.CARPAINT,
+                color=colour,
+                param=(0, 0),
+                refl=0.35,
+                inst=inst,
+            )
             off = self.rng.uniform(-0.35, -0.1)
-            mb.box(x + ca * off, y + sa * off, z0 + 1.02, length * 0.55, width - 0.12, 0.5, yaw, sk=sk, tex=Tex.CARPAINT,
-                   color=colour, param=(z0 + 1.0, z0 + 1.45, 0, 0, 0, 0), refl=0.3, inst=inst)
+            mb.box(
+                x + ca * off,
+                y + sa * off,
+                z0 + 1.02,
+                length * 0.55,
+                width - 0.12,
+                0.5,
+                yaw,
+                sk=sk,
+                tex=Tex.CARPAINT,
+                color=colour,
+                param=(z0 + 1.0, z0 + 1.45, 0, 0, 0, 0),
+                refl=0.3,
+                inst=inst,
+            )
         for fx in (-0.32, 0.32):
             for fy in (-0.5, 0.5):
                 wx = x + ca * fx * length - sa * fy * (width - 0.05)
                 wy = y + sa * fx * length + ca * fy * (width - 0.05)
-                mb.box(wx, wy, z0, 0.62, 0.2, 0.62, yaw, sk=sk, tex=Tex.TIRE, color=srgb(25, 25, 25), refl=0.1, inst=inst)
+                mb.box(
+                    wx, wy, z0, 0.62, 0.2, 0.62, yaw, sk=sk, tex=Tex.TIRE, color=srgb(25, 25, 25), refl=0.1, inst=inst
+                )
 
     def person(self, x, y, yaw, z0=KERB_H) -> None:
         mb, inst = self.mb, self.mb.new_instance()
         h = self.rng.uniform(0.9, 1.1)
-        mb.box(x, y, z0, 0.34, 0.22, 0.85 * h, yaw, sk=SK["person"], tex=Tex.CLOTH, color=self.pick(CLOTHES), refl=0.25, inst=inst)
-        mb.box(x, y, z0 + 0.85 * h, 0.46, 0.26, 0.6 * h, yaw, sk=SK["person"], tex=Tex.CLOTH, color=self.pick(CLOTHES), refl=0.25, inst=inst)
-        mb.blob(x, y, z0 + 1.58 * h, 0.11, 0.11, 0.13, self.rng, jitter=0.05, sk=SK["person"], tex=Tex.CLOTH,
-                color=srgb(200, 160, 130), refl=0.25, inst=inst)
+        mb.box(
+            x,
+            y,
+            z0,
+            0.34,
+            0.22,
+            0.85 * h,
+            yaw,
+            sk=SK["person"],
+            tex=Tex.CLOTH,
+            color=self.pick(CLOTHES),
+            refl=0.25,
+            inst=inst,
+        )
+        mb.box(
+            x,
+            y,
+            z0 + 0.85 * h,
+            0.46,
+            0.26,
+            0.6 * h,
+            yaw,
+            sk=SK["person"],
+            tex=Tex.CLOTH,
+            color=self.pick(CLOTHES),
+            refl=0.25,
+            inst=inst,
+        )
+        mb.blob(
+            x,
+            y,
+            z0 + 1.58 * h,
+            0.11,
+            0.11,
+            0.13,
+            self.rng,
+            jitter=0.05,
+            sk=SK["person"],
+            tex=Tex.CLOTH,
+            color=srgb(200, 160, 130),
+            refl=0.25,
+            inst=inst,
+        )
 
     def tree(self, x, y, z0=0.0, big=1.0) -> None:
         mb = self.mb
         trunk_h = self.rng.uniform(2.6, 4.0) * big
-        mb.cylinder(x, y, z0, self.rng.uniform(0.14, 0.26) * big, trunk_h + 0.5, n=6, cap=False, sk=SK["trunk"], tex=Tex.BARK,
-                    color=srgb(90, 70, 50), refl=0.3)
+        mb.cylinder(
+            x,
+            y,
+            z0,
+            self.rng.uniform(0.14, 0.26) * big,
+            trunk_h + 0.5,
+            n=6,
+            cap=False,
+            sk=SK["trunk"],
+            tex=Tex.BARK,
+            color=srgb(90, 70, 50),
+            refl=0.3,
+        )
         green = self.jitter_color(srgb(*self.pick([(70, 105, 40), (55, 90, 45), (95, 120, 45), (60, 80, 35)])), 0.15)
         if self.rng.random() < 0.25:  # conifer
             r = self.rng.uniform(1.4, 2.4) * big
             for k in range(3):
-                mb.cone(x, y, z0 + trunk_h * 0.6 + k * r * 0.9, r * (1 - 0.25 * k), r * 1.6, n=8, sk=SK["vegetation"],
-                        tex=Tex.FOLIAGE, color=green, refl=0.4)
+                mb.cone(
+                    x,
+                    y,
+                    z0 + trunk_h * 0.6 + k * r * 0.9,
+                    r * (1 - 0.25 * k),
+                    r * 1.6,
+                    n=8,
+                    sk=SK["vegetation"],
+                    tex=Tex.FOLIAGE,
+                    color=green,
+                    refl=0.4,
+                )
             return
         r = self.rng.uniform(1.8, 3.2) * big
-        mb.blob(x, y, z0 + trunk_h + r * 0.7, r, r, r * self.rng.uniform(0.8, 1.1), self.rng, sk=SK["vegetation"], tex=Tex.FOLIAGE,
-                color=green, refl=0.4)
+        mb.blob(
+            x,
+            y,
+            z0 + trunk_h + r * 0.7,
+            r,
+            r,
+            r * self.rng.uniform(0.8, 1.1),
+            self.rng,
+            sk=SK["vegetation"],
+            tex=Tex.FOLIAGE,
+            color=green,
+            refl=0.4,
+        )
         if self.rng.random() < 0.5:
             dx, dy = self.rng.uniform(-0.8, 0.8, 2) * r
-            mb.blob(x + dx, y + dy, z0 + trunk_h + r * 1.1, r * 0.7, r * 0.7, r * 0.6, self.rng, sk=SK["vegetation"],
-                    tex=Tex.FOLIAGE, color=green, refl=0.4)
+            mb.blob(
+                x + dx,
+                y + dy,
+                z0 + trunk_h + r * 1.1,
+                r * 0.7,
+                r * 0.7,
+                r * 0.6,
+                self.rng,
+                sk=SK["vegetation"],
+                tex=Tex.FOLIAGE,
+                color=green,
+                refl=0.4,
+            )
 
     def bush(self, x, y, z0=KERB_H) -> None:
         r = self.rng.uniform(0.5, 1.0)
-        self.mb.blob(x, y, z0 + r * 0.6, r, r, r * 0.7, self.rng, sk=SK["vegetation"], tex=Tex.FOLIAGE,
-                     color=self.jitter_color(srgb(60, 95, 40)), refl=0.4)
+        self.mb.blob(
+            x,
+            y,
+            z0 + r * 0.6,
+            r,
+            r,
+            r * 0.7,
+            self.rng,
+            sk=SK["vegetation"],
+            tex=Tex.FOLIAGE,
+            color=self.jitter_color(srgb(60, 95, 40)),
+            refl=0.4,
+        )
 
     def lamp(self, base, toward_road) -> None:
         """Street lamp: pole, arm over the road, lamp head (light source at night)."""
@@ -370,36 +570,107 @@ class TownBuilder:
         head = base + toward_road * 1.6
         mid = (base + head) / 2
         yaw = float(np.arctan2(toward_road[1], toward_road[0]))
-        mb.box(mid[0], mid[1], KERB_H + h - 0.08, 1.7, 0.08, 0.08, yaw, sk=SK["pole"], tex=Tex.METAL, color=grey, refl=0.45)
-        mb.box(head[0], head[1], KERB_H + h - 0.25, 0.6, 0.3, 0.2, yaw, sk=SK["pole"], tex=Tex.LAMP, color=srgb(220, 220, 210), refl=0.5)
+        mb.box(
+            mid[0], mid[1], KERB_H + h - 0.08, 1.7, 0.08, 0.08, yaw, sk=SK["pole"], tex=Tex.METAL, color=grey, refl=0.45
+        )
+        mb.box(
+            head[0],
+            head[1],
+            KERB_H + h - 0.25,
+            0.6,
+            0.3,
+            0.2,
+            yaw,
+            sk=SK["pole"],
+            tex=Tex.LAMP,
+            color=srgb(220, 220, 210),
+            refl=0.5,
+        )
         self.lamps.append(np.array([head[0], head[1], KERB_H + h - 0.3]))
 
     def sign(self, pos, face_yaw) -> None:
         mb = self.mb
         h = self.rng.uniform(2.0, 2.6)
-        mb.cylinder(pos[0], pos[1], KERB_H, 0.04, h, n=6, sk=SK["pole"], tex=Tex.METAL, color=srgb(150, 150, 155), refl=0.45)
+        mb.cylinder(
+            pos[0], pos[1], KERB_H, 0.04, h, n=6, sk=SK["pole"], tex=Tex.METAL, color=srgb(150, 150, 155), refl=0.45
+        )
         kind = int(self.rng.integers(4))
         fx, fy = np.cos(face_yaw) * 0.05, np.sin(face_yaw) * 0.05
         cx, cy, cz = pos[0] + fx, pos[1] + fy, KERB_H + h + 0.35
         if kind == 0:  # round prohibitory: white face, red rim
-            mb.disc(cx, cy, cz, 0.35, face_yaw, sk=SK["traffic_sign"], tex=Tex.SIGN, color=srgb(240, 240, 240),
-                    param=(cx, cy, cz, 0.27, 1, 0), refl=0.9)
+            mb.disc(
+                cx,
+                cy,
+                cz,
+                0.35,
+                face_yaw,
+                sk=SK["traffic_sign"],
+                tex=Tex.SIGN,
+                color=srgb(240, 240, 240),
+                param=(cx, cy, cz, 0.27, 1, 0),
+                refl=0.9,
+            )
         elif kind == 1:  # blue mandatory
-            mb.disc(cx, cy, cz, 0.35, face_yaw, sk=SK["traffic_sign"], tex=Tex.SIGN, color=srgb(30, 70, 170),
-                    param=(cx, cy, cz, 0.3, 2, 0), refl=0.9)
+            mb.disc(
+                cx,
+                cy,
+                cz,
+                0.35,
+                face_yaw,
+                sk=SK["traffic_sign"],
+                tex=Tex.SIGN,
+                color=srgb(30, 70, 170),
+                param=(cx, cy, cz, 0.3, 2, 0),
+                refl=0.9,
+            )
         elif kind == 2:  # warning triangle
-            mb.triangle_plate(cx, cy, cz, 0.8, face_yaw, sk=SK["traffic_sign"], tex=Tex.SIGN, color=srgb(240, 240, 240),
-                              param=(cx, cy, cz, 0.16, 1, 0), refl=0.9)
+            mb.triangle_plate(
+                cx,
+                cy,
+                cz,
+                0.8,
+                face_yaw,
+                sk=SK["traffic_sign"],
+                tex=Tex.SIGN,
+                color=srgb(240, 240, 240),
+                param=(cx, cy, cz, 0.16, 1, 0),
+                refl=0.9,
+            )
         else:  # rectangular information board
-            mb.box(cx, cy, cz - 0.35, 0.05, 0.9, 0.7, face_yaw, sk=SK["traffic_sign"], tex=Tex.SIGN,
-                   color=self.pick([srgb(30, 70, 170), srgb(20, 110, 50), srgb(230, 190, 40)]), param=(cx, cy, cz, 9.0, 0, 0), refl=0.9)
+            mb.box(
+                cx,
+                cy,
+                cz - 0.35,
+                0.05,
+                0.9,
+                0.7,
+                face_yaw,
+                sk=SK["traffic_sign"],
+                tex=Tex.SIGN,
+                color=self.pick([srgb(30, 70, 170), srgb(20, 110, 50), srgb(230, 190, 40)]),
+                param=(cx, cy, cz, 9.0, 0, 0),
+                refl=0.9,
+            )
 
     def traffic_light(self, pos, face_yaw) -> None:
         mb = self.mb
-        mb.cylinder(pos[0], pos[1], KERB_H, 0.08, 4.2, n=6, sk=SK["pole"], tex=Tex.METAL, color=srgb(60, 62, 60), refl=0.4)
+        mb.cylinder(
+            pos[0], pos[1], KERB_H, 0.08, 4.2, n=6, sk=SK["pole"], tex=Tex.METAL, color=srgb(60, 62, 60), refl=0.4
+        )
         fx, fy = np.cos(face_yaw) * 0.15, np.sin(face_yaw) * 0.15
-        mb.box(pos[0] + fx, pos[1] + fy, KERB_H + 3.2, 0.25, 0.35, 1.0, face_yaw, sk=SK["traffic_sign"], tex=Tex.METAL,
-               color=srgb(35, 35, 30), refl=0.5)
+        mb.box(
+            pos[0] + fx,
+            pos[1] + fy,
+            KERB_H + 3.2,
+            0.25,
+            0.35,
+            1.0,
+            face_yaw,
+            sk=SK["traffic_sign"],
+            tex=Tex.METAL,
+            color=srgb(35, 35, 30),
+            refl=0.5,
+        )
 
     def fence(self, p0, p1, height, kind) -> None:
         """kind: 'slats' (wood), 'metal' (bars), 'wall' (low wall), 'hedge'."""
@@ -411,19 +682,55 @@ class TownBuilder:
         yaw = float(np.arctan2(d[1], d[0]))
         mid = (p0 + p1) / 2
         if kind == "hedge":
-            mb.box(mid[0], mid[1], KERB_H, length, 0.8, height, yaw, sk=SK["vegetation"], tex=Tex.FOLIAGE,
-                   color=self.jitter_color(srgb(50, 85, 35)), refl=0.4)
+            mb.box(
+                mid[0],
+                mid[1],
+                KERB_H,
+                length,
+                0.8,
+                height,
+                yaw,
+                sk=SK["vegetation"],
+                tex=Tex.FOLIAGE,
+                color=self.jitter_color(srgb(50, 85, 35)),
+                refl=0.4,
+            )
             return
         if kind == "wall":
-            mb.box(mid[0], mid[1], KERB_H, length, 0.3, height, yaw, sk=SK["fence"], tex=Tex.CONCRETE,
-                   color=self.jitter_color(self.pick(FACADES)), refl=0.35)
+            mb.box(
+                mid[0],
+                mid[1],
+                KERB_H,
+                length,
+                0.3,
+                height,
+                yaw,
+                sk=SK["fence"],
+                tex=Tex.CONCRETE,
+                color=self.jitter_color(self.pick(FACADES)),
+                refl=0.35,
+            )
             return
         colour = srgb(140, 100, 60) if kind == "slats" else srgb(70, 90, 75)
-        mb.box(mid[0], mid[1], KERB_H, length, 0.05, height, yaw, sk=SK["fence"], tex=Tex.FENCE, color=colour,
-               param=(0.16 if kind == "slats" else 0.12, 0.25 if kind == "slats" else 0.7, 0, 0, 0, 0), refl=0.3)
+        mb.box(
+            mid[0],
+            mid[1],
+            KERB_H,
+            length,
+            0.05,
+            height,
+            yaw,
+            sk=SK["fence"],
+            tex=Tex.FENCE,
+            color=colour,
+            param=(0.16 if kind == "slats" else 0.12, 0.25 if kind == "slats" else 0.7, 0, 0, 0, 0),
+            refl=0.3,
+        )
         for t in np.arange(0.0, length + 1e-6, 2.5):
             q = p0 + d / length * t
-            mb.box(q[0], q[1], KERB_H, 0.1, 0.1, height + 0.1, yaw, sk=SK["fence"], tex=Tex.METAL, color=colour, refl=0.35)
+            mb.box(
+                q[0], q[1], KERB_H, 0.1, 0.1, height + 0.1, yaw, sk=SK["fence"], tex=Tex.METAL, color=colour, refl=0.35
+            )
 
     def building(self, side: _Side, u0, u1, v0, depth, height, style) -> None:
         mb = self.mb
@@ -431,43 +738,115 @@ class TownBuilder:
         c = side.p((u0 + u1) / 2, v0 + depth / 2)
         facade = self.jitter_color(self.pick(FACADES), 0.1)
         if style == "downtown":
-            win = (self.rng.uniform(3.1, 3.6), self.rng.uniform(1.6, 3.0), self.rng.uniform(0.5, 0.8), self.rng.uniform(0.5, 0.7))
+            win = (
+                self.rng.uniform(3.1, 3.6),
+                self.rng.uniform(1.6, 3.0),
+                self.rng.uniform(0.5, 0.8),
+                self.rng.uniform(0.5, 0.7),
+            )
         elif style == "residential":
-            win = (self.rng.uniform(2.7, 3.0), self.rng.uniform(2.4, 4.0), self.rng.uniform(0.3, 0.5), self.rng.uniform(0.4, 0.55))
+            win = (
+                self.rng.uniform(2.7, 3.0),
+                self.rng.uniform(2.4, 4.0),
+                self.rng.uniform(0.3, 0.5),
+                self.rng.uniform(0.4, 0.55),
+            )
         else:
-            win = (self.rng.uniform(4.0, 6.0), self.rng.uniform(4.0, 8.0), self.rng.uniform(0.25, 0.45), self.rng.uniform(0.15, 0.25))
+            win = (
+                self.rng.uniform(4.0, 6.0),
+                self.rng.uniform(4.0, 8.0),
+                self.rng.uniform(0.25, 0.45),
+                self.rng.uniform(0.15, 0.25),
+            )
         if self.rng.random() < 0.08:
             win = (3.0, 3.0, 0.0, 0.0)  # blank wall
         bid = float(self.rng.integers(1, 1 << 20))
         param = win + (bid, self.rng.uniform(0.15, 0.6))
-        mb.box(c[0], c[1], KERB_H, width, depth, height, side.yaw, sk=SK["building"], tex=Tex.WALL, color=facade, param=param, refl=0.3)
+        mb.box(
+            c[0],
+            c[1],
+            KERB_H,
+            width,
+            depth,
+            height,
+            side.yaw,
+            sk=SK["building"],
+            tex=Tex.WALL,
+            color=facade,
+            param=param,
+            refl=0.3,
+        )
         roof_col = self.jitter_color(self.pick(ROOFS), 0.1)
         if style == "residential" and self.rng.random() < 0.7:
-            mb.gable_roof(c[0], c[1], KERB_H + height, width + 0.4, depth + 0.4, self.rng.uniform(2.0, 3.5), side.yaw,
-                          sk=SK["building"], tex=Tex.ROOF, color=roof_col, refl=0.3)
+            mb.gable_roof(
+                c[0],
+                c[1],
+                KERB_H + height,
+                width + 0.4,
+                depth + 0.4,
+                self.rng.uniform(2.0, 3.5),
+                side.yaw,
+                sk=SK["building"],
+                tex=Tex.ROOF,
+                color=roof_col,
+                refl=0.3,
+            )
         elif self.rng.random() < 0.5:  # roof structure / parapet
             w2, d2 = width * self.rng.uniform(0.2, 0.5), depth * self.rng.uniform(0.2, 0.5)
-            mb.box(c[0], c[1], KERB_H + height, w2, d2, self.rng.uniform(1.5, 3.5), side.yaw, sk=SK["building"], tex=Tex.ROOF,
-                   color=roof_col, refl=0.3)
+            mb.box(
+                c[0],
+                c[1],
+                KERB_H + height,
+                w2,
+                d2,
+                self.rng.uniform(1.5, 3.5),
+                side.yaw,
+                sk=SK["building"],
+                tex=Tex.ROOF,
+                color=roof_col,
+                refl=0.3,
+            )
 
     # ---- blocks ----
     def block(self, bx0, by0, bx1, by1, district, streets) -> None:
         mb, rng = self.mb, self.rng
         sw = rng.uniform(2.5, 4.0)
-        paving = self.jitter_color(srgb(*self.pick([(150, 148, 142), (170, 160, 150), (140, 120, 115), (120, 125, 130)])), 0.06)
+        paving = self.jitter_color(
+            srgb(*self.pick([(150, 148, 142), (170, 160, 150), (140, 120, 115), (120, 125, 130)])), 0.06
+        )
         # kerbs
         kerb_col = srgb(160, 160, 155)
         corners = [(bx0, by0), (bx1, by0), (bx1, by1), (bx0, by1)]
         for k in range(4):
             (xa, ya), (xb, yb) = corners[k], corners[(k + 1) % 4]
-            mb.quad([[xa, ya, 0], [xb, yb, 0], [xb, yb, KERB_H], [xa, ya, KERB_H]], sk=SK["sidewalk"], tex=Tex.CONCRETE,
-                    color=kerb_col, refl=0.35)
-        for rect in ((bx0, by0, bx1, by0 + sw), (bx0, by1 - sw, bx1, by1), (bx0, by0 + sw, bx0 + sw, by1 - sw),
-                     (bx1 - sw, by0 + sw, bx1, by1 - sw)):
-            mb.rect(*rect, KERB_H, tile=10.0, sk=SK["sidewalk"], tex=Tex.PAVING, color=paving, param=(rng.uniform(0.4, 0.8),), refl=0.3)
+            mb.quad(
+                [[xa, ya, 0], [xb, yb, 0], [xb, yb, KERB_H], [xa, ya, KERB_H]],
+                sk=SK["sidewalk"],
+                tex=Tex.CONCRETE,
+                color=kerb_col,
+                refl=0.35,
+            )
+        for rect in (
+            (bx0, by0, bx1, by0 + sw),
+            (bx0, by1 - sw, bx1, by1),
+            (bx0, by0 + sw, bx0 + sw, by1 - sw),
+            (bx1 - sw, by0 + sw, bx1, by1 - sw),
+        ):
+            mb.rect(
+                *rect,
+                KERB_H,
+                tile=10.0,
+                sk=SK["sidewalk"],
+                tex=Tex.PAVING,
+                color=paving,
+                param=(rng.uniform(0.4, 0.8),),
+                refl=0.3,
+            )
         inner = (bx0 + sw, by0 + sw, bx1 - sw, by1 - sw)
         ground_col = srgb(95, 120, 60) if district != "industrial" else srgb(120, 115, 95)
-        mb.rect(*inner, KERB_H, tile=10.0, sk=SK["terrain"], tex=Tex.GRASS, color=self.jitter_color(ground_col), refl=0.4)
+        mb.rect(
+            *inner, KERB_H, tile=10.0, sk=SK["terrain"], tex=Tex.GRASS, color=self.jitter_color(ground_col), refl=0.4
+        )
 
         lx, ly = bx1 - bx0, by1 - by0
         depth_max = float(np.clip(min(lx, ly) / 2 - sw - 1.0, 6.0, 20.0))
@@ -518,20 +897,64 @@ class TownBuilder:
             if side.free(u, 1.0):
                 q = side.p(u, sw - 0.6)
                 if rng.random() < 0.5:
-                    self.mb.cylinder(q[0], q[1], KERB_H, 0.28, 0.9, n=8, sk=SK["other_object"], tex=Tex.CONCRETE,
-                                     color=srgb(*self.pick([(40, 90, 50), (90, 90, 95), (150, 120, 40)])), refl=0.3)
+                    self.mb.cylinder(
+                        q[0],
+                        q[1],
+                        KERB_H,
+                        0.28,
+                        0.9,
+                        n=8,
+                        sk=SK["other_object"],
+                        tex=Tex.CONCRETE,
+                        color=srgb(*self.pick([(40, 90, 50), (90, 90, 95), (150, 120, 40)])),
+                        refl=0.3,
+                    )
                 else:
-                    self.mb.box(q[0], q[1], KERB_H + 0.4, 1.6, 0.45, 0.08, side.yaw, sk=SK["other_object"], tex=Tex.FENCE,
-                                color=srgb(120, 85, 55), param=(0.12, 0.2), refl=0.3)
-                    self.mb.box(q[0], q[1], KERB_H, 1.4, 0.35, 0.4, side.yaw, sk=SK["other_object"], tex=Tex.METAL,
-                                color=srgb(60, 60, 60), refl=0.3)
+                    self.mb.box(
+                        q[0],
+                        q[1],
+                        KERB_H + 0.4,
+                        1.6,
+                        0.45,
+                        0.08,
+                        side.yaw,
+                        sk=SK["other_object"],
+                        tex=Tex.FENCE,
+                        color=srgb(120, 85, 55),
+                        param=(0.12, 0.2),
+                        refl=0.3,
+                    )
+                    self.mb.box(
+                        q[0],
+                        q[1],
+                        KERB_H,
+                        1.4,
+                        0.35,
+                        0.4,
+                        side.yaw,
+                        sk=SK["other_object"],
+                        tex=Tex.METAL,
+                        color=srgb(60, 60, 60),
+                        refl=0.3,
+                    )
                 side.taken.append((u, 1.0))
         if rng.random() < 0.35:  # bus shelter
             u = self.uni(8, max(side.length - 8, 8.5))
             if side.free(u, 2.5) and sw > 2.8:
                 q = side.p(u, sw - 0.9)
-                self.mb.box(q[0], q[1], KERB_H, 3.0, 1.2, 2.4, side.yaw, sk=SK["other_structure"], tex=Tex.METAL,
-                            color=srgb(90, 110, 120), refl=0.3)
+                self.mb.box(
+                    q[0],
+                    q[1],
+                    KERB_H,
+                    3.0,
+                    1.2,
+                    2.4,
+                    side.yaw,
+                    sk=SK["other_structure"],
+                    tex=Tex.METAL,
+                    color=srgb(90, 110, 120),
+                    refl=0.3,
+                )
                 side.taken.append((u, 1.8))
         for _ in range(int(rng.poisson(0.6))):
             u = self.uni(2, side.length - 2)
@@ -560,8 +983,15 @@ class TownBuilder:
             u1 = u + width
             front = sw + 0.3
             if kind == "building":
-                self.building(side, u + 0.1, u1 - 0.1, sw + rng.uniform(0, 0.6), depth_max * rng.uniform(0.75, 1.0),
-                              rng.uniform(12, 32), "downtown")
+                self.building(
+                    side,
+                    u + 0.1,
+                    u1 - 0.1,
+                    sw + rng.uniform(0, 0.6),
+                    depth_max * rng.uniform(0.75, 1.0),
+                    rng.uniform(12, 32),
+                    "downtown",
+                )
             elif kind == "house":
                 gap = rng.uniform(1.5, 3.0)
                 setback = rng.uniform(3.0, 6.0)
@@ -570,8 +1000,12 @@ class TownBuilder:
                     self.building(side, u + gap, u1 - gap, sw + setback, depth, rng.uniform(5, 8.5), "residential")
                 f = rng.random()
                 if f < 0.55:
-                    self.fence(side.p(u + 0.2, front), side.p(u1 - 0.2, front), rng.uniform(0.9, 1.5),
-                               self.pick(["slats", "hedge", "wall", "metal"]))
+                    self.fence(
+                        side.p(u + 0.2, front),
+                        side.p(u1 - 0.2, front),
+                        rng.uniform(0.9, 1.5),
+                        self.pick(["slats", "hedge", "wall", "metal"]),
+                    )
                 if rng.random() < 0.5:
                     q = side.p(u + self.uni(1, max(width - 1, 1.5)), sw + setback / 2 + 0.3)
                     (self.tree if rng.random() < 0.5 else self.bush)(q[0], q[1], KERB_H)
@@ -585,15 +1019,32 @@ class TownBuilder:
                     q = side.p(u + width / 2, sw + setback / 2 + 0.2)
                     self.car(q[0], q[1], side.yaw, 6.0, van=True, z0=KERB_H)
             elif kind == "yard":
-                self.fence(side.p(u + 0.2, front), side.p(u1 - 0.2, front), rng.uniform(1.8, 2.4), self.pick(["metal", "wall"]))
+                self.fence(
+                    side.p(u + 0.2, front), side.p(u1 - 0.2, front), rng.uniform(1.8, 2.4), self.pick(["metal", "wall"])
+                )
                 for _ in range(int(rng.integers(1, 4))):
                     q = side.p(self.uni(u + 3, u1 - 3), sw + self.uni(4, depth_max - 2))
-                    self.mb.box(q[0], q[1], KERB_H, rng.uniform(2, 6), rng.uniform(2, 3), rng.uniform(1.5, 2.6),
-                                rng.uniform(0, np.pi), sk=SK["other_structure"], tex=Tex.METAL,
-                                color=srgb(*self.pick([(150, 60, 40), (40, 80, 140), (120, 120, 110)])), refl=0.4)
+                    self.mb.box(
+                        q[0],
+                        q[1],
+                        KERB_H,
+                        rng.uniform(2, 6),
+                        rng.uniform(2, 3),
+                        rng.uniform(1.5, 2.6),
+                        rng.uniform(0, np.pi),
+                        sk=SK["other_structure"],
+                        tex=Tex.METAL,
+                        color=srgb(*self.pick([(150, 60, 40), (40, 80, 140), (120, 120, 110)])),
+                        refl=0.4,
+                    )
             elif kind in ("park", "garden", "plaza"):
                 if kind == "park" and rng.random() < 0.5:
-                    self.fence(side.p(u + 0.2, front), side.p(u1 - 0.2, front), rng.uniform(0.6, 1.0), self.pick(["hedge", "metal"]))
+                    self.fence(
+                        side.p(u + 0.2, front),
+                        side.p(u1 - 0.2, front),
+                        rng.uniform(0.6, 1.0),
+                        self.pick(["hedge", "metal"]),
+                    )
                 for _ in range(int(rng.integers(1, 5))):
                     q = side.p(self.uni(u + 1.5, u1 - 1.5), sw + self.uni(2, depth_max))
                     self.tree(q[0], q[1], KERB_H, big=rng.uniform(0.9, 1.3))
@@ -622,7 +1073,12 @@ class TownBuilder:
                 by0, by1 = L.ys[j] + L.hy[j], L.ys[j + 1] - L.hy[j + 1]
                 streets = {}
                 # code 1: the block lies on the +side of the street's line, 0: on the -side
-                for key, skey, code in (("S", ("y", j), 1), ("N", ("y", j + 1), 0), ("W", ("x", i), 1), ("E", ("x", i + 1), 0)):
+                for key, skey, code in (
+                    ("S", ("y", j), 1),
+                    ("N", ("y", j + 1), 0),
+                    ("W", ("x", i), 1),
+                    ("E", ("x", i + 1), 0),
+                ):
                     st = dict(self.streets[skey])
                     st["lamps_here"] = st["lamps_both"] or st["lamp_side"] == code
                     streets[key] = st

@@ -4,6 +4,7 @@ Every triangle carries a SemanticKITTI id, a texture kind, a linear-RGB albedo, 
 parameters, a LiDAR reflectance and an instance id; primitives (box, cylinder, cone, blob,
 gable roof, quad) are placed with a yaw about z and a translation.
 """
+
 from __future__ import annotations
 
 from enum import IntEnum
@@ -32,21 +33,69 @@ class Tex(IntEnum):
 
 # SemanticKITTI raw ids used by the town (semantic-kitti.yaml)
 SK = {
-    "car": 10, "truck": 18, "person": 30, "road": 40, "parking": 44, "sidewalk": 48,
-    "building": 50, "fence": 51, "other_structure": 52, "lane_marking": 60, "vegetation": 70,
-    "trunk": 71, "terrain": 72, "pole": 80, "traffic_sign": 81, "other_object": 99,
+    "car": 10,
+    "truck": 18,
+    "person": 30,
+    "road": 40,
+    "parking": 44,
+    "sidewalk": 48,
+    "building": 50,
+    "fence": 51,
+    "other_structure": 52,
+    "lane_marking": 60,
+    "vegetation": 70,
+    "trunk": 71,
+    "terrain": 72,
+    "pole": 80,
+    "traffic_sign": 81,
+    "other_object": 99,
 }
 
 
 def _unit_icosphere() -> tuple[np.ndarray, np.ndarray]:
-    t = (1.0 + 5 ** 0.5) / 2.0
+    t = (1.0 + 5**0.5) / 2.0
     v = np.array(
-        [[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t], [0, -1, -t], [0, 1, -t],
-         [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]], dtype=np.float64)
+        [
+            [-1, t, 0],
+            [1, t, 0],
+            [-1, -t, 0],
+            [1, -t, 0],
+            [0, -1, t],
+            [0, 1, t],
+            [0, -1, -t],
+            [0, 1, -t],
+            [t, 0, -1],
+            [t, 0, 1],
+            [-t, 0, -1],
+            [-t, 0, 1],
+        ],
+        dtype=np.float64,
+    )
     f = np.array(
-        [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
-         [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5],
-         [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]], dtype=np.int64)
+        [
+            [0, 11, 5],
+            [0, 5, 1],
+            [0, 1, 7],
+            [0, 7, 10],
+            [0, 10, 11],
+            [1, 5, 9],
+            [5, 11, 4],
+            [11, 10, 2],
+            [10, 7, 6],
+            [7, 1, 8],
+            [3, 9, 4],
+            [3, 4, 2],
+            [3, 2, 6],
+            [3, 6, 8],
+            [3, 8, 9],
+            [4, 9, 5],
+            [2, 4, 11],
+            [6, 2, 10],
+            [8, 6, 7],
+            [9, 8, 1],
+        ],
+        dtype=np.int64,
+    )
     verts = list(v / np.linalg.norm(v, axis=1, keepdims=True))
     cache: dict[tuple[int, int], int] = {}
 
@@ -67,11 +116,24 @@ def _unit_icosphere() -> tuple[np.ndarray, np.ndarray]:
 
 _ICO_V, _ICO_F = _unit_icosphere()  # 42 vertices, 80 triangles
 
-_BOX_V = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0],
-                   [-0.5, -0.5, 1], [0.5, -0.5, 1], [0.5, 0.5, 1], [-0.5, 0.5, 1]], dtype=np.float64)
+_BOX_V = np.array(
+    [
+        [-0.5, -0.5, 0],
+        [0.5, -0.5, 0],
+        [0.5, 0.5, 0],
+        [-0.5, 0.5, 0],
+        [-0.5, -0.5, 1],
+        [0.5, -0.5, 1],
+        [0.5, 0.5, 1],
+        [-0.5, 0.5, 1],
+    ],
+    dtype=np.float64,
+)
 # outward-facing (counter-clockwise seen from outside); bottom omitted: it is never seen
-_BOX_F = np.array([[4, 5, 6], [4, 6, 7], [0, 1, 5], [0, 5, 4], [1, 2, 6], [1, 6, 5],
-                   [2, 3, 7], [2, 7, 6], [3, 0, 4], [3, 4, 7]], dtype=np.int64)
+_BOX_F = np.array(
+    [[4, 5, 6], [4, 6, 7], [0, 1, 5], [0, 5, 4], [1, 2, 6], [1, 6, 5], [2, 3, 7], [2, 7, 6], [3, 0, 4], [3, 4, 7]],
+    dtype=np.int64,
+)
 _BOX_F_BOTTOM = np.array([[0, 2, 1], [0, 3, 2]], dtype=np.int64)
 
 
@@ -94,7 +156,9 @@ class MeshBuilder:
         self._next_instance += 1
         return self._next_instance - 1
 
-    def add(self, verts, faces, sk: int, tex: Tex, color, param=(0, 0, 0, 0, 0, 0), refl: float = 0.3, inst: int = 0) -> None:
+    def add(
+        self, verts, faces, sk: int, tex: Tex, color, param=(0, 0, 0, 0, 0, 0), refl: float = 0.3, inst: int = 0
+    ) -> None:
         verts = np.asarray(verts, dtype=np.float64)
         faces = np.asarray(faces, dtype=np.int64)
         self._v.append(verts)
@@ -127,7 +191,14 @@ class MeshBuilder:
     def oriented_rect(self, cx, cy, along, across, yaw, z, **kw) -> None:
         """Flat rectangle centred at (cx, cy), ``along`` metres in direction yaw, ``across`` across it."""
         R = _rotz(yaw)
-        local = np.array([[-along / 2, -across / 2, 0], [along / 2, -across / 2, 0], [along / 2, across / 2, 0], [-along / 2, across / 2, 0]])
+        local = np.array(
+            [
+                [-along / 2, -across / 2, 0],
+                [along / 2, -across / 2, 0],
+                [along / 2, across / 2, 0],
+                [-along / 2, across / 2, 0],
+            ]
+        )
         self.quad(local @ R.T + np.array([cx, cy, z]), **kw)
 
     def cylinder(self, x, y, z0, r, h, n=8, cap=True, **kw) -> None:
@@ -156,16 +227,28 @@ class MeshBuilder:
         """Vertical disc (round sign plate) facing direction ``yaw``."""
         a = np.linspace(0, 2 * np.pi, n, endpoint=False)
         ring = np.stack([np.zeros(n), np.cos(a) * r, np.sin(a) * r], 1)
-        v = np.concatenate([ring + [thickness / 2, 0, 0], ring - [thickness / 2, 0, 0], [[thickness / 2, 0, 0], [-thickness / 2, 0, 0]]])
+        v = np.concatenate(
+            [
+                ring + [thickness / 2, 0, 0],
+                ring - [thickness / 2, 0, 0],
+                [[thickness / 2, 0, 0], [-thickness / 2, 0, 0]],
+            ]
+        )
         i = np.arange(n)
         j = (i + 1) % n
-        f = np.concatenate([np.stack([i, j, np.full(n, 2 * n)], 1), np.stack([i + n, np.full(n, 2 * n + 1), j + n], 1),
-                            np.stack([i, i + n, j + n], 1), np.stack([i, j + n, j], 1)])
+        f = np.concatenate(
+            [
+                np.stack([i, j, np.full(n, 2 * n)], 1),
+                np.stack([i + n, np.full(n, 2 * n + 1), j + n], 1),
+                np.stack([i, i + n, j + n], 1),
+                np.stack([i, j + n, j], 1),
+            ]
+        )
         self.add(v @ _rotz(yaw).T + [x, y, z], f, **kw)
 
     def triangle_plate(self, x, y, z, side, yaw, thickness=0.04, **kw) -> None:
         """Vertical equilateral triangle (warning sign) facing ``yaw``, apex up."""
-        h = side * 3 ** 0.5 / 2
+        h = side * 3**0.5 / 2
         tri = np.array([[0, -side / 2, -h / 3], [0, side / 2, -h / 3], [0, 0, 2 * h / 3]])
         v = np.concatenate([tri + [thickness / 2, 0, 0], tri - [thickness / 2, 0, 0]])
         f = [[0, 1, 2], [3, 5, 4], [0, 3, 4], [0, 4, 1], [1, 4, 5], [1, 5, 2], [2, 5, 3], [2, 3, 0]]
@@ -175,8 +258,16 @@ class MeshBuilder:
         """Pitched roof over a sx * sy footprint (ridge along the longer side)."""
         if sy > sx:
             sx, sy, yaw = sy, sx, yaw + np.pi / 2
-        v = np.array([[-sx / 2, -sy / 2, 0], [sx / 2, -sy / 2, 0], [sx / 2, sy / 2, 0], [-sx / 2, sy / 2, 0],
-                      [-sx / 2, 0, h], [sx / 2, 0, h]])
+        v = np.array(
+            [
+                [-sx / 2, -sy / 2, 0],
+                [sx / 2, -sy / 2, 0],
+                [sx / 2, sy / 2, 0],
+                [-sx / 2, sy / 2, 0],
+                [-sx / 2, 0, h],
+                [sx / 2, 0, h],
+            ]
+        )
         f = [[0, 1, 5], [0, 5, 4], [2, 3, 4], [2, 4, 5], [1, 2, 5], [3, 0, 4]]
         self.add(v @ _rotz(yaw).T + [x, y, z0], f, **kw)
 

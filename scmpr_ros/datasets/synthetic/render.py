@@ -8,6 +8,7 @@ lamp glow, sensor noise), winter (overcast, snow on up-facing surfaces, low cont
 LiDAR: 64 beams evenly spaced over +2..-24.8 deg, ``azimuth_steps`` columns, 0.9-120 m, range noise
 1.2 cm, reflectance = material * (0.45 + 0.55 |cos incidence|) + noise, label = SemanticKITTI id.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,16 @@ class CameraHits:
 
 
 class TownRenderer:
-    def __init__(self, mesh: dict, lamps: np.ndarray, K: np.ndarray, image_size: tuple[int, int], azimuth_steps: int,
-                 sun_dir: np.ndarray, seed: int):
+    def __init__(
+        self,
+        mesh: dict,
+        lamps: np.ndarray,
+        K: np.ndarray,
+        image_size: tuple[int, int],
+        azimuth_steps: int,
+        sun_dir: np.ndarray,
+        seed: int,
+    ):
         import open3d as o3d
 
         self.o3d = o3d
@@ -70,7 +79,9 @@ class TownRenderer:
         elev = np.deg2rad(np.linspace(LIDAR_FOV_UP_DEG, LIDAR_FOV_DOWN_DEG, LIDAR_BEAMS))
         az = np.pi - 2 * np.pi * np.arange(self.azimuth_steps) / self.azimuth_steps
         el, a = np.meshgrid(elev, az)  # azimuth-major: one column of 64 beams after another
-        self.lidar_dirs = np.stack([np.cos(el) * np.cos(a), np.cos(el) * np.sin(a), np.sin(el)], -1).reshape(-1, 3).astype(np.float32)
+        self.lidar_dirs = (
+            np.stack([np.cos(el) * np.cos(a), np.cos(el) * np.sin(a), np.sin(el)], -1).reshape(-1, 3).astype(np.float32)
+        )
         self.lidar_dirs_T = np.ascontiguousarray(self.lidar_dirs.T, dtype=np.float32)
 
     # --- ray casting ----------------------------------------------------------------------------
@@ -87,7 +98,9 @@ class TownRenderer:
 
     def cast_camera(self, T_town_cam: np.ndarray) -> CameraHits:
         res = self._cast(T_town_cam, self.cam_dirs_T)
-        return CameraHits(res["t"], res["tri"], res["normal"], res["dirs"], res["origin"], res["R"], self.width, self.height)
+        return CameraHits(
+            res["t"], res["tri"], res["normal"], res["dirs"], res["origin"], res["R"], self.width, self.height
+        )
 
     def class_image(self, hits: CameraHits) -> np.ndarray:
         """Per-pixel common class id (IGNORE_ID for sky), (H, W) uint8."""
@@ -110,7 +123,9 @@ class TownRenderer:
         cos_inc = np.abs(np.einsum("ij,ij->i", n, d_w))
         p_w = res["origin"] + d_w * t[idx, None]
         m = self.mesh
-        factor = kern.lidar_reflectance_factor(tri, p_w, m["tex"], m["param"], m["color"], n, self.noise.tables[0], self.noise.tables[1])
+        factor = kern.lidar_reflectance_factor(
+            tri, p_w, m["tex"], m["param"], m["color"], n, self.noise.tables[0], self.noise.tables[1]
+        )
         refl = m["refl"][tri] * factor * (0.45 + 0.55 * cos_inc)
         refl = np.clip(refl + rng.normal(0.0, 0.02, len(idx)), 0.0, 0.99).astype(np.float32)
         pts = np.empty((len(idx), 4), dtype=np.float32)
@@ -153,13 +168,34 @@ class TownRenderer:
                 lamps = self.lamps[near[dist[near] < 90.0]].astype(f32)
             k_exp, mix, noise_sd, shot, flakes = 4.0, 0.0, 0.03, 0.03, 0.0
             code = kern.NIGHT
-        rad = kern.shade_radiance(code, hits.t, hits.tri, hits.normal, hits.dirs, hits.origin.astype(f32), m["tex"], m["color"],
-                               m["param"], self.noise.tables[0], self.noise.tables[1], self.sun, vis,
-                               np.array(zen, f32), np.array(hor, f32), np.array(fog, f32), f32(fog_dist), heads, axis, lamps)
+        rad = kern.shade_radiance(
+            code,
+            hits.t,
+            hits.tri,
+            hits.normal,
+            hits.dirs,
+            hits.origin.astype(f32),
+            m["tex"],
+            m["color"],
+            m["param"],
+            self.noise.tables[0],
+            self.noise.tables[1],
+            self.sun,
+            vis,
+            np.array(zen, f32),
+            np.array(hor, f32),
+            np.array(fog, f32),
+            f32(fog_dist),
+            heads,
+            axis,
+            lamps,
+        )
         if condition == "night":
             self._lamp_glow(rad.reshape(hits.height, hits.width, 3), hits)
         seed = int(rng.integers(1, 1 << 30))
-        out = kern.finish(rad, f32(k_exp), f32(mix), f32(noise_sd), f32(shot), f32(flakes), seed, kern.GAUSS_TABLE, kern.GAMMA_LUT)
+        out = kern.finish(
+            rad, f32(k_exp), f32(mix), f32(noise_sd), f32(shot), f32(flakes), seed, kern.GAUSS_TABLE, kern.GAMMA_LUT
+        )
         return out.reshape(hits.height, hits.width, 3)
 
     def _sun_visibility(self, hits: CameraHits) -> np.ndarray:

@@ -5,6 +5,7 @@ size) and the LiDAR -> camera-0 transform is their Tr (rotation re-orthonormalis
 1.73 m above flat ground.  Poses are ``T_town_velo``; the dataset's world frame (``map``) is the
 LiDAR frame of the first mapping-pass pose: ``T_map_town = T_town_velo[0]^-1``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from scmpr_ros.datasets.base import Calibration
-from scmpr_ros.geometry import invert_pose
 from scmpr_ros.datasets.synthetic.layout import MAP_LANE_C, VELO_HEIGHT_M, RoutePath, TownBuilder, plan_layout
 from scmpr_ros.datasets.synthetic.render import CameraHits, TownRenderer
+from scmpr_ros.geometry import invert_pose
 
 KITTI_IMAGE_SIZE = (1241, 376)
 _K = np.array([[718.856, 0.0, 607.1928], [0.0, 718.856, 185.2157], [0.0, 0.0, 1.0]])
@@ -24,11 +25,13 @@ _P_COL4 = {  # 4th columns of KITTI odometry P0..P3 (sequences 00-02)
     "P2": np.array([45.38225, -0.1130887, 0.003779761]),
     "P3": np.array([-337.2877, 2.369057, 0.004915215]),
 }
-_TR = np.array([
-    [4.276802385584e-04, -9.999672484946e-01, -8.084491683471e-03, -1.198459927713e-02],
-    [-7.210626507497e-03, 8.081198471645e-03, -9.999413164504e-01, -5.403984729748e-02],
-    [9.999738645903e-01, 4.859485810390e-04, -7.206933692422e-03, -2.921968648686e-01],
-])
+_TR = np.array(
+    [
+        [4.276802385584e-04, -9.999672484946e-01, -8.084491683471e-03, -1.198459927713e-02],
+        [-7.210626507497e-03, 8.081198471645e-03, -9.999413164504e-01, -5.403984729748e-02],
+        [9.999738645903e-01, 4.859485810390e-04, -7.206933692422e-03, -2.921968648686e-01],
+    ]
+)
 FRAME_PERIOD_S = 0.1
 
 
@@ -45,7 +48,9 @@ class SynthCalib:
         return self.T_cam2_cam0 @ self.Tr
 
     def calibration(self) -> Calibration:
-        return Calibration(K=self.K.copy(), P=self.P["P2"].copy(), T_cam_velo=self.T_cam_velo, image_size=self.image_size)
+        return Calibration(
+            K=self.K.copy(), P=self.P["P2"].copy(), T_cam_velo=self.T_cam_velo, image_size=self.image_size
+        )
 
 
 def kitti_calib(image_size: tuple[int, int] = KITTI_IMAGE_SIZE) -> SynthCalib:
@@ -84,7 +89,11 @@ def _spacings(rng: np.random.Generator, n: int) -> np.ndarray:
     """Frame spacing in metres: a smooth speed profile within 1.0-2.0 m (10-20 m/s at 10 Hz)."""
     k = np.arange(n)
     ph = rng.uniform(0, 2 * np.pi, 3)
-    sp = 1.5 + 0.3 * np.sin(2 * np.pi * k / rng.uniform(60, 140) + ph[0]) + 0.15 * np.sin(2 * np.pi * k / rng.uniform(15, 35) + ph[1])
+    sp = (
+        1.5
+        + 0.3 * np.sin(2 * np.pi * k / rng.uniform(60, 140) + ph[0])
+        + 0.15 * np.sin(2 * np.pi * k / rng.uniform(15, 35) + ph[1])
+    )
     return np.clip(sp + rng.normal(0, 0.04, n), 1.0, 2.0)
 
 
@@ -132,7 +141,7 @@ def plan_query(rng: np.random.Generator, route: RoutePath, s_lo: float, s_hi: fl
         return all(s < a0 - 10 or s > a1 + 10 for a0, a1 in route.arcs)
 
     def near_safe(s: float, lo: float, hi: float) -> float | None:
-        for k in range(0, 400):
+        for k in range(400):
             for cand in (s + 0.5 * k, s - 0.5 * k):
                 if lo <= cand <= hi and safe(cand):
                     return cand
@@ -182,8 +191,13 @@ def plan_query(rng: np.random.Generator, route: RoutePath, s_lo: float, s_hi: fl
 class SyntheticTown:
     """Everything the writer needs, deterministic for ``seed``; usable in memory (tests, demos)."""
 
-    def __init__(self, seed: int = 0, frames: int = 200, image_size: tuple[int, int] = KITTI_IMAGE_SIZE,
-                 azimuth_steps: int = 2000):
+    def __init__(
+        self,
+        seed: int = 0,
+        frames: int = 200,
+        image_size: tuple[int, int] = KITTI_IMAGE_SIZE,
+        azimuth_steps: int = 2000,
+    ):
         if frames < 2:
             raise ValueError(f"frames must be >= 2, got {frames}")
         self.seed = int(seed)
@@ -208,10 +222,13 @@ class SyntheticTown:
         c_dense = MAP_LANE_C + 0.08 * np.sin(s_dense / rng_pass.uniform(12, 30) + rng_pass.uniform(0, 6.3))
         xy, yaw, fi = _sample_dense(route, np.stack([s_dense, c_dense], 1), spacing)
         if len(xy) != self.frames:
-            raise RuntimeError(f"route too short for {self.frames} frames ({len(xy)})")  # planning margin makes this unreachable
+            raise RuntimeError(
+                f"route too short for {self.frames} frames ({len(xy)})"
+            )  # planning margin makes this unreachable
         yaw = yaw + 0.008 * np.sin(np.arange(self.frames) / rng_pass.uniform(5, 12) + rng_pass.uniform(0, 6.3))
-        self.map_pass = DrivePass("map", _poses(xy, yaw), _times(rng_pass, self.frames), s_dense[fi], c_dense[fi],
-                                  np.zeros(self.frames, bool))
+        self.map_pass = DrivePass(
+            "map", _poses(xy, yaw), _times(rng_pass, self.frames), s_dense[fi], c_dense[fi], np.zeros(self.frames, bool)
+        )
 
         # query pass: same streets, 1-2 m aside, partly reversed; similar length
         rng_q = np.random.default_rng([self.seed, 4])
@@ -225,7 +242,9 @@ class SyntheticTown:
         el = np.deg2rad(np.random.default_rng([self.seed, 5]).uniform(30, 55))
         az = np.random.default_rng([self.seed, 6]).uniform(0, 2 * np.pi)
         self.sun_dir = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
-        self.renderer = TownRenderer(self.mesh, self.lamps, self.calib.K, self.image_size, self.azimuth_steps, self.sun_dir, self.seed)
+        self.renderer = TownRenderer(
+            self.mesh, self.lamps, self.calib.K, self.image_size, self.azimuth_steps, self.sun_dir, self.seed
+        )
 
     # --- per-frame sensors -------------------------------------------------------------------------
     def drive(self, name: str) -> DrivePass:
@@ -249,7 +268,9 @@ class SyntheticTown:
     def render_image(self, name: str, i: int, condition: str = "day", hits: CameraHits | None = None) -> np.ndarray:
         hits = hits if hits is not None else self.cast_camera(name, i)
         cond_id = {"day": 0, "night": 1, "winter": 2}[condition]
-        return self.renderer.shade(hits, condition, self.drive(name).T_town_velo[i], self.frame_rng(name, i, 10 + cond_id))
+        return self.renderer.shade(
+            hits, condition, self.drive(name).T_town_velo[i], self.frame_rng(name, i, 10 + cond_id)
+        )
 
     def class_image(self, name: str, i: int, hits: CameraHits | None = None) -> np.ndarray:
         """(H, W) uint8 common class per pixel of the image_2 camera (IGNORE_ID = sky)."""

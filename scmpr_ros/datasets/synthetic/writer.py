@@ -6,23 +6,24 @@ to one copy (plain copies where the file system refuses links).  poses.txt holds
 ``Tr T_map_velo Tr^-1`` so that the KITTI loader returns ``T_map_velo`` with map = the LiDAR frame
 of the first mapping frame.  Every file is written atomically; the manifest is written last.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import yaml
 
-from scmpr_ros.geometry import invert_pose
 from scmpr_ros.datasets.kitti import format_calib, format_poses, format_times
 from scmpr_ros.datasets.synthetic.render import CONDITIONS
 from scmpr_ros.datasets.synthetic.town import KITTI_IMAGE_SIZE, SyntheticTown
 from scmpr_ros.errors import DatasetError
+from scmpr_ros.geometry import invert_pose
 from scmpr_ros.io_utils import atomic_write_bytes, atomic_write_text
 
 MANIFEST = "synth_manifest.yaml"
@@ -32,11 +33,17 @@ ProgressFn = Callable[[int, int, str], None]
 
 
 def parse_conditions(conditions: str | Iterable[str]) -> list[str]:
-    items = [c.strip() for c in conditions.split(",")] if isinstance(conditions, str) else [str(c).strip() for c in conditions]
+    items = (
+        [c.strip() for c in conditions.split(",")]
+        if isinstance(conditions, str)
+        else [str(c).strip() for c in conditions]
+    )
     items = [c for c in items if c]
     bad = [c for c in items if c not in CONDITIONS]
     if bad or not items:
-        raise DatasetError(f"unknown condition(s) {', '.join(bad) or '(none given)'}; expected a comma list of {', '.join(CONDITIONS)}")
+        raise DatasetError(
+            f"unknown condition(s) {', '.join(bad) or '(none given)'}; expected a comma list of {', '.join(CONDITIONS)}"
+        )
     return [c for c in CONDITIONS if c in items]  # canonical order, no duplicates
 
 
@@ -157,7 +164,11 @@ def generate_town(
                 for cond, d in seq_dirs.items():
                     writer.submit(_write_png, d / "image_2" / f"{stem}.png", town.render_image(name, i, cond, hits))
                 if class_images:
-                    writer.submit(_write_png, [d / "semantic_2" / f"{stem}.png" for d in seq_dirs.values()], town.class_image(name, i, hits))
+                    writer.submit(
+                        _write_png,
+                        [d / "semantic_2" / f"{stem}.png" for d in seq_dirs.values()],
+                        town.class_image(name, i, hits),
+                    )
                 pts, labels = town.scan(name, i)
                 writer.submit(_write_scan, home, [d for d in seq_dirs.values() if d != home], stem, pts, labels)
                 done += 1
@@ -236,12 +247,18 @@ def read_manifest(root: str | Path) -> dict:
         raise DatasetError(f"{path}: expected a mapping with 'seed' and 'sequences'")
     for key in ("seed", "sequences"):
         if key not in data:
-            raise DatasetError(f"{path}: no '{key}' key; expected 'seed: <int>' and 'sequences: {{NN: {{pass, condition}}}}'")
+            raise DatasetError(
+                f"{path}: no '{key}' key; expected 'seed: <int>' and 'sequences: {{NN: {{pass, condition}}}}'"
+            )
     seqs = data["sequences"]
     if not isinstance(seqs, dict) or not seqs:
         raise DatasetError(f"{path}: 'sequences' must map sequence names to {{pass, condition}}")
     for name, entry in seqs.items():
-        if not isinstance(entry, dict) or entry.get("pass") not in ("map", "query") or entry.get("condition") not in CONDITIONS:
+        if (
+            not isinstance(entry, dict)
+            or entry.get("pass") not in ("map", "query")
+            or entry.get("condition") not in CONDITIONS
+        ):
             raise DatasetError(
                 f"{path}: sequence {name!r} entry {entry!r} is invalid; expected pass: map|query and "
                 f"condition: {'|'.join(CONDITIONS)}"
