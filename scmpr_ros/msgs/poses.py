@@ -1,0 +1,42 @@
+"""geometry_msgs poses from the library's (7,) x y z qx qy qz qw vectors (no rclpy import)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def pose_msg(p7: Sequence[float] | np.ndarray):
+    """geometry_msgs/Pose of x y z qx qy qz qw."""
+    from geometry_msgs.msg import Pose
+
+    m = Pose()
+    m.position.x, m.position.y, m.position.z = (float(v) for v in p7[:3])
+    m.orientation.x, m.orientation.y, m.orientation.z, m.orientation.w = (float(v) for v in p7[3:7])
+    return m
+
+
+def pose_array_msg(poses7: np.ndarray, stamp: Any, frame_id: str):
+    """geometry_msgs/PoseArray of (N, 7) poses."""
+    from geometry_msgs.msg import PoseArray
+
+    msg = PoseArray()
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.poses = [pose_msg(p) for p in np.asarray(poses7)]
+    return msg
+
+
+def pose_with_covariance_msg(p7: np.ndarray, covariance: np.ndarray, stamp: Any, frame_id: str):
+    """geometry_msgs/PoseWithCovarianceStamped; ``covariance`` is the row-major 6x6 (36 values)."""
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+
+    cov = np.asarray(covariance, dtype=np.float64).reshape(-1)
+    if cov.shape != (36,):
+        raise ValueError(f"covariance must have 36 values (6x6 row-major), got {cov.shape[0]}")
+    msg = PoseWithCovarianceStamped()
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.pose.pose = pose_msg(p7)
+    msg.pose.covariance = [float(c) for c in cov]
+    return msg
