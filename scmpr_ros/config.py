@@ -2,10 +2,11 @@
 
 A YAML file holds any of the sections ``model``, ``lidar``, ``map``, ``retrieval``,
 ``training``, ``nodes`` (and ``camera``).  Unknown sections or keys, and values of the wrong
-type, are refused with the key and the file named.  ROS parameter names equal these keys.
+type or outside LIMITS, are refused with the key and the file named.  Each default lives once, in
+these dataclasses; YAML files hold overrides.  ROS parameters: NodesConfig keys, plus ``retrieval.*``.
 
-    cfg = load_config("config/scmpr.yaml")            # defaults + file
-    cfg = load_config("config/scmpr.yaml", "config/train_nano.yaml")  # later files override
+    cfg = load_config()                                   # defaults + config/scmpr.yaml (site overrides)
+    cfg = load_config("config/train_nano.yaml", overrides={"retrieval.top_k": 5})  # + files, + overrides
 """
 
 from __future__ import annotations
@@ -156,16 +157,17 @@ class TrainingConfig:
 
 @dataclass
 class NodesConfig:
-    """ROS 2 node parameters (scmpr_ros/nodes); the names are the ROS parameter names."""
+    """ROS 2 node parameters (scmpr_ros/nodes); the names are the ROS parameter names.
+
+    The localizer also declares the ``retrieval`` section as dotted parameters (``retrieval.top_k``)."""
 
     map_file: str = ""
     model: str = ""
     device: str = "auto"  # auto | cpu | cuda
     image_topic: str = "/camera/image_raw"
     camera_info_topic: str = "/camera/camera_info"
-    top_k: int = 5
-    alpha: float = 1.0
-    beta: float = 1.0
+    image_reliability: str = "best_effort"  # best_effort (sensor-data QoS) | reliable (image subscription)
+    no_image_warn_s: float = 5.0  # diagnostics WARN when a publisher is matched but no image arrived for this long
     frame_id: str = "map"
     publish_initialpose: bool = False
     min_confidence: float = 0.02
@@ -173,12 +175,52 @@ class NodesConfig:
     consistency_radius_m: float = 5.0
     diagnostics_period_s: float = 1.0
     threads: int = 2
-    rerank_k: int = 50  # candidates from the vector index re-ranked per image
     verify_map_checksum: bool = True  # localizer checks the map content against its stored sha256 (one read pass)
     max_published_poses: int = 20000  # map_server decimates the viewpoint PoseArray/markers to this many
     covariance_temperature: float = 0.05  # score units: hypothesis weight exp(-(s_best - s_i) / T)
     position_sigma_floor_m: float = 2.0  # added to the position std-dev (viewpoint spacing)
     yaw_sigma_floor_deg: float = 10.0  # added to the heading std-dev
+
+
+#: Allowed values of the settings that have limits: (section, key) -> (minimum, maximum) or a tuple of choices.
+LIMITS: dict[tuple[str, str], tuple] = {
+    ("retrieval", "top_k"): (1, None),
+    ("retrieval", "rerank_k"): (1, None),
+    ("retrieval", "alpha"): (0.0, None),
+    ("retrieval", "beta"): (0.0, None),
+    ("retrieval", "ann_type"): ("ivf", "hnsw"),
+    ("nodes", "device"): ("auto", "cpu", "cuda"),
+    ("nodes", "image_reliability"): ("best_effort", "reliable"),
+    ("nodes", "no_image_warn_s"): (0.1, None),
+    ("nodes", "threads"): (0, None),
+    ("nodes", "min_confidence"): (0.0, None),
+    ("nodes", "consistent_frames"): (1, None),
+    ("nodes", "consistency_radius_m"): (0.0, None),
+    ("nodes", "diagnostics_period_s"): (0.05, None),
+    ("nodes", "max_published_poses"): (1, None),
+    ("nodes", "covariance_temperature"): (1e-6, None),
+    ("nodes", "position_sigma_floor_m"): (0.0, None),
+    ("nodes", "yaw_sigma_floor_deg"): (0.0, None),
+    ("map", "place_spacing_m"): (0.1, None),
+    ("map", "render_mode"): ("auto", "scan", "map"),
+    ("map", "descriptor_dtype"): ("float16", "float32"),
+    ("lidar", "segmentation"): ("ground_truth", "learned"),
+}
+
+
+def check_limits(section_name: str, key: str, value: Any, where: str) -> None:
+    """Raise ConfigError when ``value`` is outside the LIMITS of ``section_name.key``."""
+    limit = LIMITS.get((section_name, key))
+    if limit is None:
+        return
+    if isinstance(value, str):
+        if value not in limit:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(limit)}")
+        return
+    low, high = limit
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{where}: {value!r} must be {bounds}")
 
 
 @dataclass
@@ -222,8 +264,8 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported field type {annotation!r}")
 
 
-def update_section(section: Any, values: dict[str, Any], where: str) -> Any:
-    """Return a copy of dataclass ``section`` with ``values`` applied, strictly checked."""
+def update_section(section: Any, values: dict[str, Any], where: str, section_name: str = "") -> Any:
+    """Return a copy of dataclass ``section`` with ``values`` applied, strictly checked (types, LIMITS)."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of keys, got {type(values).__name__}")
     hints = typing.get_type_hints(type(section))
@@ -233,6 +275,7 @@ def update_section(section: Any, values: dict[str, Any], where: str) -> Any:
         if key not in known:
             raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
         changes[key] = _check_value(value, hints[key], f"{where}.{key}")
+        check_limits(section_name, key, changes[key], f"{where}.{key}")
     return dataclasses.replace(section, **changes)
 
 
@@ -247,15 +290,34 @@ def config_from_dict(data: dict[str, Any], base: ScmprConfig | None = None, sour
     for name, values in data.items():
         if name not in sections:
             raise ConfigError(f"{source}: unknown section '{name}' (known: {', '.join(sorted(sections))})")
-        changes[name] = update_section(getattr(cfg, name), values or {}, f"{source}: {name}")
+        changes[name] = update_section(getattr(cfg, name), values or {}, f"{source}: {name}", name)
     return dataclasses.replace(cfg, **changes)
 
 
-def load_config(*paths: str | Path, base: ScmprConfig | None = None) -> ScmprConfig:
-    """Defaults overridden by each YAML file in order."""
+def nest_dotted(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{"retrieval.top_k": 5} -> {"retrieval": {"top_k": 5}} (ROS parameter names are dotted)."""
+    nested: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        section, dot, key = name.partition(".")
+        if not dot or not key:
+            raise ConfigError(f"override {name!r}: expected section.key (e.g. retrieval.top_k)")
+        nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def site_config_file() -> Path:
+    """config/scmpr.yaml: the site's overrides, applied by every command and node."""
+    return default_config_dir() / "scmpr.yaml"
+
+
+def load_config(
+    *paths: str | Path, overrides: dict[str, Any] | None = None, site: bool = True, base: ScmprConfig | None = None
+) -> ScmprConfig:
+    """The one way to assemble a configuration: dataclass defaults, then config/scmpr.yaml (``site``),
+    then each YAML file in order, then ``overrides`` ({"section.key": value} or {"section": {...}})."""
     cfg = base if base is not None else ScmprConfig()
-    for path in paths:
-        path = Path(path)
+    files = [site_config_file()] if site and site_config_file().is_file() else []
+    for path in [*files, *map(Path, paths)]:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
@@ -263,6 +325,12 @@ def load_config(*paths: str | Path, base: ScmprConfig | None = None) -> ScmprCon
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         cfg = config_from_dict(data, cfg, str(path))
+    if overrides:
+        dotted = {k: v for k, v in overrides.items() if "." in k}
+        nested = {k: v for k, v in overrides.items() if "." not in k}
+        for section, values in nest_dotted(dotted).items():
+            nested.setdefault(section, {}).update(values)
+        cfg = config_from_dict(nested, cfg, "overrides")
     return cfg
 
 

@@ -63,3 +63,35 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 def test_bool_is_not_an_int() -> None:
     with pytest.raises(ConfigError, match="expected an integer"):
         config_from_dict({"retrieval": {"top_k": True}})
+
+
+def test_site_file_holds_overrides_only(repo_root):
+    """config/scmpr.yaml may only change defaults: a value equal to its default would be a second source."""
+    import yaml
+
+    from scmpr_ros.config import ScmprConfig
+
+    data = yaml.safe_load((repo_root / "config" / "scmpr.yaml").read_text()) or {}
+    defaults = ScmprConfig()
+    repeated = [
+        f"{section}.{key}"
+        for section, values in data.items()
+        for key, value in (values or {}).items()
+        if getattr(getattr(defaults, section), key) == value
+    ]
+    assert not repeated, f"config/scmpr.yaml repeats defaults: {repeated}"
+
+
+def test_overrides_dotted_and_nested_and_limits(tmp_path):
+    from scmpr_ros.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("retrieval:\n  top_k: 3\n")
+    cfg = load_config(path, overrides={"retrieval.beta": 0.25, "nodes": {"threads": 1}}, site=False)
+    assert (cfg.retrieval.top_k, cfg.retrieval.beta, cfg.nodes.threads) == (3, 0.25, 1)
+    with pytest.raises(ConfigError, match=r"retrieval\.top_k: 0 must be >= 1"):
+        load_config(overrides={"retrieval.top_k": 0}, site=False)
+    with pytest.raises(ConfigError, match="'gpu' is not one of auto, cpu, cuda"):
+        load_config(overrides={"nodes.device": "gpu"}, site=False)
+    with pytest.raises(ConfigError, match="expected section.key"):
+        load_config(overrides={"retrieval.": 1}, site=False)

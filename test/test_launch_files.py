@@ -27,14 +27,28 @@ def _console_scripts() -> dict[str, str]:
 
 
 def _declared_parameters() -> dict[str, set[str]]:
+    from scmpr_ros.config import ScmprConfig
     from scmpr_ros.nodes import bag_player, localizer, map_server
+    from scmpr_ros.nodes.parameters import parameter_names
 
     common = {"use_sim_time"}
+    loc = parameter_names(ScmprConfig(), "nodes", localizer.PARAMETERS, localizer.SECTIONS)
     return {
         "map_server": set(map_server.PARAMETERS) | common,
-        "localizer": set(localizer.PARAMETERS) | common,
+        "localizer": set(loc) | common,
         "bag_player": set(bag_player.PARAMETERS) | common,
     }
+
+
+def _flatten(params: dict, prefix: str = "") -> dict:
+    """ROS params YAML nests dotted names: {"retrieval": {"top_k": 5}} is parameter retrieval.top_k."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
@@ -121,16 +135,33 @@ def test_params_file_names_only_declared_parameters():
     declared = _declared_parameters()
     assert set(data) == set(declared)
     for node, body in data.items():
-        params = body["ros__parameters"]
-        unknown = set(params) - declared[node]
+        unknown = set(_flatten(body["ros__parameters"])) - declared[node]
         assert not unknown, f"{PARAMS_FILE.name}: {node} does not declare {unknown}"
 
 
-def test_params_file_defaults_equal_nodes_config():
-    from scmpr_ros.config import NodesConfig
+def _default_of(name: str):
+    from scmpr_ros.config import ScmprConfig
 
-    d = NodesConfig()
+    section, dot, key = name.partition(".")
+    return getattr(getattr(ScmprConfig(), section), key) if dot else getattr(ScmprConfig().nodes, name)
+
+
+def test_params_file_defaults_equal_the_config_dataclasses():
     data = yaml.safe_load(PARAMS_FILE.read_text())
     for node in ("map_server", "localizer"):
-        for key, value in data[node]["ros__parameters"].items():
-            assert getattr(d, key) == value, f"{node}.{key}: params file {value!r} != NodesConfig {getattr(d, key)!r}"
+        for key, value in _flatten(data[node]["ros__parameters"]).items():
+            assert _default_of(key) == value, f"{node}.{key}: params file {value!r} != default {_default_of(key)!r}"
+
+
+def test_launch_argument_defaults_equal_the_config_dataclasses():
+    tree = ast.parse((REPO / "launch" / "localization.launch.py").read_text())
+    checked = 0
+    for call in _calls(tree, "DeclareLaunchArgument"):
+        name, default = call.args[0].value, _kw(call, "default_value")
+        if isinstance(default, ast.Constant) and name in ("image_topic", "camera_info_topic", "device"):
+            assert default.value == _default_of(name), f"launch argument {name}: {default.value!r}"
+            checked += 1
+        elif isinstance(default, ast.Constant) and name == "publish_initialpose":
+            assert default.value == str(_default_of(name)).lower()
+            checked += 1
+    assert checked == 4, "the launch file's node arguments with literal defaults were not all found"

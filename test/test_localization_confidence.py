@@ -1,13 +1,12 @@
-"""The localizer's pure decision logic: covariance from hypothesis spread + score margin, /initialpose gate."""
+"""The localization core's decision logic (no ROS): covariance from hypothesis spread + score margin, /initialpose gate."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-pytest.importorskip("rclpy")
-from scmpr_ros.geometry import quat_from_yaw  # noqa: E402
-from scmpr_ros.nodes.localizer import InitialPoseGate, pose_covariance  # noqa: E402
+from scmpr_ros.geometry import quat_from_yaw
+from scmpr_ros.localization.confidence import InitialPoseGate, pose_covariance
 
 
 def _poses(xy, yaws):

@@ -89,8 +89,7 @@ def _start_localizer(ctx, ns, ckpt, **params):
 
 
 def test_late_localizer_gets_the_map_and_matches_the_library(world):
-    from scmpr_ros.localization.recognizer import PlaceRecognizer
-    from scmpr_ros.mapping.map_file import read_map
+    from scmpr_ros.localization.session import open_recognizer
 
     ckpt, map_path, images, _ = world
     ns = unique_namespace()
@@ -101,7 +100,7 @@ def test_late_localizer_gets_the_map_and_matches_the_library(world):
                 MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))])
             )
             time.sleep(0.5)  # the localizer starts after the map was announced: it must get it latched
-            loc = spin.add(_start_localizer(ctx, ns, ckpt, top_k=5))
+            loc = spin.add(_start_localizer(ctx, ns, ckpt, **{"retrieval.top_k": 5}))
             assert wait_for(lambda: loc.active is not None, 20.0), loc.map_status
             assert loc.active.announcement.version == 1
             sink = Sink(ctx, ns)
@@ -117,9 +116,7 @@ def test_late_localizer_gets_the_map_and_matches_the_library(world):
                 ),
                 5.0,
             )
-            direct = PlaceRecognizer(loc.model, read_map(map_path), loc.recognizer_config(NUM_IMAGES)).recognize(
-                images[3]
-            )
+            direct = open_recognizer(loc.model, map_path, loc.cfg).recognize(images[3])
         finally:
             spin.close()
     pa, sc, best = sink.poses[stamp], sink.scores[stamp], sink.best[stamp]

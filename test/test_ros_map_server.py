@@ -142,6 +142,16 @@ def test_reload_with_corrupt_map_keeps_the_old_one(tmp_path):
             assert wait_for(lambda: late.ann, 10.0)
             assert late.ann[-1].version == 1 and late.ann[-1].path == str(good.resolve())
 
+            req = SetParameters.Request()  # a bad value is refused with the config's reason, the old one stays
+            req.parameters = [
+                ParameterMsg(
+                    name="max_published_poses", value=Parameter("max_published_poses", value=0).get_parameter_value()
+                )
+            ]
+            res = call_service(client, SetParameters, f"{ns}/map_server/set_parameters", req)
+            assert not res.results[0].successful and "max_published_poses: 0 must be >= 1" in res.results[0].reason
+            assert server.get_parameter("max_published_poses").value == 20000
+
             set_map_file(tmp_path / "missing.scmpr-map")
             res = call_service(client, Trigger, f"{ns}/map_server/reload_map")
             assert not res.success and "does not exist" in res.message

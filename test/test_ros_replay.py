@@ -104,6 +104,7 @@ def test_run_replay_localizes_every_image_and_scores_it(replay_world):
 
 def test_replay_and_benchmark_commands(replay_world, tmp_path):
     from scmpr_ros.cli import main
+    from scmpr_ros.config import ScmprConfig
 
     ckpt, map_path, bag = replay_world
     out = tmp_path / "out"
@@ -114,7 +115,8 @@ def test_replay_and_benchmark_commands(replay_world, tmp_path):
     summary = json.loads((out / "replay_summary.json").read_text())
     assert summary["score"]["recall"]["R@1"] == 1.0 and summary["images_published"] == NUM_IMAGES
     rows = (out / "hypotheses.csv").read_text().splitlines()
-    assert rows[0].startswith("stamp_ns,rank,viewpoint_id") and len(rows) == 1 + 5 * summary["results"]
+    top_k = ScmprConfig().retrieval.top_k  # hypotheses published per image: the one default, in config.py
+    assert rows[0].startswith("stamp_ns,rank,viewpoint_id") and len(rows) == 1 + top_k * summary["results"]
     assert (out / "trajectory.png").stat().st_size > 1000
 
     bench = tmp_path / "bench"

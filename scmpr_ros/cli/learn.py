@@ -12,11 +12,9 @@ import typer
 
 
 def _load_cfg(configs: list[Path] | None):
-    from scmpr_ros.config import default_config_dir, load_config
+    from scmpr_ros.config import load_config
 
-    base = default_config_dir() / "scmpr.yaml"
-    paths = ([base] if base.is_file() else []) + list(configs or [])
-    return load_config(*paths)
+    return load_config(*(configs or []))
 
 
 def _split(values: list[str] | None) -> list[str]:

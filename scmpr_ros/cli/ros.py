@@ -150,9 +150,7 @@ def run_demo(
     checksum = model_checksum(net)
     # the town's query pass drives part of the route backwards: map it with a viewpoint facing each way
     # (config/eval_synthetic.yaml); the cached map is keyed by the model and these map settings
-    cfg = load_config(
-        *[p for p in (default_config_dir() / "scmpr.yaml", default_config_dir() / "eval_synthetic.yaml") if p.is_file()]
-    )
+    cfg = load_config(default_config_dir() / "eval_synthetic.yaml")
     map_key = hashlib.sha256((checksum + json.dumps(dataclasses.asdict(cfg.map), sort_keys=True)).encode()).hexdigest()[
         :12
     ]

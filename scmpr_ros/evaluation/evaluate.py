@@ -91,13 +91,9 @@ def evaluate(
     ``beta_sweep``: also re-rank the same candidates (the index's top ``rerank_k``) with each of these
     β (α from the config) and report Recall@N per β and condition in ``summary["beta_sweep"]`` — to
     choose ``retrieval.beta`` on a validation town with one encoder pass."""
-    import torch
-
-    from scmpr_ros.config import default_config_dir, load_config
+    from scmpr_ros.config import load_config
     from scmpr_ros.datasets import open_sequence
-    from scmpr_ros.localization.recognizer import PlaceRecognizer
-    from scmpr_ros.mapping.map_file import read_map
-    from scmpr_ros.model import load_checkpoint, model_checksum
+    from scmpr_ros.localization.session import load_model, open_recognizer
 
     if threshold_m <= 0:
         raise EvaluationError(f"--threshold must be > 0 m, got {threshold_m}")
@@ -106,21 +102,13 @@ def evaluate(
     betas = [float(b) for b in beta_sweep]
     if any(not np.isfinite(b) or b < 0 for b in betas):
         raise EvaluationError(f"--sweep-beta values must be finite and >= 0, got {list(beta_sweep)}")
-    if threads > 0:
-        torch.set_num_threads(threads)
     queries_dir = Path(queries_dir)
-    model, model_cfg, _ = load_checkpoint(model_path, map_location=device)
-    model.eval()
-    base = default_config_dir() / "scmpr.yaml"  # retrieval settings: defaults + --config; model: the checkpoint's
-    cfg = dataclasses.replace(load_config(*([base] if base.is_file() else []), *config_paths), model=model_cfg)
-    map_data = read_map(map_path, expected_dim=model.descriptor_dim, expected_model_checksum=model_checksum(model))
-    max_n = max(ns)
-    k = max(max_n, cfg.retrieval.top_k) + (EXTRA_CANDIDATES_EXCLUDE if exclude_recent_s else 0)
-    k = min(k, map_data.num_viewpoints)
-    cfg = dataclasses.replace(
-        cfg, retrieval=dataclasses.replace(cfg.retrieval, top_k=k, rerank_k=max(cfg.retrieval.rerank_k, k))
-    )
-    recognizer = PlaceRecognizer(model, map_data, cfg)
+    model = load_model(model_path, device, threads, warm_up=False)
+    cfg = model.config(load_config(*config_paths))  # retrieval: defaults + --config; model: the checkpoint's
+    k = max(max(ns), cfg.retrieval.top_k) + (EXTRA_CANDIDATES_EXCLUDE if exclude_recent_s else 0)
+    cfg = dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, top_k=k))
+    recognizer = open_recognizer(model, map_path, cfg)
+    map_data = recognizer.map
 
     db_xyz = positions_of(np.asarray(map_data.poses))
     db_yaw = heading_of(np.asarray(map_data.poses), forward_axis=0)
@@ -319,14 +307,14 @@ def build_and_evaluate(
 ) -> dict[str, Any]:
     """Map of ``map_sequence`` with this model, then ``evaluate`` of the query sequences against it."""
     from scmpr_ros.datasets import open_sequence
+    from scmpr_ros.localization.session import load_model
     from scmpr_ros.mapping.builder import build_map
-    from scmpr_ros.model import load_checkpoint, model_checksum
 
-    net, _, _ = load_checkpoint(model_path, device)
+    model = load_model(model_path, device, warm_up=False)
     map_path = out / f"map_{map_sequence}.scmpr-map"
     seq = open_sequence(eval_root, map_sequence)
     build = build_map(
-        seq, net, cfg, map_path, model_checksum(net), progress=progress, metadata={"model_file": str(model_path)}
+        seq, model.network, cfg, map_path, model.checksum, progress=progress, metadata={"model_file": str(model_path)}
     )
     summary = evaluate(
         model_path,

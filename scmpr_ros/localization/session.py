@@ -1,8 +1,8 @@
 """Model + map loading shared by the ROS localizer and ``scmpr evaluate`` (one way to open them).
 
-    model = load_model(path, device="auto", threads=2)         # checkpoint -> LoadedModel on its device
-    cfg = model.config(load_config(...))                        # the checkpoint's model section wins
-    recognizer = open_recognizer(model, map_path, cfg)          # read + check the map, build the index
+model = load_model(path, device="auto", threads=2)         # checkpoint -> LoadedModel on its device
+cfg = model.config(load_config(...))                        # the checkpoint's model section wins
+recognizer = open_recognizer(model, map_path, cfg)          # read + check the map, build the index
 """
 
 from __future__ import annotations

@@ -40,3 +40,21 @@ def pose_with_covariance_msg(p7: np.ndarray, covariance: np.ndarray, stamp: Any,
     msg.pose.pose = pose_msg(p7)
     msg.pose.covariance = [float(c) for c in cov]
     return msg
+
+
+def hypotheses_cloud_msg(hypotheses: Sequence[Any], stamp: Any, frame_id: str):
+    """sensor_msgs/PointCloud2 of ranked hypotheses (conversions.HYPOTHESIS_DTYPE: pose, score, cosine,
+    psi, viewpoint_id per point, best first); ``read_hypotheses`` reads it back."""
+    from scmpr_ros.msgs.conversions import HYPOTHESIS_DTYPE, points_to_cloud_msg
+
+    cloud = np.zeros(len(hypotheses), HYPOTHESIS_DTYPE)
+    poses = np.array([np.asarray(h.pose, dtype=np.float64) for h in hypotheses]).reshape(-1, 7)
+    for j, name in enumerate(("x", "y", "z", "qx", "qy", "qz", "qw")):
+        cloud[name] = poses[:, j]
+    cloud["score"] = [float(h.score) for h in hypotheses]
+    cloud["cosine"] = [float(h.cosine) for h in hypotheses]
+    cloud["psi"] = [float(h.psi) for h in hypotheses]
+    cloud["viewpoint_id"] = [int(h.viewpoint_id) for h in hypotheses]
+    msg = points_to_cloud_msg(cloud, 0, frame_id)
+    msg.header.stamp = stamp
+    return msg

@@ -1,45 +1,42 @@
-"""localizer node: camera image -> top-k places in the LiDAR map (thin adapter over PlaceRecognizer).
+"""localizer node: camera image -> top-k places in the LiDAR map (a thin adapter over the library).
 
-Images arrive with sensor-data QoS into a one-slot mailbox; a worker thread always takes the newest
-image (a replaced one counts as dropped), so the queue is bounded whatever the input rate.  Per image,
-header = the image's stamp and frame ``frame_id``: PoseArray of the top-k (best first), the scores
-PointCloud2 (conversions.HYPOTHESIS_DTYPE), and the best pose with covariance
-Sigma = sum_i w_i (p_i - p_0)(p_i - p_0)^T / sum_i w_i + floor^2, w_i = exp(-(s_0 - s_i) / T)
-(position; heading likewise with wrapped yaw differences), so a large score margin or tightly
-clustered hypotheses give a small covariance.  Nav2 hand-off: /initialpose once when the margin
-s_0 - s_1 >= min_confidence for consistent_frames consecutive frames whose best poses stay within
-consistency_radius_m; ``~/relocalize`` re-arms it.  The map arrives as a latched announcement
-(map_transport.py) and is opened from disk; a map that fails to load leaves the old one active.
+Images arrive (sensor-data QoS, or reliable with ``image_reliability``) into a one-slot mailbox; a
+worker thread always takes the newest image (a replaced one counts as dropped), so the queue is
+bounded whatever the input rate.  Per image, header = the image's stamp and frame ``frame_id``:
+PoseArray of the top-k (best first), the scores PointCloud2 (conversions.HYPOTHESIS_DTYPE), and the
+best pose with the covariance of localization/confidence.py.  Nav2 hand-off: /initialpose through
+confidence.InitialPoseGate; ``~/relocalize`` re-arms it.  The map arrives as a latched announcement
+(msgs/map_announcement.py) and is opened from disk with localization/session.py (the same function
+``scmpr evaluate`` uses); a map that fails to load leaves the old one active.
+
+Parameters: the NodesConfig keys in PARAMETERS, plus ``retrieval.*`` (RetrievalConfig), declared with
+the defaults of scmpr_ros.config.load_config() and checked again when set at run time.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import os
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-# Idle OpenMP threads spin by default and steal the second core from the encoder (measured: the
-# encoder ran ~3x slower under load). Must be set before torch is first imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from scmpr_ros.config import NodesConfig
+from scmpr_ros.config import ScmprConfig, load_config
 from scmpr_ros.errors import InputError, ScmprError
-from scmpr_ros.geometry import wrap_angle, yaw_from_quat
-from scmpr_ros.msgs.conversions import HYPOTHESIS_DTYPE, image_to_rgb, points_to_cloud_msg, stamp_to_ns
+from scmpr_ros.localization.confidence import InitialPoseGate, pose_covariance
+from scmpr_ros.localization.session import load_model, open_recognizer
+from scmpr_ros.msgs.conversions import image_to_rgb, stamp_to_ns
 from scmpr_ros.msgs.map_announcement import MapAnnouncement
+from scmpr_ros.msgs.poses import hypotheses_cloud_msg, pose_array_msg, pose_with_covariance_msg
 from scmpr_ros.msgs.topics import (
     BEST_POSE_TOPIC,
     DIAGNOSTICS_TOPIC,
@@ -48,106 +45,22 @@ from scmpr_ros.msgs.topics import (
     MAP_TOPIC,
     SCORES_TOPIC,
 )
-from scmpr_ros.nodes.qos import LATCHED_QOS, OUTPUT_QOS, SENSOR_QOS
+from scmpr_ros.nodes.parameters import (
+    add_config_validator,
+    config_from_parameters,
+    declare_config_parameters,
+    parameter_names,
+)
+from scmpr_ros.nodes.qos import LATCHED_QOS, OUTPUT_QOS, SENSOR_QOS, image_qos
 
-# ------------------------------------------------------------------------------ pure helpers
-
-
-def pose_covariance(
-    poses7: np.ndarray, scores: np.ndarray, temperature: float, pos_floor_m: float, yaw_floor_rad: float
-) -> np.ndarray:
-    """Row-major 6x6 covariance (x y z roll pitch yaw) of the best hypothesis (module docstring)."""
-    poses7 = np.asarray(poses7, dtype=np.float64).reshape(-1, 7)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(poses7) == 0 or len(scores) != len(poses7):
-        raise InputError(
-            f"pose_covariance needs matching non-empty poses and scores, got {len(poses7)} and {len(scores)}"
-        )
-    t = max(float(temperature), 1e-9)
-    w = np.exp(-(scores[0] - scores) / t)
-    w /= w.sum()
-    d = poses7[:, :3] - poses7[0, :3]
-    cov_p = (w[:, None, None] * (d[:, :, None] * d[:, None, :])).sum(0) + (pos_floor_m**2) * np.eye(3)
-    yaws = np.array([yaw_from_quat(q) for q in poses7[:, 3:7]])
-    dy = wrap_angle(yaws - yaws[0])
-    var_yaw = float((w * dy**2).sum()) + yaw_floor_rad**2
-    cov = np.zeros((6, 6))
-    cov[:3, :3] = cov_p
-    cov[3, 3] = cov[4, 4] = yaw_floor_rad**2
-    cov[5, 5] = var_yaw
-    return cov.reshape(-1)
-
-
-class InitialPoseGate:
-    """Decides when a result is confident enough to hand to Nav2 (/initialpose), once per arming."""
-
-    def __init__(self, min_confidence: float, consistent_frames: int, radius_m: float) -> None:
-        self.min_confidence = float(min_confidence)
-        self.consistent_frames = max(1, int(consistent_frames))
-        self.radius_m = float(radius_m)
-        self.streak = 0
-        self.last_position: np.ndarray | None = None
-        self.armed = True
-        self.sent = 0
-
-    def rearm(self) -> None:
-        self.armed = True
-
-    def update(self, best_position: np.ndarray, margin: float) -> bool:
-        """Feed one frame's result; True when /initialpose must be published now."""
-        p = np.asarray(best_position, dtype=np.float64)
-        if not np.isfinite(margin) or margin < self.min_confidence:
-            self.streak, self.last_position = 0, None
-            return False
-        if self.last_position is not None and np.linalg.norm(p - self.last_position) <= self.radius_m:
-            self.streak += 1
-        else:
-            self.streak = 1
-        self.last_position = p
-        if self.armed and self.streak >= self.consistent_frames:
-            self.armed = False
-            self.sent += 1
-            return True
-        return False
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise ScmprError(f"parameter device={device!r}: use auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ScmprError("parameter device=cuda but torch sees no CUDA device; use device:=auto or cpu")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _pose_msg(p7) -> Pose:
-    m = Pose()
-    m.position.x, m.position.y, m.position.z = (float(v) for v in p7[:3])
-    m.orientation.x, m.orientation.y, m.orientation.z, m.orientation.w = (float(v) for v in p7[3:7])
-    return m
-
-
-@dataclass
-class _Active:
-    announcement: MapAnnouncement
-    recognizer: Any
-
-
-# ----------------------------------------------------------------------------------------- node
-
-#: ROS parameters of the localizer (defaults: scmpr_ros.config.NodesConfig; config/localization.params.yaml)
+#: The localizer's own parameters (NodesConfig keys); the retrieval section comes as retrieval.<key>.
 PARAMETERS = (
     "model",
     "device",
     "image_topic",
     "camera_info_topic",
-    "top_k",
-    "rerank_k",
-    "alpha",
-    "beta",
+    "image_reliability",
+    "no_image_warn_s",
     "frame_id",
     "publish_initialpose",
     "min_confidence",
@@ -160,22 +73,29 @@ PARAMETERS = (
     "position_sigma_floor_m",
     "yaw_sigma_floor_deg",
 )
+SECTIONS = ("retrieval",)
+
+
+@dataclass
+class _Active:
+    announcement: MapAnnouncement
+    recognizer: Any
 
 
 class Localizer(Node):
     def __init__(self, node_name: str = "localizer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        d = NodesConfig()
-        for name in PARAMETERS:
-            self.declare_parameter(name, getattr(d, name))
-        p = {n: self.get_parameter(n).value for n in PARAMETERS}
-        if int(p["top_k"]) < 1:
-            raise ScmprError(f"parameter top_k={p['top_k']} must be >= 1")
-        self.p = p
-        self.device = resolve_device(str(p["device"]))
-        self._load_model(str(p["model"]))
+        base = load_config()
+        self._param_names = parameter_names(base, "nodes", PARAMETERS, SECTIONS)
+        declare_config_parameters(self, base, "nodes", self._param_names)
+        self.cfg: ScmprConfig = config_from_parameters(self, base, "nodes", self._param_names)
+        n = self.cfg.nodes
+        self.model = load_model(n.model, n.device, n.threads)
+        self.device = self.model.device
+        self.cfg = self.model.config(self.cfg)
+        add_config_validator(self, "nodes", self._param_names, lambda: self.cfg, self._set_config)
 
-        self.gate = InitialPoseGate(p["min_confidence"], p["consistent_frames"], p["consistency_radius_m"])
+        self.gate = InitialPoseGate(n.min_confidence, n.consistent_frames, n.consistency_radius_m)
         self._cond = threading.Condition()
         self._pending: tuple[Image, float] | None = None
         self._pending_map: MapAnnouncement | None = None
@@ -192,84 +112,55 @@ class Localizer(Node):
         self.camera_info: CameraInfo | None = None
         self.last_image_stamp = None
         self.busy = False
+        self._publisher_seen_since: float | None = None
+        self._create_interfaces()
+        self._worker = threading.Thread(target=self._run, name="scmpr_localizer_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"model {n.model} on {self.device}; images from {self.resolve_topic_name(n.image_topic)} "
+            f"({n.image_reliability})"
+        )
 
+    def _create_interfaces(self) -> None:
+        n = self.cfg.nodes
         self.pub_hyp = self.create_publisher(PoseArray, HYPOTHESES_TOPIC, OUTPUT_QOS)
         self.pub_scores = self.create_publisher(PointCloud2, SCORES_TOPIC, OUTPUT_QOS)
         self.pub_best = self.create_publisher(PoseWithCovarianceStamped, BEST_POSE_TOPIC, OUTPUT_QOS)
         self.pub_init = self.create_publisher(PoseWithCovarianceStamped, INITIALPOSE_TOPIC, OUTPUT_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, OUTPUT_QOS)
         self.create_subscription(String, MAP_TOPIC, self._on_map, LATCHED_QOS)
-        self.create_subscription(Image, str(p["image_topic"]), self._on_image, SENSOR_QOS)
-        self.create_subscription(CameraInfo, str(p["camera_info_topic"]), self._on_camera_info, SENSOR_QOS)
+        self.create_subscription(Image, n.image_topic, self._on_image, image_qos(n.image_reliability))
+        self.create_subscription(CameraInfo, n.camera_info_topic, self._on_camera_info, SENSOR_QOS)
         self.create_service(Trigger, "~/relocalize", self._on_relocalize)
-        self.create_timer(max(0.05, float(p["diagnostics_period_s"])), self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._run, name="scmpr_localizer_worker", daemon=True)
-        self._worker.start()
-        self.get_logger().info(
-            f"model {p['model']} on {self.device}; images from {self.resolve_topic_name(str(p['image_topic']))}"
-        )
+        self.create_timer(n.diagnostics_period_s, self._publish_diagnostics)
+
+    def _set_config(self, cfg: ScmprConfig) -> None:
+        """A run-time parameter change that passed the checks; retrieval settings apply to the next image."""
+        self.cfg = self.model.config(cfg)
+        with self._cond:
+            if self.active is not None and self._pending_map is None:
+                self._pending_map = self.active.announcement  # re-open the same map with the new settings
+                self._cond.notify()
 
     # ------------------------------------------------------------------------------ model/map
-    def _load_model(self, path: str) -> None:
-        import torch
-
-        from scmpr_ros.config import ScmprConfig, default_config_dir, load_config
-        from scmpr_ros.model import load_checkpoint, model_checksum
-
-        if not path:
-            raise ScmprError("parameter model is empty; set it to a checkpoint (e.g. models/scmpr_nano.pt)")
-        if int(self.p["threads"]) > 0:
-            torch.set_num_threads(int(self.p["threads"]))
-        model, model_cfg, _meta = load_checkpoint(path, map_location=self.device)
-        self.model = model.to(self.device).eval()
-        self.model_checksum = model_checksum(self.model)
-        if str(self.device) == "cpu":  # compile / load the CPU scan kernels now, not on the first image
-            from scmpr_ros.model.scan_numba import warmup
-
-            warmup(max(1, torch.get_num_threads()))
-        base = default_config_dir() / "scmpr.yaml"
-        cfg = load_config(base) if base.is_file() else ScmprConfig()
-        self.cfg = dataclasses.replace(cfg, model=model_cfg)  # the checkpoint's model section wins
-
-    def recognizer_config(self, num_viewpoints: int):
-        """config/scmpr.yaml + the checkpoint's model section + this node's top_k / rerank_k / alpha / beta."""
-        k = min(max(2, int(self.p["top_k"])), num_viewpoints)  # two at least: the score margin needs the runner-up
-        retrieval = dataclasses.replace(
-            self.cfg.retrieval,
-            top_k=k,
-            rerank_k=min(max(int(self.p["rerank_k"]), k), num_viewpoints),
-            alpha=float(self.p["alpha"]),
-            beta=float(self.p["beta"]),
-        )
-        return dataclasses.replace(self.cfg, retrieval=retrieval)
-
     def _open_map(self, ann: MapAnnouncement) -> None:
-        from scmpr_ros.localization.recognizer import PlaceRecognizer
-        from scmpr_ros.mapping.map_file import read_map
-
         t0 = time.perf_counter()
         try:
-            if ann.model_checksum != self.model_checksum:
+            if ann.model_checksum != self.model.checksum:
                 raise ScmprError(
                     f"map {ann.path} was built with model {ann.model_checksum[:12]}…, this localizer "
-                    f"runs {self.model_checksum[:12]}…; rebuild the map with this model"
+                    f"runs {self.model.checksum[:12]}…; rebuild the map with this model"
                 )
             ann.check_file()
-            data = read_map(
-                ann.path,
-                expected_dim=self.model.descriptor_dim,
-                expected_model_checksum=self.model_checksum,
-                verify_checksum=bool(self.p["verify_map_checksum"]),
-            )
-            recognizer = PlaceRecognizer(self.model, data, self.recognizer_config(data.num_viewpoints))
+            recognizer = open_recognizer(self.model, ann.path, self.cfg, self.cfg.nodes.verify_map_checksum)
         except (ScmprError, OSError, ValueError) as exc:
             self.map_error = str(exc)
             keep = f"keeping map v{self.active.announcement.version}" if self.active else "no map active"
             self.get_logger().error(f"map v{ann.version} rejected ({keep}): {exc}")
             return
-        if ann.frame_id != self.p["frame_id"]:
+        if ann.frame_id != self.cfg.nodes.frame_id:
             self.get_logger().warning(
-                f"map frame {ann.frame_id!r} differs from parameter frame_id {self.p['frame_id']!r}"
+                f"map frame {ann.frame_id!r} differs from parameter frame_id {self.cfg.nodes.frame_id!r}"
             )
         self.active = _Active(ann, recognizer)
         self.map_error = ""
@@ -374,42 +265,21 @@ class Localizer(Node):
         self.trace.append((stamp_to_ns(msg.header.stamp), t_received, t_start, t0, t1, t2))
 
     def _publish(self, msg: Image, hyps: list) -> None:
-        k = int(self.p["top_k"])
-        frame = str(self.p["frame_id"])
-        stamp = msg.header.stamp
-        poses = np.array([np.asarray(h.pose, dtype=np.float64) for h in hyps])
-        scores = np.array([float(h.score) for h in hyps])
+        n = self.cfg.nodes
+        top = hyps[: self.cfg.retrieval.top_k]
+        poses = np.array([np.asarray(h.pose, dtype=np.float64) for h in top])
+        scores = np.array([float(h.score) for h in top])
         margin = float(scores[0] - scores[1]) if len(scores) > 1 else float("nan")
-        top = hyps[:k]
-
-        pa = PoseArray()
-        pa.header.stamp, pa.header.frame_id = stamp, frame
-        pa.poses = [_pose_msg(p) for p in poses[:k]]
-        cloud = np.zeros(len(top), HYPOTHESIS_DTYPE)
-        for j, name in enumerate(("x", "y", "z", "qx", "qy", "qz", "qw")):
-            cloud[name] = poses[:k, j]
-        cloud["score"] = scores[:k]
-        cloud["cosine"] = [float(h.cosine) for h in top]
-        cloud["psi"] = [float(h.psi) for h in top]
-        cloud["viewpoint_id"] = [int(h.viewpoint_id) for h in top]
-        scores_msg = points_to_cloud_msg(cloud, 0, frame)
-        scores_msg.header.stamp = stamp
-        best = PoseWithCovarianceStamped()
-        best.header.stamp, best.header.frame_id = stamp, frame
-        best.pose.pose = _pose_msg(poses[0])
         cov = pose_covariance(
-            poses[:k],
-            scores[:k],
-            self.p["covariance_temperature"],
-            self.p["position_sigma_floor_m"],
-            np.radians(self.p["yaw_sigma_floor_deg"]),
+            poses, scores, n.covariance_temperature, n.position_sigma_floor_m, np.radians(n.yaw_sigma_floor_deg)
         )
-        best.pose.covariance = [float(c) for c in cov]
+        stamp = msg.header.stamp
+        best = pose_with_covariance_msg(poses[0], cov, stamp, n.frame_id)
         # Scores and best pose go out before the PoseArray so a listener keyed on the PoseArray has all three.
-        self.pub_scores.publish(scores_msg)
+        self.pub_scores.publish(hypotheses_cloud_msg(top, stamp, n.frame_id))
         self.pub_best.publish(best)
-        self.pub_hyp.publish(pa)
-        if self.gate.update(poses[0, :3], margin) and bool(self.p["publish_initialpose"]):
+        self.pub_hyp.publish(pose_array_msg(poses, stamp, n.frame_id))
+        if self.gate.update(poses[0, :3], margin) and n.publish_initialpose:
             self.pub_init.publish(best)
             self.get_logger().info(f"initial pose published (margin {margin:.3f}, streak {self.gate.streak})")
 
@@ -440,9 +310,12 @@ class Localizer(Node):
         st = DiagnosticStatus()
         st.name = f"{self.get_fully_qualified_name()}: place recognition"
         st.hardware_id = s["device"]
+        starved = self._images_starved()
         if self.active is None:
             st.level = DiagnosticStatus.ERROR if self.map_error else DiagnosticStatus.WARN
             st.message = f"no map: {self.map_error or self.map_status}"
+        elif starved:
+            st.level, st.message = DiagnosticStatus.WARN, starved
         elif self.map_error:
             st.level, st.message = DiagnosticStatus.WARN, f"map reload failed, still on {self.map_status}"
         else:
@@ -452,6 +325,23 @@ class Localizer(Node):
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [st]
         self.pub_diag.publish(arr)
+
+    def _images_starved(self) -> str:
+        """A WARN text when a publisher is matched on the image topic but no image has arrived for a while."""
+        n = self.cfg.nodes
+        if self.received or self.count_publishers(n.image_topic) == 0:
+            self._publisher_seen_since = None
+            return ""
+        now = time.monotonic()
+        if self._publisher_seen_since is None:
+            self._publisher_seen_since = now
+        waited = now - self._publisher_seen_since
+        if waited < n.no_image_warn_s:
+            return ""
+        return (
+            f"publisher matched on {self.resolve_topic_name(n.image_topic)}, no images received for {waited:.0f} s: "
+            "large images need the shipped DDS profile (config/fastdds_shm.xml) on the publisher too"
+        )
 
     def idle(self) -> bool:
         """True when no image or map is waiting and none is being processed."""

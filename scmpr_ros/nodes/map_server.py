@@ -23,13 +23,15 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from scmpr_ros.config import NodesConfig
+from scmpr_ros.config import ScmprConfig, load_config
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.msgs.map_announcement import MapAnnouncement, stored_checksum
+from scmpr_ros.msgs.poses import pose_msg
 from scmpr_ros.msgs.topics import MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
+from scmpr_ros.nodes.parameters import add_config_validator, config_from_parameters, declare_config_parameters
 from scmpr_ros.nodes.qos import LATCHED_QOS
 
-#: ROS parameters of map_server (defaults: scmpr_ros.config.NodesConfig)
+#: ROS parameters of map_server (NodesConfig keys; defaults from scmpr_ros.config.load_config())
 PARAMETERS = ("map_file", "frame_id", "max_published_poses")
 
 
@@ -61,19 +63,13 @@ def load_and_validate(path: str, frame_id: str, version: int):
     return data, ann
 
 
-def _pose(p7: np.ndarray) -> Pose:
-    m = Pose()
-    m.position.x, m.position.y, m.position.z = (float(v) for v in p7[:3])
-    m.orientation.x, m.orientation.y, m.orientation.z, m.orientation.w = (float(v) for v in p7[3:7])
-    return m
-
-
 class MapServer(Node):
     def __init__(self, node_name: str = "map_server", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        d = NodesConfig()
-        for name in PARAMETERS:
-            self.declare_parameter(name, getattr(d, name))
+        self.cfg = load_config()
+        declare_config_parameters(self, self.cfg, "nodes", list(PARAMETERS))
+        self.cfg = config_from_parameters(self, self.cfg, "nodes", list(PARAMETERS))
+        add_config_validator(self, "nodes", list(PARAMETERS), lambda: self.cfg, self._set_config)
         self._lock = threading.Lock()
         self.version = 0
         self.map_data = None
@@ -88,6 +84,9 @@ class MapServer(Node):
             self._log_result(*self.load(path))
         else:
             self.get_logger().warning("no map_file set; set it and call ~/reload_map")
+
+    def _set_config(self, cfg: ScmprConfig) -> None:
+        self.cfg = cfg
 
     # --------------------------------------------------------------------------------- loading
     def load(self, path: str) -> tuple[bool, str]:
@@ -122,7 +121,7 @@ class MapServer(Node):
         stamp = self.get_clock().now().to_msg()
         pa = PoseArray()
         pa.header.stamp, pa.header.frame_id = stamp, ann.frame_id
-        pa.poses = [_pose(p) for p in sel]
+        pa.poses = [pose_msg(p) for p in sel]
         self._poses_pub.publish(pa)
         mk = Marker()
         mk.header.stamp, mk.header.frame_id = stamp, ann.frame_id

@@ -29,3 +29,17 @@ OUTPUT_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
+
+
+def image_qos(reliability: str) -> QoSProfile:
+    """Sensor-data QoS for images, best effort (default) or reliable (parameter image_reliability)."""
+    if reliability == "best_effort":
+        return SENSOR_QOS
+    if reliability == "reliable":
+        return QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=5,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+    raise ValueError(f"image_reliability {reliability!r}: use best_effort or reliable")

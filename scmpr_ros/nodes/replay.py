@@ -238,7 +238,7 @@ def run_replay(
         over += [Parameter(k, value=v) for k, v in (localizer_overrides or {}).items()]
         localizer = Localizer(context=ctx, parameter_overrides=over)
         nodes.append(localizer)
-        image_topic = str(localizer.p["image_topic"])
+        image_topic = localizer.cfg.nodes.image_topic
         if image_topic not in info.topics:
             raise ScmprError(f"{bag} has no {image_topic} (topics: {sorted(info.topics)}); set image_topic")
         recorder = Recorder(image_topic, keep_results=not loop, context=ctx)
@@ -259,7 +259,7 @@ def run_replay(
             rate = float(image_rate_hz) / ((n_img - 1) / span)
         wanted = [
             image_topic,
-            str(localizer.p["camera_info_topic"]),
+            localizer.cfg.nodes.camera_info_topic,
             GROUND_TRUTH_TOPIC,
         ]  # what the nodes + scoring use
         player = BagPlayer(
