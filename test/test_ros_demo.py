@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 @pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL} is not shipped in this checkout")
 def test_demo_replay_on_a_small_town_reaches_the_floor(tmp_path):
-    from scmpr_ros.cli.ros import run_demo
+    from scmpr_ros.demo import run_demo
 
     lines: list[str] = []
     # the demo's defaults, replayed at half speed so that a loaded machine still processes every image

@@ -42,167 +42,171 @@ def _progress_callback():
     return cb, prog
 
 
-def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
-    @app.command("build-map")
-    def build_map_cmd(
-        dataset_dir: Path = typer.Argument(
-            ..., help="dataset root (KITTI odometry layout, KITTI-360, or a synthetic town)"
-        ),
-        sequence: str = typer.Option(..., "--sequence", "-s", help="mapping-pass sequence, e.g. 00"),
-        model: Path = typer.Option(..., "--model", "-m", help="model checkpoint (e.g. models/scmpr_nano.pt)"),
-        out: Path = typer.Option(..., "--out", "-o", help="map file to write (*.scmpr-map)"),
-        config: list[Path] = typer.Option(
-            [], "--config", "-c", help="YAML over config/scmpr.yaml (map:, lidar:, camera: sections)"
-        ),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]"),
-        threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch default)"),
-        kind: str = typer.Option("auto", "--kind", help="dataset kind: auto | kitti | kitti360"),
-    ) -> None:
-        """Render the mapping pass's LiDAR viewpoints, encode them and write a validated .scmpr-map."""
-        import torch
+def build_map_cmd(
+    dataset_dir: Path = typer.Argument(
+        ..., help="dataset root (KITTI odometry layout, KITTI-360, or a synthetic town)"
+    ),
+    sequence: str = typer.Option(..., "--sequence", "-s", help="mapping-pass sequence, e.g. 00"),
+    model: Path = typer.Option(..., "--model", "-m", help="model checkpoint (e.g. models/scmpr_nano.pt)"),
+    out: Path = typer.Option(..., "--out", "-o", help="map file to write (*.scmpr-map)"),
+    config: list[Path] = typer.Option(
+        [], "--config", "-c", help="YAML over config/scmpr.yaml (map:, lidar:, camera: sections)"
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]"),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch default)"),
+    kind: str = typer.Option("auto", "--kind", help="dataset kind: auto | kitti | kitti360"),
+) -> None:
+    """Render the mapping pass's LiDAR viewpoints, encode them and write a validated .scmpr-map."""
+    import torch
 
-        from scmpr_ros.datasets import open_sequence
-        from scmpr_ros.mapping.builder import build_map
-        from scmpr_ros.mapping.map_file import MAP_SUFFIX
+    from scmpr_ros.datasets import open_sequence
+    from scmpr_ros.mapping.builder import build_map
+    from scmpr_ros.mapping.map_file import MAP_SUFFIX
+    from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
+
+    if threads:
+        torch.set_num_threads(threads)
+    if not str(out).endswith(MAP_SUFFIX):
+        typer.echo(f"note: map files are conventionally named *{MAP_SUFFIX}", err=True)
+    cfg = _load_cfg(config)
+    net, model_cfg, _meta = load_checkpoint(model, device)
+    seq = open_sequence(dataset_dir, sequence, kind=kind)
+    cb, prog = _progress_callback()
+    with prog:
+        res = build_map(seq, net, cfg, out, model_checksum(net), progress=cb, metadata={"model_file": str(model)})
+    typer.echo(
+        f"wrote {res['out']}: {res['viewpoints']} viewpoints ({res['places']} places), "
+        f"{res['file_bytes'] / 1e6:.2f} MB ({res['bytes_per_1k_viewpoints'] / 1e3:.0f} kB per 1k viewpoints)"
+    )
+    typer.echo(
+        f"throughput: {res['viewpoints_per_s']:.1f} viewpoints/s (render+encode), total {res['seconds_total']:.1f} s"
+        + (f", map accumulation {res['seconds_accumulate']:.1f} s" if res["seconds_accumulate"] else "")
+        + f"; render modes {res['render_modes']}"
+    )
+
+
+def map_info_cmd(
+    map_file: Path = typer.Argument(..., help="a .scmpr-map file"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    model: Path | None = typer.Option(None, "--model", "-m", help="also check the map fits this model checkpoint"),
+) -> None:
+    """Validate a map file (magic, version, checksum, shapes, NaN/inf) and print what it holds."""
+    from scmpr_ros.mapping.map_file import describe_map, read_map
+
+    dim = checksum = None
+    if model is not None:
         from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
 
-        if threads:
-            torch.set_num_threads(threads)
-        if not str(out).endswith(MAP_SUFFIX):
-            typer.echo(f"note: map files are conventionally named *{MAP_SUFFIX}", err=True)
-        cfg = _load_cfg(config)
-        net, model_cfg, _meta = load_checkpoint(model, device)
-        seq = open_sequence(dataset_dir, sequence, kind=kind)
-        cb, prog = _progress_callback()
-        with prog:
-            res = build_map(seq, net, cfg, out, model_checksum(net), progress=cb, metadata={"model_file": str(model)})
+        net, _, _ = load_checkpoint(model, "cpu")
+        dim, checksum = net.descriptor_dim, model_checksum(net)
+    m = read_map(map_file, expected_dim=dim, expected_model_checksum=checksum)
+    info = describe_map(m, map_file)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    meta = info["metadata"] or {}
+    lines = [
+        f"{map_file}: valid .scmpr-map v{info['format_version']} ({info['file_bytes'] / 1e6:.2f} MB)",
+        f"  viewpoints      {info['viewpoints']} from {info['source_frames']} frames"
+        f" ({meta.get('places', '?')} places), frame '{info['frame_id']}'",
+        f"  descriptors     {info['descriptor_dim']}-d {info['descriptor_dtype']}",
+        f"  semantic grid   {info['semantic_grid']['rows']}x{info['semantic_grid']['cols']}x{info['semantic_grid']['classes']}"
+        f" (min fraction {info['semantic_grid']['min_fraction']})",
+        f"  prototypes      {info['prototypes']}",
+        f"  model           {info['model_config'].get('backbone', '?')}, checksum {info['model_checksum'][:16]}…"
+        + (" (matches --model)" if model is not None else ""),
+        f"  extent          {info['extent_m']['min']} .. {info['extent_m']['max']} m",
+        f"  source          {meta.get('dataset', '?')} sequence {meta.get('sequence', '?')}, "
+        f"segmentation {meta.get('segmentation', '?')}, render {meta.get('render_modes', '?')}",
+    ]
+    if "bytes_per_1k_viewpoints" in info:
+        lines.append(f"  size            {info['bytes_per_1k_viewpoints'] / 1e3:.0f} kB per 1k viewpoints")
+    typer.echo("\n".join(lines))
+
+
+def train_segmenter_cmd(
+    dataset_dir: Path = typer.Argument(..., help="labelled dataset root (synthetic town / SemanticKITTI)"),
+    sequence: list[str] = typer.Option(["00"], "--sequence", "-s", help="training sequence(s)"),
+    out: Path = typer.Option(Path("models/range_segmenter.npz"), "--out", "-o", help="weights file"),
+    val_sequence: str | None = typer.Option(None, "--val-sequence", help="held-out sequence for the mIoU"),
+    val_dir: Path | None = typer.Option(None, "--val-dir", help="held-out dataset root (default: DATASET_DIR)"),
+    stride: int = typer.Option(2, "--stride", help="use every N-th scan"),
+    steps: int = typer.Option(1500, "--steps", help="optimizer steps"),
+    config: list[Path] = typer.Option([], "--config", "-c", help="YAML over config/scmpr.yaml (lidar: section)"),
+) -> None:
+    """Train the range-image point segmenter (numpy MLP) and report its mIoU on held-out scans."""
+    import numpy as np
+
+    from scmpr_ros.datasets import open_sequence
+    from scmpr_ros.lidar.range_image import RangeProjector
+    from scmpr_ros.lidar.segmentation import segmentation_miou, train_range_segmenter
+
+    cfg = _load_cfg(config)
+    proj = RangeProjector(cfg.lidar)
+    ris = []
+    for name in sequence:
+        seq = open_sequence(dataset_dir, name)
+        for i in range(0, seq.num_frames, max(1, stride)):
+            ris.append(proj.project(seq.load_scan(i), seq.load_labels(i)))
+    typer.echo(f"training on {len(ris)} scans")
+    seg = train_range_segmenter(ris, cfg.lidar, steps=steps)
+    seg.save(out)
+    typer.echo(f"wrote {out}")
+    if val_sequence:
+        vseq = open_sequence(val_dir or dataset_dir, val_sequence)
+        preds, truths = [], []
+        for i in range(0, vseq.num_frames, max(1, stride)):
+            pts = vseq.load_scan(i)
+            preds.append(seg.segment_points(pts))
+            truths.append(vseq.load_labels(i))
+        miou, per = segmentation_miou(np.concatenate(preds), np.concatenate(truths))
         typer.echo(
-            f"wrote {res['out']}: {res['viewpoints']} viewpoints ({res['places']} places), "
-            f"{res['file_bytes'] / 1e6:.2f} MB ({res['bytes_per_1k_viewpoints'] / 1e3:.0f} kB per 1k viewpoints)"
-        )
-        typer.echo(
-            f"throughput: {res['viewpoints_per_s']:.1f} viewpoints/s (render+encode), total {res['seconds_total']:.1f} s"
-            + (f", map accumulation {res['seconds_accumulate']:.1f} s" if res["seconds_accumulate"] else "")
-            + f"; render modes {res['render_modes']}"
+            f"held-out mIoU {miou:.3f} ({val_dir or dataset_dir} sequence {val_sequence}): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
         )
 
-    @app.command("map-info")
-    def map_info_cmd(
-        map_file: Path = typer.Argument(..., help="a .scmpr-map file"),
-        as_json: bool = typer.Option(False, "--json", help="print JSON"),
-        model: Path | None = typer.Option(None, "--model", "-m", help="also check the map fits this model checkpoint"),
-    ) -> None:
-        """Validate a map file (magic, version, checksum, shapes, NaN/inf) and print what it holds."""
-        from scmpr_ros.mapping.map_file import describe_map, read_map
 
-        dim = checksum = None
-        if model is not None:
-            from scmpr_ros.model.checkpoint import load_checkpoint, model_checksum
+def search_cmd(
+    sizes: str = typer.Option("100000,1000000", "--sizes", help="comma-separated map sizes (viewpoints)"),
+    dim: int = typer.Option(0, "--dim", help="descriptor dimension (0 = the model config's descriptor_dim)"),
+    queries: int = typer.Option(200, "--queries", help="single queries timed per size"),
+    distribution: str = typer.Option("walk", "--distribution", help="walk (place-like) | iid (ANN worst case)"),
+    ann: str | None = typer.Option(None, "--ann", help="ivf | hnsw (default: retrieval.ann_type)"),
+    threads: int = typer.Option(0, "--threads", help="faiss OpenMP threads (0 = default)"),
+    config: list[Path] = typer.Option([], "--config", "-c", help="YAML over config/scmpr.yaml (retrieval: section)"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+) -> None:
+    """Per-query top-10 + re-rank time at each map size, and ANN recall@10 against exact search."""
+    import dataclasses
 
-            net, _, _ = load_checkpoint(model, "cpu")
-            dim, checksum = net.descriptor_dim, model_checksum(net)
-        m = read_map(map_file, expected_dim=dim, expected_model_checksum=checksum)
-        info = describe_map(m, map_file)
-        if as_json:
-            typer.echo(json.dumps(info, indent=2, default=str))
-            return
-        meta = info["metadata"] or {}
-        lines = [
-            f"{map_file}: valid .scmpr-map v{info['format_version']} ({info['file_bytes'] / 1e6:.2f} MB)",
-            f"  viewpoints      {info['viewpoints']} from {info['source_frames']} frames"
-            f" ({meta.get('places', '?')} places), frame '{info['frame_id']}'",
-            f"  descriptors     {info['descriptor_dim']}-d {info['descriptor_dtype']}",
-            f"  semantic grid   {info['semantic_grid']['rows']}x{info['semantic_grid']['cols']}x{info['semantic_grid']['classes']}"
-            f" (min fraction {info['semantic_grid']['min_fraction']})",
-            f"  prototypes      {info['prototypes']}",
-            f"  model           {info['model_config'].get('backbone', '?')}, checksum {info['model_checksum'][:16]}…"
-            + (" (matches --model)" if model is not None else ""),
-            f"  extent          {info['extent_m']['min']} .. {info['extent_m']['max']} m",
-            f"  source          {meta.get('dataset', '?')} sequence {meta.get('sequence', '?')}, "
-            f"segmentation {meta.get('segmentation', '?')}, render {meta.get('render_modes', '?')}",
-        ]
-        if "bytes_per_1k_viewpoints" in info:
-            lines.append(f"  size            {info['bytes_per_1k_viewpoints'] / 1e3:.0f} kB per 1k viewpoints")
-        typer.echo("\n".join(lines))
+    from scmpr_ros.benchmarks.search import format_search_table, search_benchmark
+    from scmpr_ros.io_utils import atomic_write_text
 
-    @app.command("train-segmenter")
-    def train_segmenter_cmd(
-        dataset_dir: Path = typer.Argument(..., help="labelled dataset root (synthetic town / SemanticKITTI)"),
-        sequence: list[str] = typer.Option(["00"], "--sequence", "-s", help="training sequence(s)"),
-        out: Path = typer.Option(Path("models/range_segmenter.npz"), "--out", "-o", help="weights file"),
-        val_sequence: str | None = typer.Option(None, "--val-sequence", help="held-out sequence for the mIoU"),
-        val_dir: Path | None = typer.Option(None, "--val-dir", help="held-out dataset root (default: DATASET_DIR)"),
-        stride: int = typer.Option(2, "--stride", help="use every N-th scan"),
-        steps: int = typer.Option(1500, "--steps", help="optimizer steps"),
-        config: list[Path] = typer.Option([], "--config", "-c", help="YAML over config/scmpr.yaml (lidar: section)"),
-    ) -> None:
-        """Train the range-image point segmenter (numpy MLP) and report its mIoU on held-out scans."""
-        import numpy as np
+    cfg = _load_cfg(config)
+    r = cfg.retrieval if ann is None else dataclasses.replace(cfg.retrieval, ann_type=ann)
+    if threads:
+        import faiss
 
-        from scmpr_ros.datasets import open_sequence
-        from scmpr_ros.lidar.range_image import RangeProjector
-        from scmpr_ros.lidar.segmentation import segmentation_miou, train_range_segmenter
+        faiss.omp_set_num_threads(threads)
+    d = dim or (cfg.model.descriptor_dim or cfg.model.feature_dim * cfg.model.netvlad_clusters)
+    size_list = [int(s.replace("_", "")) for s in sizes.split(",") if s.strip()]
+    rows = search_benchmark(
+        size_list,
+        d,
+        r,
+        queries=queries,
+        top_k=r.top_k,
+        distribution=distribution,
+        log=lambda s: typer.echo(s, err=True),
+    )
+    typer.echo(format_search_table(rows))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(rows, indent=2))
 
-        cfg = _load_cfg(config)
-        proj = RangeProjector(cfg.lidar)
-        ris = []
-        for name in sequence:
-            seq = open_sequence(dataset_dir, name)
-            for i in range(0, seq.num_frames, max(1, stride)):
-                ris.append(proj.project(seq.load_scan(i), seq.load_labels(i)))
-        typer.echo(f"training on {len(ris)} scans")
-        seg = train_range_segmenter(ris, cfg.lidar, steps=steps)
-        seg.save(out)
-        typer.echo(f"wrote {out}")
-        if val_sequence:
-            vseq = open_sequence(val_dir or dataset_dir, val_sequence)
-            preds, truths = [], []
-            for i in range(0, vseq.num_frames, max(1, stride)):
-                pts = vseq.load_scan(i)
-                preds.append(seg.segment_points(pts))
-                truths.append(vseq.load_labels(i))
-            miou, per = segmentation_miou(np.concatenate(preds), np.concatenate(truths))
-            typer.echo(
-                f"held-out mIoU {miou:.3f} ({val_dir or dataset_dir} sequence {val_sequence}): "
-                + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
-            )
 
-    @benchmark_app.command("search")
-    def search_cmd(
-        sizes: str = typer.Option("100000,1000000", "--sizes", help="comma-separated map sizes (viewpoints)"),
-        dim: int = typer.Option(0, "--dim", help="descriptor dimension (0 = the model config's descriptor_dim)"),
-        queries: int = typer.Option(200, "--queries", help="single queries timed per size"),
-        distribution: str = typer.Option("walk", "--distribution", help="walk (place-like) | iid (ANN worst case)"),
-        ann: str | None = typer.Option(None, "--ann", help="ivf | hnsw (default: retrieval.ann_type)"),
-        threads: int = typer.Option(0, "--threads", help="faiss OpenMP threads (0 = default)"),
-        config: list[Path] = typer.Option(
-            [], "--config", "-c", help="YAML over config/scmpr.yaml (retrieval: section)"
-        ),
-        json_out: Path | None = typer.Option(None, "--json", help="also write the figures to this JSON file"),
-    ) -> None:
-        """Per-query top-10 + re-rank time at each map size, and ANN recall@10 against exact search."""
-        import dataclasses
-
-        from scmpr_ros.benchmarks.search import format_search_table, search_benchmark
-        from scmpr_ros.io_utils import atomic_write_text
-
-        cfg = _load_cfg(config)
-        r = cfg.retrieval if ann is None else dataclasses.replace(cfg.retrieval, ann_type=ann)
-        if threads:
-            import faiss
-
-            faiss.omp_set_num_threads(threads)
-        d = dim or (cfg.model.descriptor_dim or cfg.model.feature_dim * cfg.model.netvlad_clusters)
-        size_list = [int(s.replace("_", "")) for s in sizes.split(",") if s.strip()]
-        rows = search_benchmark(
-            size_list,
-            d,
-            r,
-            queries=queries,
-            top_k=r.top_k,
-            distribution=distribution,
-            log=lambda s: typer.echo(s, err=True),
-        )
-        typer.echo(format_search_table(rows))
-        if json_out is not None:
-            atomic_write_text(json_out, json.dumps(rows, indent=2))
+def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
+    """Add this group's commands to the ``scmpr`` app (and its ``benchmark`` sub-app)."""
+    app.command("build-map")(build_map_cmd)
+    app.command("map-info")(map_info_cmd)
+    app.command("train-segmenter")(train_segmenter_cmd)
+    benchmark_app.command("search")(search_cmd)
