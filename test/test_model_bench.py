@@ -32,10 +32,16 @@ def test_benchmark_encoder_cli_reports_both_models(tmp_path, capsys):
     assert set(res["models"]) == {"scmpr", "resnet18_netvlad"}
     for m in res["models"].values():
         assert m["median_ms"] > 0 and m["p95_ms"] >= m["min_ms"] > 0 and m["params"] > 1e6
-    assert (
-        abs(res["ratio_median"] - res["models"]["scmpr"]["median_ms"] / res["models"]["resnet18_netvlad"]["median_ms"])
-        < 1e-9
-    )
+    # the benchmark timed the models it names: their sizes match models built here independently
+    from scmpr_ros.config import ModelConfig
+    from scmpr_ros.model import SCMPRModel
+    from scmpr_ros.model.baseline import ResNet18NetVLAD
+
+    nano = SCMPRModel(ModelConfig(backbone="nano"))
+    image_tower = ("backbone.", "head.", "csa.", "netvlad_rgb.")  # what encode_image runs
+    expected = sum(p.numel() for n, p in nano.named_parameters() if n.startswith(image_tower))
+    assert res["models"]["scmpr"]["params"] == expected
+    assert res["models"]["resnet18_netvlad"]["params"] == sum(p.numel() for p in ResNet18NetVLAD().parameters())
 
 
 def test_benchmark_encoder_rejects_bad_size(capsys):

@@ -75,6 +75,33 @@ def test_segmentation_loss_ignores_unlabelled_pixels():
         losses.segmentation_loss(logits, torch.zeros(1, 3, 3, dtype=torch.long))
 
 
+def test_training_loss_is_eq12_with_the_configured_weights():
+    """train.compute_losses combines its terms through losses.total_loss with lambda_sem and mu_seg."""
+    import dataclasses
+
+    from scmpr_ros.config import ScmprConfig
+    from scmpr_ros.model.scmpr import ImageEncoding, LidarEncoding
+    from scmpr_ros.training.train import compute_losses
+
+    torch.manual_seed(0)
+    b, n_s, c = 4, 3, 5
+    img = ImageEncoding(
+        torch.nn.functional.normalize(torch.randn(b, 8), dim=1),
+        torch.randn(b, n_s, 6, 7),
+        torch.randn(b, n_s, c),
+        torch.ones(b, n_s, dtype=torch.bool),
+    )
+    lid = LidarEncoding(torch.nn.functional.normalize(torch.randn(b, 8), dim=1), torch.randn(b, n_s, c), img.class_present)
+    cfg = ScmprConfig()
+    cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, lambda_sem=0.3, mu_seg=2.0))
+    model = type("M", (), {"use_lsem": True})()
+    batch = {"image_labels": torch.randint(0, n_s, (b, 6, 7))}
+    terms = compute_losses(model, img, lid, torch.tensor(0.07), batch, cfg)
+    assert set(terms) == {"l_con", "l_sem", "l_seg", "loss"}
+    by_hand = terms["l_con"] + 0.3 * terms["l_sem"] + 2.0 * terms["l_seg"]
+    assert torch.allclose(terms["loss"], by_hand)
+
+
 def test_total_loss_weights():
     t = losses.total_loss(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0), lambda_sem=0.5, mu_seg=2.0)
     assert t == 1.0 + 1.0 + 6.0

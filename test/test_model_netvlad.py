@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from scmpr_ros.errors import ScmprError
-from scmpr_ros.model.netvlad import NetVLAD, init_netvlad_from_features, init_projection_pca, spherical_kmeans
+from scmpr_ros.model.netvlad import NetVLAD, init_netvlad_from_features, spherical_kmeans
 
 
 def test_output_unit_norm_with_and_without_projection():
@@ -52,16 +52,3 @@ def test_kmeans_needs_enough_features():
         spherical_kmeans(torch.randn(3, 4), 8)
     with pytest.raises(ScmprError, match="expected"):
         init_netvlad_from_features(NetVLAD(8, 2), torch.randn(10, 5))
-
-
-def test_pca_projection_keeps_the_leading_variance():
-    torch.manual_seed(3)
-    nv = NetVLAD(4, 2, out_dim=3)
-    vlads = torch.randn(50, 8) @ torch.diag(torch.tensor([5.0, 4, 3, 0.1, 0.1, 0.1, 0.1, 0.1]))
-    init_projection_pca(nv, vlads, whiten=True)
-    z = nv.proj(vlads)
-    cov = torch.cov(z.t())
-    assert torch.allclose(cov, torch.eye(3), atol=1e-3)  # whitened
-    assert torch.allclose(z.mean(0), torch.zeros(3), atol=1e-4)
-    with pytest.raises(ScmprError, match="no projection"):
-        init_projection_pca(NetVLAD(4, 2, 0), vlads)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,98 +114,50 @@ def evaluate(
     db_xyz = positions_of(np.asarray(map_data.poses))
     db_yaw = heading_of(np.asarray(map_data.poses), forward_axis=0)
     map_meta = dict(map_data.metadata or {})
-    db_times = None
-    if exclude_recent_s is not None:
-        mseq = map_sequence or map_meta.get("sequence")
-        mroot = map_meta.get("dataset") or map_meta.get("dataset_root") or str(queries_dir)
-        if not mseq:
-            raise EvaluationError("--exclude-recent needs the map's sequence: pass --map-sequence NN")
-        mseq_obj = open_sequence(Path(mroot) if Path(mroot).is_dir() else queries_dir, str(mseq))
-        db_times = np.asarray(mseq_obj.times, dtype=np.float64)[np.asarray(map_data.source_frames)]
-
-    plan = query_sequences(queries_dir, sequences, map_meta)
+    db_times = _map_times(map_data, map_sequence, queries_dir, exclude_recent_s)
     per: dict[str, dict] = {}
     records: dict[str, dict] = {}
     swept: dict[float, dict[str, Any]] = {b: {} for b in betas}
     timings: list[float] = []
-    for seq_name, condition in plan:
+    for seq_name, condition in query_sequences(queries_dir, sequences, map_meta):
         seq = open_sequence(queries_dir, seq_name)
-        if not seq.has_images:
-            raise EvaluationError(f"{queries_dir}/sequences/{seq_name}: no camera images to query with")
-        frames = [i for i in range(0, seq.num_frames, frame_stride) if bool(seq.pose_valid[i])]
-        if max_queries and len(frames) > max_queries:
-            frames = [frames[j] for j in np.linspace(0, len(frames) - 1, max_queries).round().astype(int)]
-        ranked = np.full((len(frames), k), -1, dtype=np.int64)
-        ranked_by_beta = {b: np.full((len(frames), k), -1, dtype=np.int64) for b in betas}
-        q_T = np.stack([_query_pose(seq, i) for i in frames]) if frames else np.zeros((0, 4, 4))
-        for s in range(0, len(frames), batch_size):
-            chunk = frames[s : s + batch_size]
-            rgbs = [seq.load_image(i) for i in chunk]
-            t0 = time.perf_counter()
-            results = recognizer.recognize_batch(rgbs)
-            timings += [(time.perf_counter() - t0) * 1000.0 / len(chunk)] * len(chunk)
-            for j, res in enumerate(results):
-                rows = [h.index for h in res.hypotheses][:k]
-                ranked[s + j, : len(rows)] = rows
-                for b in betas:
-                    rows = [h.index for h in recognizer.rank_again(res, beta=b)][:k]
-                    ranked_by_beta[b][s + j, : len(rows)] = rows
-            if progress is not None:
-                progress(f"{seq_name} ({condition})", s + len(chunk), len(frames))
-        if not frames:
-            raise EvaluationError(f"{queries_dir}/sequences/{seq_name}: no frame with a valid pose to query")
+        frames = _query_frames(seq, queries_dir, seq_name, frame_stride, max_queries)
+        if exclude_recent_s is not None and map_sequence is None:
+            _check_same_sequence(map_meta, seq_name)
+        report = (
+            (lambda done, total, s=seq_name, c=condition: progress(f"{s} ({c})", done, total)) if progress else None
+        )
+        ranking = rank_sequence(recognizer, seq, frames, k, betas, batch_size, report)
+        timings += ranking.timings_ms
+        q_T = np.stack([_query_pose(seq, i) for i in frames])
         q_times = np.asarray(seq.times, dtype=np.float64)[frames] if exclude_recent_s is not None else None
-        if (
-            exclude_recent_s is not None
-            and map_sequence is None
-            and str(map_meta.get("sequence", "")) not in ("", seq_name)
-        ):
-            raise EvaluationError(
-                f"--exclude-recent compares times of one sequence, but the map is from sequence "
-                f"{map_meta.get('sequence')} and the queries from {seq_name}; leave it out for cross-pass evaluation"
-            )
 
-        def score(order: np.ndarray):
+        def score(order: np.ndarray, q_T=q_T, q_times=q_times):
+            gated = yaw_gate_deg is not None
             return recall_at_n(
                 order,
                 q_T,
                 db_xyz,
                 threshold_m,
                 ns,
-                query_yaw=heading_of(q_T, 0) if yaw_gate_deg is not None else None,
-                db_yaw=db_yaw if yaw_gate_deg is not None else None,
+                query_yaw=heading_of(q_T, 0) if gated else None,
+                db_yaw=db_yaw if gated else None,
                 yaw_gate_deg=yaw_gate_deg,
                 query_times=q_times,
                 db_times=db_times,
                 exclude_recent_s=exclude_recent_s,
             )
 
-        result = score(ranked)
+        result = score(ranking.ranked)
         key = condition if condition not in per else f"{condition}:{seq_name}"
         for b in betas:
-            swept[b][key] = score(ranked_by_beta[b])
+            swept[b][key] = score(ranking.ranked_by_beta[b])
         per[key] = result.to_dict() | {"sequence": seq_name}
-        records[key] = {"result": result, "query_xyz": positions_of(q_T), "frames": frames}
+        records[key] = {"result": result, "query_xyz": positions_of(q_T), "frames": frames, "ranking": ranking}
 
-    # Aggregate over all queries (each condition weighted by its evaluated queries).
     ns_sorted = tuple(sorted({int(n) for n in ns}))
-    overall = _pooled_recall([r["result"] for r in records.values()], ns_sorted)
-    summary = {
-        "model": str(model_path),
-        "map": str(map_path),
-        "queries": str(queries_dir),
-        "num_viewpoints": map_data.num_viewpoints,
-        "threshold_m": threshold_m,
-        "yaw_gate_deg": yaw_gate_deg,
-        "exclude_recent_s": exclude_recent_s,
-        "alpha": cfg.retrieval.alpha,
-        "beta": cfg.retrieval.beta,
-        "overall": overall | {"num_evaluated": sum(r["result"].num_evaluated for r in records.values())},
-        "per_condition": per,
-        "latency_ms_per_query_batched": {"median": float(np.median(timings)), "p95": float(np.percentile(timings, 95))}
-        if timings
-        else {},
-    }
+    summary = _summary(model_path, map_path, queries_dir, map_data, cfg, records, per, timings, ns_sorted)
+    summary |= {"threshold_m": threshold_m, "yaw_gate_deg": yaw_gate_deg, "exclude_recent_s": exclude_recent_s}
     if betas:
         summary["beta_sweep"] = [
             {
@@ -218,6 +171,104 @@ def evaluate(
         write_outputs(Path(out_dir), summary, records, db_xyz, ns_sorted)
         summary["outputs"] = str(out_dir)
     return summary
+
+
+@dataclass
+class SequenceRanking:
+    """Every query frame's ranked map rows (best first, -1 padded) and their re-rank scores."""
+
+    frames: list[int]
+    ranked: np.ndarray  # (Q, k) map rows
+    scores: np.ndarray  # (Q, k) alpha * cos + beta * psi, NaN where padded
+    ranked_by_beta: dict[float, np.ndarray]  # the same candidates re-ranked with each swept beta
+    timings_ms: list[float]  # per query, batched
+
+
+def rank_sequence(
+    recognizer: Any,
+    seq: Any,
+    frames: list[int],
+    k: int,
+    betas: Sequence[float] = (),
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> SequenceRanking:
+    """Run the recognizer over ``frames`` of ``seq`` in batches (and re-rank with each beta)."""
+    ranking = SequenceRanking(
+        frames,
+        np.full((len(frames), k), -1, dtype=np.int64),
+        np.full((len(frames), k), np.nan),
+        {b: np.full((len(frames), k), -1, dtype=np.int64) for b in betas},
+        [],
+    )
+    for s in range(0, len(frames), batch_size):
+        chunk = frames[s : s + batch_size]
+        rgbs = [seq.load_image(i) for i in chunk]
+        t0 = time.perf_counter()
+        results = recognizer.recognize_batch(rgbs)
+        ranking.timings_ms += [(time.perf_counter() - t0) * 1000.0 / len(chunk)] * len(chunk)
+        for j, res in enumerate(results):
+            hyps = res.hypotheses[:k]
+            ranking.ranked[s + j, : len(hyps)] = [h.index for h in hyps]
+            ranking.scores[s + j, : len(hyps)] = [h.score for h in hyps]
+            for b in betas:
+                rows = [h.index for h in recognizer.rank_again(res, beta=b)][:k]
+                ranking.ranked_by_beta[b][s + j, : len(rows)] = rows
+        if progress is not None:
+            progress(s + len(chunk), len(frames))
+    return ranking
+
+
+def _query_frames(seq: Any, queries_dir: Path, seq_name: str, stride: int, max_queries: int) -> list[int]:
+    """Frames with a valid pose, every ``stride``-th, at most ``max_queries`` spread evenly."""
+    if not seq.has_images:
+        raise EvaluationError(f"{queries_dir}/sequences/{seq_name}: no camera images to query with")
+    frames = [i for i in range(0, seq.num_frames, stride) if bool(seq.pose_valid[i])]
+    if max_queries and len(frames) > max_queries:
+        frames = [frames[j] for j in np.linspace(0, len(frames) - 1, max_queries).round().astype(int)]
+    if not frames:
+        raise EvaluationError(f"{queries_dir}/sequences/{seq_name}: no frame with a valid pose to query")
+    return frames
+
+
+def _map_times(map_data: Any, map_sequence: str | None, queries_dir: Path, exclude_recent_s: float | None):
+    """Times of the map's source frames (for --exclude-recent), else None."""
+    from scmpr_ros.datasets import open_sequence
+
+    if exclude_recent_s is None:
+        return None
+    meta = dict(map_data.metadata or {})
+    mseq = map_sequence or meta.get("sequence")
+    mroot = meta.get("dataset") or meta.get("dataset_root") or str(queries_dir)
+    if not mseq:
+        raise EvaluationError("--exclude-recent needs the map's sequence: pass --map-sequence NN")
+    seq = open_sequence(Path(mroot) if Path(mroot).is_dir() else queries_dir, str(mseq))
+    return np.asarray(seq.times, dtype=np.float64)[np.asarray(map_data.source_frames)]
+
+
+def _check_same_sequence(map_meta: dict, seq_name: str) -> None:
+    if str(map_meta.get("sequence", "")) not in ("", seq_name):
+        raise EvaluationError(
+            f"--exclude-recent compares times of one sequence, but the map is from sequence "
+            f"{map_meta.get('sequence')} and the queries from {seq_name}; leave it out for cross-pass evaluation"
+        )
+
+
+def _summary(model_path, map_path, queries_dir, map_data, cfg, records, per, timings, ns_sorted) -> dict[str, Any]:
+    """The JSON-ready figures: overall (pooled over conditions, each weighted by its queries) and per condition."""
+    overall = _pooled_recall([r["result"] for r in records.values()], ns_sorted)
+    latency = {"median": float(np.median(timings)), "p95": float(np.percentile(timings, 95))} if timings else {}
+    return {
+        "model": str(model_path),
+        "map": str(map_path),
+        "queries": str(queries_dir),
+        "num_viewpoints": map_data.num_viewpoints,
+        "alpha": cfg.retrieval.alpha,
+        "beta": cfg.retrieval.beta,
+        "overall": overall | {"num_evaluated": sum(r["result"].num_evaluated for r in records.values())},
+        "per_condition": per,
+        "latency_ms_per_query_batched": latency,
+    }
 
 
 def _pooled_recall(results: list, ns_sorted: tuple[int, ...]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """NetVLAD (Arandjelović et al.): V_k = Σ_i softmax_k(w_k·x_i + b_k) (x_i − c_k), x_i L2-normalised;
-intra-normalise each V_k, flatten, L2; optional linear projection to d_D (PCA-whitening initialised
-by ``init_projection_pca``) followed by L2.  ``init_netvlad_from_features`` sets c_k by spherical
+intra-normalise each V_k, flatten, L2; optional linear projection to d_D (learned end to end) followed
+by L2.  ``init_netvlad_from_features`` sets c_k by spherical
 k-means and w_k = 2α c_k, b_k = −α‖c_k‖² (α from the top-1/top-2 assignment gap).
 """
 
@@ -112,30 +112,3 @@ def init_netvlad_from_features(
     alpha = float(-math.log(0.01) / gap)
     netvlad.centroids.data.copy_(c.to(netvlad.centroids))
     netvlad._set_assignment(alpha)
-
-
-@torch.no_grad()
-def init_projection_pca(netvlad: NetVLAD, vlads: Tensor, whiten: bool = True, eps: float = 1e-6) -> None:
-    """Set the projection to PCA (optionally whitening) of raw VLAD vectors (N, K*C)."""
-    if netvlad.proj is None:
-        raise ScmprError("init_projection_pca: this NetVLAD has no projection (model.descriptor_dim is 0)")
-    x = vlads.float()
-    if x.dim() != 2 or x.shape[1] != netvlad.clusters * netvlad.dim:
-        raise ScmprError(
-            f"init_projection_pca: expected (N, {netvlad.clusters * netvlad.dim}) VLADs, got {tuple(x.shape)}"
-        )
-    out_dim = netvlad.proj.out_features
-    mean = x.mean(0)
-    xc = x - mean
-    q = min(out_dim, xc.shape[0], xc.shape[1])
-    _, s, v = torch.linalg.svd(xc, full_matrices=False)
-    comp = v[:q]  # (q, K*C)
-    if whiten:
-        scale = (s[:q] / math.sqrt(max(x.shape[0] - 1, 1))).clamp_min(eps)
-        comp = comp / scale.unsqueeze(1)
-    w = torch.zeros(out_dim, x.shape[1], device=x.device)
-    w[:q] = comp
-    if q < out_dim:  # fewer samples than dimensions: keep random rows for the rest
-        w[q:] = netvlad.proj.weight.data[q:].float()
-    netvlad.proj.weight.data.copy_(w)
-    netvlad.proj.bias.data.copy_(-(w @ mean))

@@ -158,16 +158,13 @@ def compute_losses(model: Any, img: Any, lid: Any, temperature: Any, batch: dict
         out["l_con"] = losses.triplet_loss(img.descriptor, lid.descriptor, t.triplet_margin)
     else:
         raise TrainingError(f"training.contrastive must be infonce or triplet, got {t.contrastive!r}")
-    total = out["l_con"]
     if model.use_lsem and img.class_features is not None and lid.class_features is not None and t.lambda_sem > 0:
         out["l_sem"] = losses.semantic_consistency_loss(
             img.class_features, img.class_present, lid.class_features, lid.class_present
         )
-        total = total + t.lambda_sem * out["l_sem"]
     if img.seg_logits is not None and t.mu_seg > 0:
         out["l_seg"] = losses.segmentation_loss(img.seg_logits, batch["image_labels"])
-        total = total + t.mu_seg * out["l_seg"]
-    out["loss"] = total
+    out["loss"] = losses.total_loss(out["l_con"], out.get("l_sem"), out.get("l_seg"), t.lambda_sem, t.mu_seg)
     return out
 
 
@@ -382,295 +379,388 @@ def train(
     ``max_steps`` stops early (for tests and resume checks) after that many optimizer steps in
     total, saving a checkpoint there.  Returns where the final model lies and the figures.
     """
-    import torch
-
-    from scmpr_ros.lidar.range_image import RANGE_CHANNELS
-    from scmpr_ros.model import SCMPRModel, load_checkpoint, save_checkpoint
-
-    t = cfg.training
-    if t.amp_dtype not in ("bfloat16", "float16"):
-        raise TrainingError(f"training.amp_dtype must be bfloat16 or float16, got {t.amp_dtype!r}")
-    if t.epochs < 1:
-        raise TrainingError(f"training.epochs must be >= 1, got {t.epochs}")
-    out = Path(out)
-    dist_info = init_distributed(
-        "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
-    device = resolve_device(device, dist_info)
-    if t.threads > 0:
-        torch.set_num_threads(t.threads)
-    torch.manual_seed(t.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / METRICS_LOG
-    main = dist_info.is_main
-
-    # ---- data
-    cache = load_or_build_cache(data_dir, cfg, cache_path, t.sequences or None, t.frame_stride)
-    if t.val_data:
-        val_cache = load_or_build_cache(t.val_data, cfg, None, t.sequences or None, t.frame_stride)
-        train_ids, val_ids = np.arange(len(cache)), np.arange(len(val_cache))
+    trainer = Trainer(cfg, data_dir, out, device=device, cache_path=cache_path, init_checkpoint=init_checkpoint)
+    if resume:
+        trainer.resume()
     else:
-        train_ids, val_ids = split_train_val(cache, t.val_fraction, t.negative_radius_m)
-        val_cache = cache
-    if len(train_ids) < t.batch_size:
-        raise TrainingError(
-            f"only {len(train_ids)} training places for batch_size {t.batch_size}; add data or lower it"
+        trainer.start()
+    return trainer.run(max_steps=max_steps, progress=progress, on_step=on_step)
+
+
+class Trainer:
+    """One training run: data, model, optimizer and schedule; ``step`` / ``validate`` / ``checkpoint``."""
+
+    def __init__(
+        self,
+        cfg: ScmprConfig,
+        data_dir: str | Path,
+        out: str | Path,
+        *,
+        device: str = "auto",
+        cache_path: str | Path | None = None,
+        init_checkpoint: str | Path | None = None,
+    ) -> None:
+        import torch
+
+        t = cfg.training
+        if t.amp_dtype not in ("bfloat16", "float16"):
+            raise TrainingError(f"training.amp_dtype must be bfloat16 or float16, got {t.amp_dtype!r}")
+        if t.epochs < 1:
+            raise TrainingError(f"training.epochs must be >= 1, got {t.epochs}")
+        self.cfg, self.data_dir, self.out, self.init_checkpoint = cfg, data_dir, Path(out), init_checkpoint
+        wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        self.dist = init_distributed("cuda" if wants_cuda else "cpu")
+        self.device = resolve_device(device, self.dist)
+        if t.threads > 0:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.out / METRICS_LOG
+        self.main = self.dist.is_main
+        self._load_data(cache_path)
+        self._build_model()
+        self._build_optimizer()
+        self.step_count, self.start_epoch, self.start_batch, self.best = 0, 0, 0, -1.0
+        self.prototypes = self.proto_seen = None
+        self.last_val: dict = {}
+
+    # ------------------------------------------------------------------------------------ setup
+    def _load_data(self, cache_path: str | Path | None) -> None:
+        t = self.cfg.training
+        self.cache = load_or_build_cache(self.data_dir, self.cfg, cache_path, t.sequences or None, t.frame_stride)
+        if t.val_data:
+            self.val_cache = load_or_build_cache(t.val_data, self.cfg, None, t.sequences or None, t.frame_stride)
+            self.train_ids, self.val_ids = np.arange(len(self.cache)), np.arange(len(self.val_cache))
+        else:
+            self.train_ids, self.val_ids = split_train_val(self.cache, t.val_fraction, t.negative_radius_m)
+            self.val_cache = self.cache
+        if len(self.train_ids) < t.batch_size:
+            raise TrainingError(
+                f"only {len(self.train_ids)} training places for batch_size {t.batch_size}; add data or lower it"
+            )
+
+    def _build_model(self) -> None:
+        from scmpr_ros.lidar.range_image import RANGE_CHANNELS
+        from scmpr_ros.model import SCMPRModel, load_checkpoint
+
+        t = self.cfg.training
+        self.model = SCMPRModel(self.cfg.model, lidar_in_channels=RANGE_CHANNELS)
+        self.model.set_temperature(t.temperature, learnable=t.learn_temperature)
+        self.init_info = None
+        if self.init_checkpoint is not None:  # warm start: every tensor whose name and shape match
+            source, _, _ = load_checkpoint(self.init_checkpoint, map_location="cpu")
+            copied, total = warm_start(self.model, source)
+            self.init_info = {"kind": "init", "from": str(self.init_checkpoint), "tensors": copied, "of": total}
+        self.model.to(self.device)
+        self.model.train()
+
+    def _build_optimizer(self) -> None:
+        import torch
+
+        t = self.cfg.training
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.steps_per_epoch = len(self.rank_batches(0))
+        if self.steps_per_epoch == 0:
+            raise TrainingError(
+                f"no batch of {t.batch_size} places mutually > {t.negative_radius_m} m apart: use more data "
+                "or a smaller training.batch_size"
+            )
+        self.total_steps = self.steps_per_epoch * t.epochs
+        # the total may shrink to fit training.time_budget_s (refit_time_budget)
+        self.plan = {"total": self.total_steps, "budget_fixed": t.time_budget_s <= 0}
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.plan["total"], t.warmup_steps, t.min_lr_ratio)
         )
+        self.use_amp = t.amp and self.device.startswith("cuda")
+        self.amp_dtype = torch.bfloat16 if t.amp_dtype == "bfloat16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
 
-    # ---- model
-    model = SCMPRModel(cfg.model, lidar_in_channels=RANGE_CHANNELS)
-    model.set_temperature(t.temperature, learnable=t.learn_temperature)
-    init_info = None
-    if init_checkpoint is not None:  # warm start: every tensor whose name and shape match
-        source, _, _ = load_checkpoint(init_checkpoint, map_location="cpu")
-        copied, total = warm_start(model, source)
-        init_info = {"kind": "init", "from": str(init_checkpoint), "tensors": copied, "of": total}
-    model.to(device)
-    model.train()
-    state = _load_state(out) if resume else None
-    if state is not None:
-        loaded, _, _ = load_checkpoint(out / LAST_MODEL, map_location="cpu")
-        model.load_state_dict(loaded.state_dict())
-    elif init_checkpoint is None:
-        kmeans_init(model, cache, train_ids, cfg, device)
-    if dist_info.enabled:  # identical start on every rank (k-means is deterministic, but be sure)
+    def _wrap_for_ranks(self) -> None:
+        """Identical weights on every rank, then the pair module (DDP when distributed)."""
+        import torch
+
+        self.pair = _pair_module(self.model)
+        if not self.dist.enabled:
+            return
         import torch.distributed as dist
-
-        for p in model.state_dict().values():
-            dist.broadcast(p, src=0)
-
-    pair = _pair_module(model)
-    if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        pair = DDP(
-            pair,
-            device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
-            find_unused_parameters=True,
-            broadcast_buffers=False,
-        )  # buffers: _average_buffers
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        for p in self.model.state_dict().values():
+            dist.broadcast(p, src=0)
+        device_ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+        # buffers are averaged by _average_buffers
+        self.pair = DDP(self.pair, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False)
 
-    # ---- schedule: the number of batches per epoch is fixed by the data
-    def batches_of(epoch: int) -> list[np.ndarray]:
-        bl = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, epoch, train_ids)
+    def start(self) -> None:
+        """A fresh run: k-means init of NetVLAD (unless warm-started), an empty log, the config written."""
+        if self.init_checkpoint is None:
+            kmeans_init(self.model, self.cache, self.train_ids, self.cfg, self.device)
+        self._wrap_for_ranks()
+        if self.main:
+            self.log_path.unlink(missing_ok=True)
+            atomic_write_text(self.out / "config.yaml", _config_yaml(self.cfg))
+            if self.init_info is not None:
+                _append_jsonl(self.log_path, self.init_info)
+
+    def resume(self) -> None:
+        """Continue from ``last.pt`` + ``train_state.pt`` of an earlier run in the same folder."""
+        import torch
+
+        from scmpr_ros.model import load_checkpoint
+
+        state = _load_state(self.out)
+        loaded, _, _ = load_checkpoint(self.out / LAST_MODEL, map_location="cpu")
+        self.model.load_state_dict(loaded.state_dict())
+        self._wrap_for_ranks()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step_count, self.start_epoch = int(state["step"]), int(state["epoch"])
+        self.start_batch, self.best = int(state["batch"]), float(state["best"])
+        self.plan.update(state.get("plan", {}))
+        if state.get("prototypes") is not None:
+            self.prototypes = state["prototypes"].to(self.device)
+            self.proto_seen = state["proto_seen"].to(self.device)
+        torch.set_rng_state(state["torch_rng"])
+        if self.main:
+            _append_jsonl(
+                self.log_path,
+                {"kind": "resume", "step": self.step_count, "epoch": self.start_epoch, "time": time.time()},
+            )
+
+    # ----------------------------------------------------------------------------- schedule
+    def batches_of(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's batches of place ids (fixed by the data; topped up to steps_per_epoch)."""
+        t, world = self.cfg.training, self.dist.world
+        bl = epoch_batches(self.cache, t.batch_size, t.negative_radius_m, t.seed, epoch, self.train_ids)
         k = 1
-        while t.steps_per_epoch > 0 and len(bl) < t.steps_per_epoch * dist_info.world:
-            more = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, epoch + 100_000 * k, train_ids)
+        while t.steps_per_epoch > 0 and len(bl) < t.steps_per_epoch * world:
+            more = epoch_batches(
+                self.cache, t.batch_size, t.negative_radius_m, t.seed, epoch + 100_000 * k, self.train_ids
+            )
             if not more:
                 break
             bl += more
             k += 1
-        if t.steps_per_epoch > 0:
-            bl = bl[: t.steps_per_epoch * dist_info.world]
-        return bl
+        return bl[: t.steps_per_epoch * world] if t.steps_per_epoch > 0 else bl
 
-    def rank_batches(epoch: int) -> list[int]:
+    def rank_batches(self, epoch: int) -> list[int]:
+        """This rank's share of the epoch's batch indices."""
         from torch.utils.data import DistributedSampler
 
-        bl = batches_of(epoch)
+        t = self.cfg.training
+        bl = self.batches_of(epoch)
         sampler = DistributedSampler(
-            range(len(bl)), num_replicas=dist_info.world, rank=dist_info.rank, shuffle=True, seed=t.seed, drop_last=True
+            range(len(bl)), num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True, seed=t.seed, drop_last=True
         )
         sampler.set_epoch(epoch)
         return list(sampler)
 
-    steps_per_epoch = len(rank_batches(0))
-    if steps_per_epoch == 0:
-        raise TrainingError(
-            f"no batch of {t.batch_size} places mutually > {t.negative_radius_m} m apart: use more data "
-            "or a smaller training.batch_size"
-        )
-    total_steps = steps_per_epoch * t.epochs
-    plan = {"total": total_steps, "budget_fixed": t.time_budget_s <= 0}  # total may shrink to fit time_budget_s
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, plan["total"], t.warmup_steps, t.min_lr_ratio)
-    )
-    use_amp = t.amp and device.startswith("cuda")
-    amp_dtype = torch.bfloat16 if t.amp_dtype == "bfloat16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    step, start_epoch, start_batch, best = 0, 0, 0, -1.0
-    prototypes = proto_seen = None
-    last_val: dict = {}
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, start_epoch, start_batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
-        best = float(state["best"])
-        plan.update(state.get("plan", {}))
-        if state.get("prototypes") is not None:
-            prototypes, proto_seen = state["prototypes"].to(device), state["proto_seen"].to(device)
-        torch.set_rng_state(state["torch_rng"])
-        if main:
-            _append_jsonl(log_path, {"kind": "resume", "step": step, "epoch": start_epoch, "time": time.time()})
-    elif main:
-        log_path.unlink(missing_ok=True)
-        atomic_write_text(out / "config.yaml", _config_yaml(cfg))
-        if init_info is not None:
-            _append_jsonl(log_path, init_info)
-
-    def checkpoint(epoch: int, batch: int, path_model: Path | None = None) -> None:
-        if not main:
+    def refit_time_budget(self, bar: Any) -> None:
+        """Fit the cosine schedule to the measured speed (10 % kept for validation): first after the
+        warm-up, then every BUDGET_REFIT_STEPS steps from the recent speed."""
+        t = self.cfg.training
+        if t.time_budget_s <= 0 or self.step_count - self.steps_at_start < max(t.warmup_steps, 5):
             return
-        meta = {"step": step, "epoch": epoch, "best_val_r1": best, "data": str(data_dir), "config": cfg.to_dict()}
-        save_checkpoint(out / LAST_MODEL, model, cfg.model, meta)
-        _save_state(
-            out,
+        if self.plan["budget_fixed"] and self.step_count % BUDGET_REFIT_STEPS != 0:
+            return
+        now = time.time() - self.t0
+        window = self.rate_window[-1] if self.rate_window else (self.steps_at_start, 0.0)
+        rate = (self.step_count - window[0]) / max(now - window[1], 1e-6)
+        self.rate_window.append((self.step_count, now))
+        fit = self.step_count + int((0.9 * t.time_budget_s - now) * rate)
+        self.plan.update(total=max(self.step_count + 1, min(self.total_steps, fit)), budget_fixed=True)
+        if bar is not None:
+            bar.set_total(self.plan["total"])
+            bar.note(
+                f"time budget {t.time_budget_s / 60:.0f} min at {rate * 60:.1f} steps/min: {self.plan['total']} steps"
+            )
+
+    # --------------------------------------------------------------------------------- work
+    def step(self, ids: np.ndarray, seed: int) -> dict[str, float]:
+        """One optimizer step on the places ``ids``; returns the loss terms."""
+        import torch
+
+        t = self.cfg.training
+        batch = make_batch(self.cache, ids, self.cfg, seed=seed, augment=t.augment)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.use_amp):
+            img, lid, tau = self.pair(batch["images"], batch["range"], batch["range_labels"], self.prototypes)
+            terms = compute_losses(self.model, img, lid, tau, batch, self.cfg)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at step {self.step_count}; lower training.lr or check the data"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step_count += 1
+        if self.dist.enabled:
+            _average_buffers(self.model, self.dist.world)
+        if self.model.use_csa and lid.class_features is not None:  # map-wide CSA context, see _update_prototypes
+            self.prototypes, self.proto_seen = _update_prototypes(
+                self.model, self.prototypes, self.proto_seen, lid, t.prototype_momentum, self.dist
+            )
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def _log_step(self, epoch: int, record: dict[str, float]) -> None:
+        if not self.main or (self.step_count % max(self.cfg.training.log_every, 1) != 0 and self.step_count != 1):
+            return
+        _append_jsonl(
+            self.log_path,
             {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
+                "kind": "step",
+                "step": self.step_count,
+                "epoch": epoch,
+                **record,
+                "lr": self.scheduler.get_last_lr()[0],
+                "temperature": float(self.model.temperature().detach()),
+                "time": time.time() - self.t0,
+            },
+        )
+
+    def validate(self, epoch: int, bar: Any) -> None:
+        """Validation R@1 after ``epoch``; the best model so far is kept as best.pt."""
+        self.last_val = validate(self.model, self.val_cache, self.val_ids, self.cfg, self.device)
+        _append_jsonl(
+            self.log_path,
+            {"kind": "val", "step": self.step_count, "epoch": epoch, **self.last_val, "time": time.time() - self.t0},
+        )
+        if bar is not None:
+            per = " ".join(f"{c}={v['R@1']:.2f}" for c, v in self.last_val["per_condition"].items())
+            bar.note(f"epoch {epoch + 1}/{self.cfg.training.epochs}: val R@1 {self.last_val['val_r1']:.3f} {per}")
+        if self.last_val["val_r1"] > self.best:
+            self.best = self.last_val["val_r1"]
+            self.checkpoint(epoch + 1, 0, self.out / BEST_MODEL)
+        else:
+            self.checkpoint(epoch + 1, 0)
+
+    def checkpoint(self, epoch: int, batch: int, path_model: Path | None = None) -> None:
+        """last.pt + train_state.pt (resume point: ``epoch``, ``batch``), and ``path_model`` when given."""
+        import torch
+
+        from scmpr_ros.model import save_checkpoint
+
+        if not self.main:
+            return
+        meta = {
+            "step": self.step_count,
+            "epoch": epoch,
+            "best_val_r1": self.best,
+            "data": str(self.data_dir),
+            "config": self.cfg.to_dict(),
+        }
+        save_checkpoint(self.out / LAST_MODEL, self.model, self.cfg.model, meta)
+        detached = {
+            k: None if v is None else v.detach().cpu()
+            for k, v in (("prototypes", self.prototypes), ("proto_seen", self.proto_seen))
+        }
+        _save_state(
+            self.out,
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "step": self.step_count,
                 "epoch": epoch,
                 "batch": batch,
-                "best": best,
-                "plan": dict(plan),
-                "prototypes": None if prototypes is None else prototypes.detach().cpu(),
-                "proto_seen": None if proto_seen is None else proto_seen.detach().cpu(),
+                "best": self.best,
+                "plan": dict(self.plan),
+                **detached,
                 "torch_rng": torch.get_rng_state(),
             },
         )
         if path_model is not None:
-            save_checkpoint(path_model, model, cfg.model, meta)
+            save_checkpoint(path_model, self.model, self.cfg.model, meta)
 
-    progress_ctx = _progress(enabled=progress and main, total=total_steps, done=step)
-    t0 = time.time()
-    stop = finished = False
-    steps_at_start = step
-    rate_window: list[tuple[int, float]] = []  # (step, seconds) where the last speed measurement began
-    seen_batches: list[np.ndarray] = []
-    with progress_ctx as bar:
-        for epoch in range(start_epoch, t.epochs):
-            my_batches = rank_batches(epoch)
-            bl = batches_of(epoch)
-            first = start_batch if epoch == start_epoch else 0
-            for b in range(first, len(my_batches)):
-                ids = bl[my_batches[b]]
-                seen_batches.append(ids)
-                batch = make_batch(cache, ids, cfg, seed=hash_seed(t.seed, epoch, my_batches[b]), augment=t.augment)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
-                    img, lid, tau = pair(batch["images"], batch["range"], batch["range_labels"], prototypes)
-                    terms = compute_losses(model, img, lid, tau, batch, cfg)
-                loss = terms["loss"]
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {step}; lower training.lr or check the data"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if t.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                if dist_info.enabled:
-                    _average_buffers(model, dist_info.world)
-                if model.use_csa and lid.class_features is not None:  # map-wide CSA context, see _update_prototypes
-                    prototypes, proto_seen = _update_prototypes(
-                        model, prototypes, proto_seen, lid, t.prototype_momentum, dist_info
-                    )
-                record = {k: float(v.detach()) for k, v in terms.items()}
-                if main and (step % max(t.log_every, 1) == 0 or step == 1):
-                    _append_jsonl(
-                        log_path,
-                        {
-                            "kind": "step",
-                            "step": step,
-                            "epoch": epoch,
-                            **record,
-                            "lr": scheduler.get_last_lr()[0],
-                            "temperature": float(model.temperature().detach()),
-                            "time": time.time() - t0,
-                        },
-                    )
-                if on_step is not None:
-                    on_step(step, record)
-                if bar is not None:
-                    bar.update(step, loss=record["loss"], epoch=epoch)
-                if (
-                    t.time_budget_s > 0
-                    and step - steps_at_start >= max(t.warmup_steps, 5)
-                    and (not plan["budget_fixed"] or step % BUDGET_REFIT_STEPS == 0)
-                ):
-                    # time budget: fit the cosine schedule to the measured speed (10 % kept for validation),
-                    # first after the warm-up, then every BUDGET_REFIT_STEPS steps from the recent speed
-                    now = time.time() - t0
-                    window = rate_window[-1] if rate_window else (steps_at_start, 0.0)
-                    rate = (step - window[0]) / max(now - window[1], 1e-6)
-                    rate_window.append((step, now))
-                    fit = step + int((0.9 * t.time_budget_s - now) * rate)
-                    plan.update(total=max(step + 1, min(total_steps, fit)), budget_fixed=True)
-                    if bar is not None:
-                        bar.set_total(plan["total"])
-                        bar.note(
-                            f"time budget {t.time_budget_s / 60:.0f} min at {rate * 60:.1f} steps/min: {plan['total']} steps"
-                        )
-                done_epoch = b == len(my_batches) - 1
-                if step >= plan["total"] and not done_epoch:
-                    finished = True
+    # ---------------------------------------------------------------------------------- run
+    def run(
+        self, max_steps: int | None = None, progress: bool = True, on_step: Callable[[int, dict], None] | None = None
+    ) -> TrainResult:
+        """Epochs from the start (or resume) point until the planned total, ``max_steps`` or the time budget."""
+        self.t0 = time.time()
+        self.steps_at_start = self.step_count
+        self.rate_window: list[tuple[int, float]] = []  # (step, seconds) where the last speed measurement began
+        self.seen_batches: list[np.ndarray] = []
+        stopped = False
+        with _progress(enabled=progress and self.main, total=self.total_steps, done=self.step_count) as bar:
+            for epoch in range(self.start_epoch, self.cfg.training.epochs):
+                stopped, finished = self._run_epoch(epoch, bar, max_steps, on_step)
+                if stopped:
                     break
-                if max_steps is not None and step >= max_steps:
-                    checkpoint(epoch + int(done_epoch), 0 if done_epoch else b + 1)
-                    stop = True
+                self._end_epoch(epoch, bar, finished)
+                if finished:
                     break
-                if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and not done_epoch:
-                    checkpoint(epoch, b + 1)
-            if stop:
-                break
-            finished = finished or step >= plan["total"]
-            if main and ((epoch + 1) % max(t.val_every, 1) == 0 or epoch + 1 == t.epochs or finished):
-                last_val = validate(model, val_cache, val_ids, cfg, device)
-                _append_jsonl(
-                    log_path, {"kind": "val", "step": step, "epoch": epoch, **last_val, "time": time.time() - t0}
-                )
-                if bar is not None:
-                    bar.note(
-                        f"epoch {epoch + 1}/{t.epochs}: val R@1 {last_val['val_r1']:.3f} "
-                        + " ".join(f"{c}={v['R@1']:.2f}" for c, v in last_val["per_condition"].items())
-                    )
-                if last_val["val_r1"] > best:
-                    best = last_val["val_r1"]
-                    checkpoint(epoch + 1, 0, out / BEST_MODEL)
-                else:
-                    checkpoint(epoch + 1, 0)
-            else:
-                checkpoint(epoch + 1, 0)
-            if finished:
-                break
-    wall = time.time() - t0
-    final = out / FINAL_MODEL
-    if main and not stop:
-        src = out / BEST_MODEL if (out / BEST_MODEL).is_file() else out / LAST_MODEL
-        atomic_write_bytes(final, src.read_bytes())
-        _append_jsonl(
-            log_path, {"kind": "done", "step": step, "wall_s": wall, "best_val_r1": best, "model": str(final)}
+        return self._finish(stopped)
+
+    def _run_epoch(self, epoch: int, bar: Any, max_steps: int | None, on_step) -> tuple[bool, bool]:
+        """The epoch's batches; returns (stopped at max_steps, schedule finished)."""
+        t = self.cfg.training
+        my_batches, bl = self.rank_batches(epoch), self.batches_of(epoch)
+        first = self.start_batch if epoch == self.start_epoch else 0
+        for b in range(first, len(my_batches)):
+            ids = bl[my_batches[b]]
+            self.seen_batches.append(ids)
+            record = self.step(ids, hash_seed(t.seed, epoch, my_batches[b]))
+            self._log_step(epoch, record)
+            if on_step is not None:
+                on_step(self.step_count, record)
+            if bar is not None:
+                bar.update(self.step_count, loss=record["loss"], epoch=epoch)
+            self.refit_time_budget(bar)
+            done_epoch = b == len(my_batches) - 1
+            if self.step_count >= self.plan["total"] and not done_epoch:
+                return False, True
+            if max_steps is not None and self.step_count >= max_steps:
+                self.checkpoint(epoch + int(done_epoch), 0 if done_epoch else b + 1)
+                return True, False
+            if t.checkpoint_every > 0 and self.step_count % t.checkpoint_every == 0 and not done_epoch:
+                self.checkpoint(epoch, b + 1)
+        return False, self.step_count >= self.plan["total"]
+
+    def _end_epoch(self, epoch: int, bar: Any, finished: bool) -> None:
+        t = self.cfg.training
+        if self.main and ((epoch + 1) % max(t.val_every, 1) == 0 or epoch + 1 == t.epochs or finished):
+            self.validate(epoch, bar)
+        else:
+            self.checkpoint(epoch + 1, 0)
+
+    def _finish(self, stopped: bool) -> TrainResult:
+        """final model = best (or last), the done record and the training plot; the result."""
+        wall = time.time() - self.t0
+        final = self.out / FINAL_MODEL
+        if self.main and not stopped:
+            src = self.out / BEST_MODEL if (self.out / BEST_MODEL).is_file() else self.out / LAST_MODEL
+            atomic_write_bytes(final, src.read_bytes())
+            done = {"kind": "done", "step": self.step_count, "wall_s": wall, "best_val_r1": self.best}
+            _append_jsonl(self.log_path, done | {"model": str(final)})
+            try:
+                from scmpr_ros.training.curves import plot_training_curves
+
+                plot_training_curves(read_metrics(self.log_path), self.out / "training.png")
+            except Exception:  # noqa: BLE001 - a plot never fails a training run
+                pass
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return TrainResult(
+            out_dir=self.out,
+            model_path=final if final.is_file() else self.out / LAST_MODEL,
+            steps=self.step_count,
+            epochs=self.cfg.training.epochs,
+            wall_s=wall,
+            best_val_r1=self.best,
+            last_val=self.last_val,
+            model=self.model,
+            batch_ids=self.seen_batches,
         )
-        try:
-            from scmpr_ros.training.curves import plot_training_curves
-
-            plot_training_curves(read_metrics(log_path), out / "training.png")
-        except Exception:  # noqa: BLE001 - a plot never fails a training run
-            pass
-    if dist_info.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()
-    return TrainResult(
-        out_dir=out,
-        model_path=final if final.is_file() else out / LAST_MODEL,
-        steps=step,
-        epochs=t.epochs,
-        wall_s=wall,
-        best_val_r1=best,
-        last_val=last_val,
-        model=model,
-        batch_ids=seen_batches,
-    )
 
 
 def hash_seed(*parts: int) -> int:
