@@ -238,3 +238,27 @@ def test_shipped_model_clears_its_floor_on_a_fresh_town(fresh_town: Path, tmp_pa
             f"{cond}: R@1 {got[cond]:.3f} < floor {FLOOR_FRACTION * measured:.3f}"
         )
     assert np.isfinite(res["latency_ms_per_query_batched"]["median"])
+
+
+def test_evaluate_refuses_the_map_of_another_place(fresh_town: Path, small_model_file, tmp_path, capsys):
+    """A map recorded as another town, or lying 500 m away, would give meaningless recall: refused with a
+    message naming --force; with --force evaluate runs and records what it found."""
+    import dataclasses
+
+    from scmpr_ros.evaluation.evaluate import evaluate
+    from scmpr_ros.mapping.map_file import read_map, write_map
+
+    own = read_map(_build_map(fresh_town, small_model_file, tmp_path), mmap_arrays=False)
+    other_town = tmp_path / "other_town.scmpr-map"
+    write_map(other_town, dataclasses.replace(own, metadata=dict(own.metadata, town="synthetic seed 6")))
+    far = tmp_path / "far.scmpr-map"
+    poses = np.array(own.poses, dtype=np.float64)
+    poses[:, 0] += 500.0
+    write_map(far, dataclasses.replace(own, poses=poses))
+    for bad_map in (other_town, far):
+        args = ["evaluate", "--model", str(small_model_file), "--map", str(bad_map), "--queries", str(fresh_town)]
+        assert main([*args, "--sequence", "01", "--max-queries", "3"]) == 2
+        err = capsys.readouterr().err
+        assert "--force" in err and "Traceback" not in err, err
+    summary = evaluate(small_model_file, far, fresh_town, ["01"], max_queries=3, force=True)
+    assert summary["coverage"]["problems"]

@@ -78,7 +78,7 @@ def test_player_keeps_timing_times_rate_and_payload(tmp_path, storage):
                     (
                         time.monotonic(),
                         m.header.stamp.sec * 10**9 + m.header.stamp.nanosec,
-                        int(image_to_rgb(m)[0, 0, 0]),
+                        int(image_to_rgb(m, min_size=None)[0, 0, 0]),
                     )
                 ),
                 PLAYBACK_QOS,
@@ -151,7 +151,7 @@ def test_loop_shifts_header_stamps_so_they_stay_unique(tmp_path):
                 Image,
                 f"{ns}/image",
                 lambda m: got.append(
-                    (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec, int(image_to_rgb(m)[0, 0, 0]))
+                    (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec, int(image_to_rgb(m, min_size=None)[0, 0, 0]))
                 ),
                 PLAYBACK_QOS,
             )

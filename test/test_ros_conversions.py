@@ -15,7 +15,7 @@ from scmpr_ros import geometry as tf  # noqa: E402
 from scmpr_ros.msgs import conversions as cv  # noqa: E402
 
 
-def _rgb(h=6, w=9, seed=0):
+def _rgb(h=16, w=32, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
@@ -30,45 +30,65 @@ def test_colour_encodings_round_trip_exactly(encoding):
 
 
 def test_bgr8_channel_order_is_swapped():
+    # one pixel: converted only when the size check is switched off (min_size=None), as tools do
     msg = Image(height=1, width=1, encoding="bgr8", step=3, data=bytes([10, 20, 30]))
-    np.testing.assert_array_equal(cv.image_to_rgb(msg)[0, 0], [30, 20, 10])
+    np.testing.assert_array_equal(cv.image_to_rgb(msg, min_size=None)[0, 0], [30, 20, 10])
     msg = Image(height=1, width=1, encoding="bgra8", step=4, data=bytes([10, 20, 30, 40]))
-    np.testing.assert_array_equal(cv.image_to_rgb(msg)[0, 0], [30, 20, 10])
+    np.testing.assert_array_equal(cv.image_to_rgb(msg, min_size=None)[0, 0], [30, 20, 10])
 
 
 def test_mono8_is_replicated_to_three_channels():
     msg = Image(height=2, width=2, encoding="mono8", step=2, data=bytes([0, 50, 100, 255]))
-    out = cv.image_to_rgb(msg)
+    out = cv.image_to_rgb(msg, min_size=None)
     assert out.shape == (2, 2, 3)
     np.testing.assert_array_equal(out[..., 0], [[0, 50], [100, 255]])
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
 
 
 def test_padded_rows_are_accepted_and_padding_dropped():
-    rgb = _rgb(3, 4)
+    rgb = _rgb(16, 33)
     rows = [np.concatenate([r.reshape(-1), np.full(5, 7, np.uint8)]) for r in rgb]
-    msg = Image(height=3, width=4, encoding="rgb8", step=17, data=np.concatenate(rows).tobytes())
+    msg = Image(height=16, width=33, encoding="rgb8", step=33 * 3 + 5, data=np.concatenate(rows).tobytes())
     np.testing.assert_array_equal(cv.image_to_rgb(msg), rgb)
 
 
 @pytest.mark.parametrize(
     "fields, needle",
     [
-        ({"encoding": "16UC1", "step": 18}, "encoding '16UC1'"),
+        ({"encoding": "16UC1", "step": 64}, "encoding '16UC1'"),
         ({"encoding": "yuv422"}, "encoding 'yuv422'"),
         ({"height": 0, "data": b""}, "zero size"),
         ({"width": 0, "step": 0, "data": b""}, "zero size"),
-        ({"data": bytes(6 * 27 - 1)}, "shorter than height x step"),
-        ({"step": 20}, "step 20 does not match width 9"),
-        ({"data": bytes(6 * 27 + 3)}, "more than height x step"),
+        ({"data": bytes(16 * 96 - 1)}, "shorter than height x step"),
+        ({"step": 90}, "step 90 does not match width 32"),
+        ({"data": bytes(16 * 96 + 3)}, "more than height x step"),
     ],
 )
 def test_bad_images_are_rejected_with_the_reason(fields, needle):
-    base = {"height": 6, "width": 9, "encoding": "rgb8", "step": 27, "data": bytes(6 * 27)}
+    base = {"height": 16, "width": 32, "encoding": "rgb8", "step": 96, "data": bytes(16 * 96)}
     base.update(fields)
     msg = Image(**base)
     with pytest.raises(cv.ImageFormatError, match=needle.replace("(", r"\(")):
         cv.image_to_rgb(msg)
+
+
+@pytest.mark.parametrize(
+    "height, width",
+    [(1, 1), (15, 32), (16, 31), (2, 640)],
+)
+def test_images_below_the_minimum_size_are_refused_with_both_sizes(height, width):
+    msg = Image(height=height, width=width, encoding="rgb8", step=3 * width, data=bytes(3 * width * height))
+    with pytest.raises(cv.ImageTooSmallError) as err:
+        cv.image_to_rgb(msg)
+    text = str(err.value)
+    assert f"image is {width}x{height} pixels" in text and "smaller than the minimum 32x16" in text
+    assert isinstance(err.value, cv.ImageFormatError) and isinstance(err.value, cv.InputError)
+    # the message itself is left as it was (the localizer drops it and counts it, nothing else)
+    assert (msg.height, msg.width, len(msg.data)) == (height, width, 3 * width * height)
+    # the smallest accepted image converts exactly
+    rgb = _rgb(cv.MIN_IMAGE_HEIGHT, cv.MIN_IMAGE_WIDTH)
+    np.testing.assert_array_equal(cv.image_to_rgb(cv.rgb_to_image_msg(rgb)), rgb)
+    assert cv.MIN_IMAGE_SIZE == (32, 16)
 
 
 def test_pointcloud_round_trip_with_label_field_and_count():

@@ -6,11 +6,18 @@ KITTI's P2 baseline column is already in T_cam_velo), sensor_msgs/PointCloud2 (x
 float32 + label uint8 when labels exist, point_step 20), ground truth nav_msgs/Odometry
 (T_world_velo, twist by central differences in the child frame) and /tf map->velodyne;
 /tf_static velodyne->camera once (latched QoS in the bag metadata).
-The bag is written to a temporary directory and renamed into place (never half-written).
+
+The bag is written to a temporary directory ``.OUT.tmp-PID/`` and renamed into place (never
+half-written).  ``--overwrite`` swaps the complete new bag with the old one in one atomic
+``renameat2(RENAME_EXCHANGE)`` where Linux offers it, else by two renames (old aside to ``.OUT.old-PID``,
+new in) — a run killed between those two leaves nothing at ``OUT``, so every run first repairs what a
+killed run left (``recover_interrupted_output``): it moves ``.OUT.old-PID`` back to a missing ``OUT``
+and removes partial ``.OUT.tmp-PID`` directories, for PIDs that are no longer running.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -21,6 +28,7 @@ import numpy as np
 
 from scmpr_ros.bags.reader import BagError
 from scmpr_ros.geometry import quat_from_matrix
+from scmpr_ros.io_utils import exchange_paths, pid_alive, remove_path
 from scmpr_ros.msgs.conversions import cloud_fields, image_fields, ns_to_sec_nanosec
 from scmpr_ros.msgs.topics import (
     CAMERA_INFO_TOPIC,
@@ -62,6 +70,83 @@ class BagSummary:
     topics: dict[str, tuple[str, int]]  # topic -> (msgtype, message count)
     start_ns: int
     end_ns: int
+    notes: tuple[str, ...] = ()  # what was repaired from an earlier, killed run (print them)
+
+
+_log = logging.getLogger(__name__)
+
+
+def _leftovers(out: Path, kind: str) -> list[tuple[Path, int]]:
+    """(path, pid) of ``.OUT.<kind>-PID`` siblings whose process is gone (or is this one, which has not
+    written anything yet), newest first."""
+    prefix = f".{out.name}.{kind}-"
+    found = []
+    try:
+        candidates = list(out.parent.glob(f"{prefix}*"))
+    except OSError:
+        return []
+    for p in candidates:
+        tail = p.name[len(prefix) :]
+        if not tail.isdigit():
+            continue
+        pid = int(tail)
+        if pid == os.getpid() or not pid_alive(pid):
+            try:
+                found.append((p, p.lstat().st_mtime, pid))
+            except OSError:
+                continue
+    return [(p, pid) for p, _, pid in sorted(found, key=lambda x: x[1], reverse=True)]
+
+
+def recover_interrupted_output(out: str | Path, *, discard_superseded: bool = False) -> list[str]:
+    """Repair what a killed kitti_to_bag run left next to ``out``; returns one sentence per repair.
+
+    * ``out`` missing and a ``.OUT.old-PID`` of a dead run: that is the previous bag, moved aside by an
+      ``--overwrite`` killed before the new bag was renamed in: it is moved back to ``out``.
+    * ``out`` present and a ``.OUT.old-PID``: the run was killed after its swap, before deleting the old
+      bag; it is deleted when ``discard_superseded`` (this run replaces ``out`` anyway), else kept and named.
+    * ``.OUT.tmp-PID`` of a dead run: a partial (or superseded) bag; deleted.
+    Directories of runs still in progress (their PID is alive) are left alone.
+    """
+    out = Path(out)
+    notes: list[str] = []
+    if not out.parent.is_dir():
+        return notes
+    olds = _leftovers(out, "old")
+    if olds and not out.exists() and not out.is_symlink():
+        (old, pid), olds = olds[0], olds[1:]
+        os.replace(old, out)
+        notes.append(f"restored {out} from {old.name}, where the killed run {pid} (--overwrite) had moved it")
+    for old, pid in olds:
+        if discard_superseded:
+            remove_path(old)
+            notes.append(f"removed {old.name}, the previous bag the killed run {pid} (--overwrite) had replaced")
+        else:
+            notes.append(
+                f"{old.name} holds the previous bag that the killed run {pid} (--overwrite) had replaced; "
+                "delete it, or move it back to --out"
+            )
+    for tmp, pid in _leftovers(out, "tmp"):
+        remove_path(tmp)
+        notes.append(f"removed {tmp.name}, the unfinished output of the killed run {pid}")
+    for note in notes:
+        _log.warning("kitti-to-bag: %s", note)
+    return notes
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the complete bag ``new`` at ``out``; an existing ``out`` is replaced, never left missing
+    except between the two renames of the fallback (which ``recover_interrupted_output`` repairs)."""
+    if not out.exists() and not out.is_symlink():
+        os.replace(new, out)
+        return
+    if exchange_paths(new, out):  # one atomic step: ``new`` now holds the old bag, removed with its tmp dir
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    remove_path(old)
+    os.replace(out, old)
+    os.replace(new, out)
+    remove_path(old)
 
 
 def _header(ts, stamp_ns: int, frame: str):
@@ -124,8 +209,10 @@ def kitti_to_bag(
     if storage not in plugins:
         raise BagError(f"--storage {storage!r} is not supported; use sqlite3 or mcap")
     out = Path(out)
+    notes = recover_interrupted_output(out, discard_superseded=overwrite)
     if out.exists() and not overwrite:
-        raise BagError(f"{out} already exists; choose another --out or remove it")
+        repaired = f" ({'; '.join(notes)})" if notes else ""
+        raise BagError(f"{out} already exists{repaired}; choose another --out, remove it, or pass --overwrite")
     if start_time_ns < 0:
         raise BagError(f"start time {start_time_ns} ns is negative")
 
@@ -282,13 +369,15 @@ def kitti_to_bag(
                     )
                 if progress is not None:
                     progress(i + 1, n)
-        if out.exists():  # overwrite: swap only after the new bag is complete
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        _swap_in(tmp, out)  # overwrite: swap only after the new bag is complete
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
-    return BagSummary(out, storage, n, {k: (v[0], v[1]) for k, v in counts.items()}, int(stamps[0]), int(stamps[n - 1]))
+    return BagSummary(
+        out,
+        storage,
+        n,
+        {k: (v[0], v[1]) for k, v in counts.items()},
+        int(stamps[0]),
+        int(stamps[n - 1]),
+        tuple(notes),
+    )

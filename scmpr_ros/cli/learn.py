@@ -101,7 +101,11 @@ def evaluate_cmd(
     sweep_beta: str | None = typer.Option(
         None,
         "--sweep-beta",
-        help="also report R@1 re-ranked with each of these beta, e.g. 0,0.3,1,3 (one encoder pass; tune retrieval.beta on a validation town)",
+        help="also report R@1 re-ranked with each of these beta, e.g. 0,0.3,1,3 "
+        "(one encoder pass; tune retrieval.beta on a validation town)",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="evaluate even if the map is of another town/sequence or far from the queries"
     ),
 ) -> None:
     """Recall@1/5/10 (overall and per condition) of camera queries against a LiDAR map."""
@@ -134,6 +138,7 @@ def evaluate_cmd(
             threads=threads,
             progress=cb,
             beta_sweep=_floats(sweep_beta, "--sweep-beta"),
+            force=force,
         )
     typer.echo(format_summary(summary))
     if out is not None:

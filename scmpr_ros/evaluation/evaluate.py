@@ -86,6 +86,7 @@ def evaluate(
     batch_size: int = 8,
     progress: Callable[[str, int, int], None] | None = None,
     beta_sweep: Sequence[float] = (),
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run every query through the recognizer and score it; returns the JSON-ready summary.
 
@@ -119,9 +120,12 @@ def evaluate(
     records: dict[str, dict] = {}
     swept: dict[float, dict[str, Any]] = {b: {} for b in betas}
     timings: list[float] = []
+    plan = []
     for seq_name, condition in query_sequences(queries_dir, sequences, map_meta):
         seq = open_sequence(queries_dir, seq_name)
-        frames = _query_frames(seq, queries_dir, seq_name, frame_stride, max_queries)
+        plan.append((seq_name, condition, seq, _query_frames(seq, queries_dir, seq_name, frame_stride, max_queries)))
+    coverage = _check_coverage(map_data, map_sequence, queries_dir, plan, threshold_m, force)
+    for seq_name, condition, seq, frames in plan:
         if exclude_recent_s is not None and map_sequence is None:
             _check_same_sequence(map_meta, seq_name)
         report = (
@@ -158,6 +162,7 @@ def evaluate(
     ns_sorted = tuple(sorted({int(n) for n in ns}))
     summary = _summary(model_path, map_path, queries_dir, map_data, cfg, records, per, timings, ns_sorted)
     summary |= {"threshold_m": threshold_m, "yaw_gate_deg": yaw_gate_deg, "exclude_recent_s": exclude_recent_s}
+    summary["coverage"] = coverage
     if betas:
         summary["beta_sweep"] = [
             {
@@ -244,6 +249,16 @@ def _map_times(map_data: Any, map_sequence: str | None, queries_dir: Path, exclu
         raise EvaluationError("--exclude-recent needs the map's sequence: pass --map-sequence NN")
     seq = open_sequence(Path(mroot) if Path(mroot).is_dir() else queries_dir, str(mseq))
     return np.asarray(seq.times, dtype=np.float64)[np.asarray(map_data.source_frames)]
+
+
+def _check_coverage(map_data, map_sequence, queries_dir, plan, threshold_m: float, force: bool) -> dict:
+    """Refuse a map of another place than the queries (mapping/coverage.py) unless ``force``."""
+    from scmpr_ros.mapping.coverage import check_map_covers_queries, dataset_identity
+
+    query_xyz = np.concatenate([positions_of(np.stack([_query_pose(s, i) for i in f])) for _, _, s, f in plan])
+    meta = dict(map_data.metadata or {}) | ({"sequence": map_sequence} if map_sequence else {})
+    identity = dataset_identity(queries_dir, [name for name, _, _, _ in plan])
+    return check_map_covers_queries(map_data.poses, query_xyz, meta, identity, max_gap_m=threshold_m, force=force)
 
 
 def _check_same_sequence(map_meta: dict, seq_name: str) -> None:

@@ -22,9 +22,11 @@ from scmpr_ros.config import ScmprConfig
 from scmpr_ros.datasets.base import camera_from_calibration
 from scmpr_ros.errors import DatasetError, InputError
 from scmpr_ros.geometry import matrices_to_poses
+from scmpr_ros.io_utils import remove_stale_temp_files
 from scmpr_ros.lidar.range_image import RangeProjector, camera_fov, crop_to_fov, encoder_input
 from scmpr_ros.lidar.segmentation import make_segmenter
 from scmpr_ros.lidar.viewpoints import MapAccumulator, ViewpointRenderer, frustum_grid, plan_viewpoints
+from scmpr_ros.mapping.coverage import dataset_identity
 from scmpr_ros.mapping.map_file import MapData, camera_dict, write_map
 
 Progress = Callable[[str, int, int], None]
@@ -43,6 +45,8 @@ def build_map(
     import torch
 
     t_start = time.perf_counter()
+    # a build killed while writing leaves its temporary file (.NAME.pidPID.XXXXXXXX.tmp) next to ``out``
+    stale = [p.name for p in remove_stale_temp_files(out)]
     if not getattr(sequence, "has_poses", True):
         raise DatasetError(f"{sequence.root} sequence {sequence.name}: no poses (poses.txt); a map needs them")
     lidar, mcfg = cfg.lidar, cfg.map
@@ -151,9 +155,11 @@ def build_map(
         prototypes = protos.float().cpu().numpy()
 
     T = np.stack([v.T_world_velo for v in viewpoints])
+    town = _town_of(sequence.root)
     meta = {
         "dataset": str(Path(sequence.root).resolve()),
         "dataset_kind": str(getattr(sequence, "kind", "")),
+        **({"town": town} if town else {}),
         "sequence": str(sequence.name),
         "segmentation": segmenter.name,
         "render_modes": {m: modes.count(m) for m in sorted(set(modes))},
@@ -192,4 +198,13 @@ def build_map(
         "seconds_encode": t_encode,
         "viewpoints_per_s": n / t_loop if t_loop > 0 else float("inf"),
         "render_modes": meta["render_modes"],
+        "removed_stale_temp_files": stale,
     }
+
+
+def _town_of(root: Any) -> str | None:
+    """The synthetic town's identity recorded in the map (checked against the queries by evaluate)."""
+    try:
+        return dataset_identity(root).get("town")
+    except (DatasetError, OSError):  # not a dataset directory we can identify: record nothing
+        return None

@@ -3,7 +3,9 @@
 Layout (little endian): a 64-byte preamble ``b"SCMPRMAP"``, u32 format version, u32 0, u64 header
 length, u64 file size, sha256 of bytes [64:]; then a UTF-8 JSON header (array table + metadata);
 then the arrays, each 64-byte aligned.  Semantic grids are bit-packed per viewpoint.
-Loading checks magic, version, size, checksum, shapes, finiteness and model compatibility.
+Loading checks magic, version, size, checksum, every header field (``validate_header``: types, shapes,
+required keys, the camera, the array table), the arrays (``validate_map``: shapes, finiteness) and model
+compatibility; ``write_map`` runs the same two checks, so a file it writes always reads back.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import mmap
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,7 +163,235 @@ def validate_map(m: MapData, where: str) -> None:
         raise MapFileError(f"{where}: model_checksum must be a non-empty string")
 
 
+#: fields every header has (``write_map`` writes all of them)
+HEADER_FIELDS = (
+    "format",
+    "version",
+    "num_viewpoints",
+    "descriptor_dim",
+    "descriptor_dtype",
+    "frame_id",
+    "grid",
+    "camera",
+    "model_config",
+    "model_checksum",
+    "metadata",
+    "arrays",
+)
+CAMERA_FIELDS = ("width", "height", "fx", "fy", "cx", "cy", "T_cam_velo")
+#: metadata entries that readers use, and the JSON type they must have when present
+METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "dataset": (str,),
+    "dataset_kind": (str,),
+    "dataset_root": (str,),
+    "sequence": (str,),
+    "town": (str,),
+    "places": (int,),
+    "created_unix": (int, float),
+    "render_modes": (dict,),
+}
+#: array name -> (allowed dtype strings, number of dimensions)
+ARRAY_SPECS: dict[str, tuple[tuple[str, ...], int]] = {
+    "descriptors": (("<f2", "<f4"), 2),
+    "poses": (("<f8",), 2),
+    "viewpoint_ids": (("<i8",), 1),
+    "source_frames": (("<i8",), 1),
+    "semantic_grids": (("|u1",), 2),
+    "prototypes": (("<f4",), 2),
+}
+_REBUILD = "rebuild the map with `scmpr build-map` (or copy the file again if it was damaged in transfer)"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(v), type(v).__name__)
+
+
+def validate_header(
+    header: Any, where: str, data_start: int | None = None, file_size: int | None = None, *, fix: str = ""
+) -> None:
+    """Raise MapFileError naming the first header field that is missing, of the wrong type or shape,
+    or inconsistent with another, and saying what to do (``fix``, default: rebuild the map).
+    ``data_start`` / ``file_size`` also check that the arrays fit the file.
+
+    The one place where the header is checked: read_header runs it on every file read (map-info,
+    evaluate, map_server, the localizer), write_map before writing."""
+    fix = fix or _REBUILD
+
+    def bad(field_: str, problem: str) -> MapFileError:
+        return MapFileError(f"{where}: corrupt header: '{field_}' {problem}; {fix}")
+
+    _check_scalar_fields(header, where, fix, bad)
+    _check_grid(header["grid"], where, bad)
+    _check_camera(header["camera"], bad)
+    _check_array_table(header, where, fix, bad, data_start, file_size)
+
+
+_Fault = Callable[[str, str], MapFileError]
+
+
+def _check_scalar_fields(header: Any, where: str, fix: str, bad: _Fault) -> None:
+    """Presence of every field, version, counts, dtype, frame, model checksum, the two mappings."""
+    if not isinstance(header, dict):
+        raise bad("(header)", f"is {_json_type(header)}, expected a JSON object")
+    if header.get("format") != "scmpr-map":
+        raise MapFileError(f"{where}: corrupt header (no 'format: scmpr-map'); {fix}")
+    missing = [k for k in HEADER_FIELDS if k not in header]
+    if missing:
+        raise MapFileError(f"{where}: corrupt header: required field(s) {', '.join(missing)} missing; {fix}")
+    if not _is_int(header["version"]) or header["version"] != FORMAT_VERSION:
+        raise bad("version", f"is {header['version']!r}, expected {FORMAT_VERSION} (the preamble's version)")
+    n, dim = header["num_viewpoints"], header["descriptor_dim"]
+    if not _is_int(n) or n < 0:
+        raise bad("num_viewpoints", f"is {n!r}, expected an integer >= 0")
+    if not _is_int(dim) or dim < 1:
+        raise bad("descriptor_dim", f"is {dim!r}, expected an integer >= 1")
+    if not isinstance(header["descriptor_dtype"], str) or header["descriptor_dtype"] not in DESCRIPTOR_DTYPES:
+        raise bad("descriptor_dtype", f"is {header['descriptor_dtype']!r}, expected one of {sorted(DESCRIPTOR_DTYPES)}")
+    if not isinstance(header["frame_id"], str) or not header["frame_id"].strip():
+        raise bad("frame_id", f"is {header['frame_id']!r}, expected a non-empty string such as 'map'")
+    if not isinstance(header["model_checksum"], str) or not header["model_checksum"]:
+        raise bad("model_checksum", f"is {header['model_checksum']!r}, expected the non-empty sha256 of the model")
+    for name in ("model_config", "metadata"):
+        if not isinstance(header[name], dict):
+            raise bad(name, f"is {_json_type(header[name])}, expected an object (a mapping)")
+    for key, types in METADATA_TYPES.items():
+        v = header["metadata"].get(key)
+        if key in header["metadata"] and not (isinstance(v, types) and not isinstance(v, bool)):
+            raise bad(
+                f"metadata.{key}", f"is {_json_type(v)} ({v!r}), expected {' or '.join(t.__name__ for t in types)}"
+            )
+
+
+def _check_grid(grid: Any, where: str, bad: _Fault) -> None:
+    """The semantic grid's shape, class set and packing."""
+    if not isinstance(grid, dict):
+        raise bad("grid", f"is {_json_type(grid)}, expected an object with rows, cols, num_classes, class_names")
+    for key in ("rows", "cols", "num_classes", "class_names", "min_fraction", "packed"):
+        if key not in grid:
+            raise bad(f"grid.{key}", "is missing")
+    for key in ("rows", "cols"):
+        if not _is_int(grid[key]) or grid[key] < 1:
+            raise bad(f"grid.{key}", f"is {grid[key]!r}, expected an integer >= 1")
+    if not _is_int(grid["num_classes"]) or grid["num_classes"] != NUM_CLASSES:
+        raise bad("grid.num_classes", f"is {grid['num_classes']!r}, expected {NUM_CLASSES}")
+    if not isinstance(grid["class_names"], list) or list(grid["class_names"]) != list(CLASS_NAMES):
+        raise MapFileError(
+            f"{where}: the map's classes {grid['class_names']} differ from this package's {list(CLASS_NAMES)}; "
+            "rebuild the map with this package's `scmpr build-map`"
+        )
+    if not _is_num(grid["min_fraction"]) or not 0.0 <= grid["min_fraction"] <= 1.0:
+        raise bad("grid.min_fraction", f"is {grid['min_fraction']!r}, expected a number in [0, 1]")
+    if grid["packed"] != "packbits":
+        raise bad("grid.packed", f"is {grid['packed']!r}, expected 'packbits'")
+
+
+def _check_camera(cam: Any, bad: _Fault) -> None:
+    """The reference camera the semantic grid was binned in: size, intrinsics, a rigid T_cam_velo."""
+    if not isinstance(cam, dict):
+        raise bad("camera", f"is {_json_type(cam)}, expected an object with {', '.join(CAMERA_FIELDS)}")
+    absent = [k for k in CAMERA_FIELDS if k not in cam]
+    if absent:
+        raise bad("camera", f"lacks {', '.join(absent)} (it needs {', '.join(CAMERA_FIELDS)})")
+    for key in ("width", "height"):
+        if not _is_int(cam[key]) or cam[key] < 1:
+            raise bad(f"camera.{key}", f"is {cam[key]!r}, expected an image size in pixels (integer >= 1)")
+    for key in ("fx", "fy"):
+        if not _is_num(cam[key]) or cam[key] <= 0:
+            raise bad(f"camera.{key}", f"is {cam[key]!r}, expected a focal length in pixels (number > 0)")
+    for key in ("cx", "cy"):
+        if not _is_num(cam[key]):
+            raise bad(f"camera.{key}", f"is {cam[key]!r}, expected a principal point in pixels (finite number)")
+    T = cam["T_cam_velo"]
+    rows_ok = isinstance(T, list) and len(T) == 4 and all(isinstance(r, list) and len(r) == 4 for r in T)
+    if not rows_ok or not all(_is_num(v) for r in T for v in r):
+        raise bad("camera.T_cam_velo", f"is {T!r}, expected a 4x4 list of finite numbers (LiDAR -> camera)")
+    Tm = np.asarray(T, dtype=np.float64)
+    R = Tm[:3, :3]
+    if np.abs(Tm[3] - [0, 0, 0, 1]).max() > 1e-9 or np.abs(R.T @ R - np.eye(3)).max() > 1e-3:
+        raise bad("camera.T_cam_velo", "is not a rigid transform (rotation not orthonormal or last row not 0 0 0 1)")
+
+
+def _check_array_table(
+    header: dict, where: str, fix: str, bad: _Fault, data_start: int | None, file_size: int | None
+) -> None:
+    """Each array's dtype, shape (against the counts), size, alignment, place in the file; no overlaps."""
+    n, dim, grid = header["num_viewpoints"], header["descriptor_dim"], header["grid"]
+    table = header["arrays"]
+    if not isinstance(table, dict):
+        raise bad("arrays", f"is {_json_type(table)}, expected an object naming each array")
+    absent = [k for k in ARRAY_SPECS if k not in table]
+    if absent:
+        raise MapFileError(f"{where}: arrays missing from the map: {', '.join(absent)}; {fix}")
+    bits = grid["rows"] * grid["cols"] * grid["num_classes"]
+    expected_shape = {
+        "descriptors": [n, dim],
+        "poses": [n, 7],
+        "viewpoint_ids": [n],
+        "source_frames": [n],
+        "semantic_grids": [n, (bits + 7) // 8],
+        "prototypes": [NUM_CLASSES, None],  # None: any C >= 1
+    }
+    spans = []
+    for name, (dtypes, ndim) in ARRAY_SPECS.items():
+        e = table[name]
+        f = f"arrays.{name}"
+        if not isinstance(e, dict) or any(k not in e for k in ("dtype", "shape", "offset", "nbytes")):
+            raise bad(f, "must be an object with dtype, shape, offset, nbytes")
+        if not isinstance(e["dtype"], str) or e["dtype"] not in dtypes:
+            raise bad(f"{f}.dtype", f"is {e['dtype']!r}, expected {' or '.join(map(repr, dtypes))}")
+        shape = e["shape"]
+        if not isinstance(shape, list) or len(shape) != ndim or not all(_is_int(v) and v >= 0 for v in shape):
+            raise bad(f"{f}.shape", f"is {shape!r}, expected {ndim} non-negative integers")
+        want = expected_shape[name]
+        if any(w is not None and w != v for w, v in zip(want, shape)) or (want[-1] is None and shape[-1] < 1):
+            shown = [("C" if w is None else w) for w in want]
+            raise MapFileError(
+                f"{where}: {name} has shape {shape} but the header describes {shown} "
+                f"({n} viewpoints of {dim}-d descriptors, {grid['rows']}x{grid['cols']} grids); {fix}"
+            )
+        itemsize = np.dtype(e["dtype"]).itemsize
+        nbytes = math.prod(shape) * itemsize
+        if not _is_int(e["nbytes"]) or e["nbytes"] != nbytes:
+            raise bad(f"{f}.nbytes", f"is {e['nbytes']!r}, but {shape} x {itemsize} bytes = {nbytes}")
+        if not _is_int(e["offset"]) or e["offset"] < 0 or e["offset"] % ALIGN:
+            raise bad(f"{f}.offset", f"is {e['offset']!r}, expected a non-negative multiple of {ALIGN}")
+        if data_start is not None and file_size is not None and data_start + e["offset"] + nbytes > file_size:
+            raise MapFileError(
+                f"{where}: array '{name}' {shape} {e['dtype']} does not fit the file (ends at byte "
+                f"{data_start + e['offset'] + nbytes} of {file_size}); {fix}"
+            )
+        spans.append((e["offset"], e["offset"] + nbytes, name))
+    if header["descriptor_dtype"] != np.dtype(table["descriptors"]["dtype"]).name:
+        raise bad(
+            "descriptor_dtype",
+            f"is {header['descriptor_dtype']!r} but arrays.descriptors is {table['descriptors']['dtype']!r}",
+        )
+    spans.sort()
+    for (_, end_a, a), (start_b, end_b, b) in zip(spans, spans[1:]):
+        if start_b < end_a and end_b > start_b:
+            raise bad(f"arrays.{b}.offset", f"overlaps arrays.{a}")
+
+
 # -- write --------------------------------------------------------------------------------------
+
+
 def _pad(n: int) -> int:
     return (-n) % ALIGN
 
@@ -210,6 +441,7 @@ def write_map(path: str | Path, m: MapData) -> int:
         hbytes = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise MapFileError(f"{path}: map metadata is not plain JSON data: {exc}") from exc
+    validate_header(json.loads(hbytes), f"{path} (not written)", fix="fix the MapData given to write_map")
     hbytes += b" " * _pad(PREAMBLE_SIZE + len(hbytes))
     data_start = PREAMBLE_SIZE + len(hbytes)
     total = data_start + offset
@@ -219,7 +451,7 @@ def write_map(path: str | Path, m: MapData) -> int:
         sha.update(buf)
         sha.update(b"\0" * _pad(arr.nbytes))
     pre = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes), total, sha.digest())
-    with atomic_write(path, "wb") as fh:
+    with atomic_write(path, "wb", clean_stale=True) as fh:
         fh.write(pre + b"\0" * (PREAMBLE_SIZE - len(pre)))
         fh.write(hbytes)
         for arr in arrays.values():
@@ -270,8 +502,7 @@ def read_header(path: str | Path, verify_checksum: bool = False) -> tuple[dict, 
         header = json.loads(hbytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MapFileError(f"{path}: corrupt header ({exc}); rebuild the map with `scmpr build-map`") from exc
-    if not isinstance(header, dict) or header.get("format") != "scmpr-map":
-        raise MapFileError(f"{path}: corrupt header (no 'format: scmpr-map'); rebuild the map")
+    validate_header(header, str(path), PREAMBLE_SIZE + hlen, size)
     return header, PREAMBLE_SIZE + hlen
 
 
@@ -298,31 +529,27 @@ def read_map(
 ) -> MapData:
     """Load and validate a map; descriptors and grids stay memory-mapped (read-only) by default."""
     path = Path(path)
-    header, data_start = read_header(path, verify_checksum=verify_checksum)
+    header, data_start = read_header(path, verify_checksum=verify_checksum)  # every header field checked there
     try:
         table = header["arrays"]
         grid = header["grid"]
-        names = ("descriptors", "poses", "viewpoint_ids", "source_frames", "semantic_grids", "prototypes")
-        missing = [n for n in names if n not in table]
-        if missing:
-            raise MapFileError(f"{path}: arrays missing from the map: {', '.join(missing)}; rebuild the map")
         size = path.stat().st_size
         arrays = {}
-        for name in names:
+        for name in ARRAY_SPECS:
             e = table[name]
             dtype = np.dtype(e["dtype"])
-            shape = tuple(int(s) for s in e["shape"])
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            shape = tuple(e["shape"])
+            nbytes = int(e["nbytes"])
             start = data_start + int(e["offset"])
-            if nbytes != int(e["nbytes"]) or start + nbytes > size or int(e["offset"]) < 0:
-                raise MapFileError(f"{path}: array '{name}' {shape} {dtype} does not fit the file; rebuild the map")
+            if start + nbytes > size:  # the file changed since read_header
+                raise MapFileError(f"{path}: array '{name}' {shape} {dtype} does not fit the file; {_REBUILD}")
             if mmap_arrays and nbytes:
                 arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape)
             else:
                 with open(path, "rb") as fh:
                     fh.seek(start)
                     arrays[name] = np.frombuffer(fh.read(nbytes), dtype=dtype).reshape(shape)
-        grids = PackedGrids(arrays["semantic_grids"], int(grid["rows"]), int(grid["cols"]), int(grid["num_classes"]))
+        grids = PackedGrids(arrays["semantic_grids"], grid["rows"], grid["cols"], grid["num_classes"])
         m = MapData(
             descriptors=arrays["descriptors"],
             poses=arrays["poses"],
@@ -333,22 +560,12 @@ def read_map(
             camera=header["camera"],
             model_config=header["model_config"],
             model_checksum=header["model_checksum"],
-            metadata=header.get("metadata", {}),
-            grid_min_fraction=float(grid.get("min_fraction", 0.0)),
-            frame_id=header.get("frame_id", "map"),
+            metadata=header["metadata"],
+            grid_min_fraction=float(grid["min_fraction"]),
+            frame_id=header["frame_id"],
         )
-        if list(grid.get("class_names", CLASS_NAMES)) != list(CLASS_NAMES):
-            raise MapFileError(
-                f"{path}: the map's classes {grid.get('class_names')} differ from this package's {list(CLASS_NAMES)}; "
-                "rebuild the map"
-            )
-        if int(header["descriptor_dim"]) != m.descriptor_dim or int(header["num_viewpoints"]) != m.num_viewpoints:
-            raise MapFileError(
-                f"{path}: header says {header['num_viewpoints']} x {header['descriptor_dim']} descriptors, "
-                f"the array is {m.descriptors.shape}; rebuild the map"
-            )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MapFileError(f"{path}: corrupt header field ({exc!r}); rebuild the map with `scmpr build-map`") from exc
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise MapFileError(f"{path}: cannot read the arrays ({exc!r}); {_REBUILD}") from exc
     validate_map(m, str(path))
     if expected_dim is not None and m.descriptor_dim != int(expected_dim):
         raise MapFileError(

@@ -1,9 +1,13 @@
 """sensor_msgs Image / PointCloud2 <-> numpy, validated (no rclpy import; messages are duck-typed).
 
 Images: rgb8, bgr8, rgba8, bgra8, mono8 are accepted and returned as (H, W, 3) uint8 RGB; rows may be
-padded (step >= width * channels).  cv_bridge is used for the pixel conversion when importable,
-our numpy path otherwise; validation is ours in both cases.  PointCloud2 <-> numpy structured arrays
-through the PointField layout (sensor_msgs_py when importable for ROS messages, numpy otherwise).
+padded (step >= width * channels).  Images smaller than ``MIN_IMAGE_WIDTH`` x ``MIN_IMAGE_HEIGHT``
+(32 x 16 pixels) are refused with ``ImageTooSmallError``: the encoder resizes every image to its
+input size (512 x 160 by default), and a smaller one, stretched more than 16 x 10 times, holds no
+place to recognise (a 1 x 1 image is a broken driver or a test pattern, not a camera frame).
+cv_bridge is used for the pixel conversion when importable, our numpy path otherwise; validation is
+ours in both cases.  PointCloud2 <-> numpy structured arrays through the PointField layout
+(sensor_msgs_py when importable for ROS messages, numpy otherwise).
 The helpers work on rclpy messages and on rosbags' message dataclasses alike (same field names).
 """
 
@@ -33,10 +37,18 @@ CLOUD_BACKEND = "sensor_msgs_py" if _pc2 is not None else "numpy"
 
 #: encoding -> channels, for the encodings the localizer accepts
 ACCEPTED_ENCODINGS: dict[str, int] = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+#: the smallest image the localizer encodes (width, height in pixels); see the module docstring
+MIN_IMAGE_WIDTH = 32
+MIN_IMAGE_HEIGHT = 16
+MIN_IMAGE_SIZE: tuple[int, int] = (MIN_IMAGE_WIDTH, MIN_IMAGE_HEIGHT)
 
 
 class ImageFormatError(InputError):
     """An Image message the localizer cannot use (encoding, size, step or data length)."""
+
+
+class ImageTooSmallError(ImageFormatError):
+    """A well-formed Image message smaller than the minimum the localizer encodes (MIN_IMAGE_SIZE)."""
 
 
 class CloudFormatError(InputError):
@@ -61,8 +73,22 @@ def ns_to_sec_nanosec(ns: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------- images
 
 
-def validate_image(msg: Any) -> int:
-    """Check an Image message; return its channel count or raise ImageFormatError naming the field."""
+def check_image_size(width: int, height: int, min_size: tuple[int, int] | None = MIN_IMAGE_SIZE) -> None:
+    """Raise ImageTooSmallError when a ``width`` x ``height`` image is below ``min_size`` (width, height)."""
+    if min_size is None:
+        return
+    min_w, min_h = int(min_size[0]), int(min_size[1])
+    if width < min_w or height < min_h:
+        raise ImageTooSmallError(
+            f"image is {width}x{height} pixels (width x height), smaller than the minimum {min_w}x{min_h} "
+            "the localizer encodes; publish the camera's full-resolution images"
+        )
+
+
+def validate_image(msg: Any, min_size: tuple[int, int] | None = MIN_IMAGE_SIZE) -> int:
+    """Check an Image message; return its channel count or raise ImageFormatError naming the field.
+
+    ``min_size`` (width, height): smaller images raise ImageTooSmallError (None: any size >= 1 x 1)."""
     enc = str(msg.encoding)
     if enc not in ACCEPTED_ENCODINGS:
         raise ImageFormatError(
@@ -72,6 +98,7 @@ def validate_image(msg: Any) -> int:
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
         raise ImageFormatError(f"image has zero size (height={h}, width={w})")
+    check_image_size(w, h, min_size)
     if step < w * ch:
         raise ImageFormatError(
             f"image step {step} does not match width {w} x {ch} bytes per pixel ({enc}); step must be >= {w * ch}"
@@ -84,9 +111,11 @@ def validate_image(msg: Any) -> int:
     return ch
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
-    """Validated Image message -> (H, W, 3) uint8 RGB (a copy that the caller owns)."""
-    ch = validate_image(msg)
+def image_to_rgb(msg: Any, min_size: tuple[int, int] | None = MIN_IMAGE_SIZE) -> np.ndarray:
+    """Validated Image message -> (H, W, 3) uint8 RGB (a copy that the caller owns).
+
+    ``min_size``: see validate_image; pass None to convert images of any size (tools, not the localizer)."""
+    ch = validate_image(msg, min_size)
     enc = str(msg.encoding)
     if _BRIDGE is not None:
         try:
