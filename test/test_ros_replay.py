@@ -21,16 +21,17 @@ T0 = 1_650_000_000_000_000_000
 PERIOD = 200_000_000  # 5 Hz
 
 
-def _write_query_bag(path, images, offset_m=1.5):
+def _write_query_bag(path, images, offset_m=1.5, image_topic=IMAGE_TOPIC, truth=True, storage="sqlite3"):
     """Image i at T0 + i*PERIOD, ground truth 1.5 m beside viewpoint i (x = 10 i); image 11 is a wrong place."""
-    from rosbags.rosbag2 import Writer
+    from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS2_KILTED)
     T = ts.types
-    with Writer(path, version=9) as w:
-        ci = w.add_connection(IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=ts)
-        co = w.add_connection(GROUND_TRUTH_TOPIC, "nav_msgs/msg/Odometry", typestore=ts)
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as w:
+        ci = w.add_connection(image_topic, "sensor_msgs/msg/Image", typestore=ts)
+        co = w.add_connection(GROUND_TRUTH_TOPIC, "nav_msgs/msg/Odometry", typestore=ts) if truth else None
         for i, img in enumerate(images):
             t = T0 + i * PERIOD
             sec, nsec = ns_to_sec_nanosec(t)
@@ -59,7 +60,8 @@ def _write_query_bag(path, images, offset_m=1.5):
                     twist=T["geometry_msgs/msg/Twist"](linear=vec, angular=vec), covariance=z
                 ),
             )
-            w.write(co, t, ts.serialize_cdr(odom, "nav_msgs/msg/Odometry"))
+            if co is not None:
+                w.write(co, t, ts.serialize_cdr(odom, "nav_msgs/msg/Odometry"))
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +160,28 @@ def test_replay_reports_a_missing_bag(tmp_path, replay_world):
     ckpt, map_path, _ = replay_world
     with pytest.raises(BagError, match="not a rosbag2 directory"):
         run_replay(tmp_path / "none", map_path, ckpt)
+
+
+def test_replay_of_a_bare_mcap_from_another_tool(replay_world, tmp_path, capfd):
+    """A single .mcap file (no metadata.yaml, as third-party converters write it) with its own image topic
+    and no ground truth: --image-topic remaps, rates and latency are reported, recall is said not scored."""
+    from scmpr_ros.bags.reader import ground_truth_positions
+    from scmpr_ros.cli import main
+
+    ckpt, map_path, _ = replay_world
+    from ros_helpers import build_test_world
+
+    _, _, images, _ = build_test_world(tmp_path / "world")
+    folder = tmp_path / "converted"
+    _write_query_bag(folder, images, image_topic="/kitti/camera_color_left/image_raw", truth=False, storage="mcap")
+    (mcap,) = folder.glob("*.mcap")
+    bare = tmp_path / "drive.mcap"
+    mcap.rename(bare)
+    assert ground_truth_positions(bare) == {}
+    args = ["replay", "--bag", str(bare), "--map", str(map_path), "--model", str(ckpt), "--rate", "2.0"]
+    assert main(args) == 2  # the default image topic is not in that bag: the message says how to name it
+    assert "--image-topic" in capfd.readouterr().err
+    assert main([*args, "--image-topic", "/kitti/camera_color_left/image_raw"]) == 0
+    out = capfd.readouterr().out
+    assert f"images published {NUM_IMAGES}, localized {NUM_IMAGES}" in out
+    assert "recall not scored: the bag has no ground truth" in out and "R@1" not in out

@@ -48,7 +48,7 @@ def kitti_to_bag_cmd(
 
 
 def replay_cmd(
-    bag: Path = typer.Option(..., "--bag", help="rosbag2 directory (from `scmpr kitti-to-bag`)"),
+    bag: Path = typer.Option(..., "--bag", help="rosbag2 directory or a single .mcap file"),
     map_file: Path = typer.Option(..., "--map", help=".scmpr-map of the same environment"),
     model: Path | None = typer.Option(
         None, "--model", help="checkpoint the map was built with (default: shipped nano model)"
@@ -65,17 +65,34 @@ def replay_cmd(
     threshold: float = typer.Option(
         5.0, "--threshold", help="a hypothesis is correct within this many metres of ground truth"
     ),
+    image_topic: str | None = typer.Option(
+        None, "--image-topic", help="the bag's sensor_msgs/Image topic (default: the params file's image_topic)"
+    ),
+    camera_info_topic: str | None = typer.Option(
+        None, "--camera-info-topic", help="the bag's CameraInfo topic (default: the params file's)"
+    ),
 ) -> None:
-    """Replay a bag through map_server + localizer over loopback DDS (what localization.launch.py starts)."""
+    """Replay a bag (rosbag2 directory or .mcap file) through map_server + localizer over loopback DDS."""
     from scmpr_ros.bags.reader import bag_info
     from scmpr_ros.msgs.topics import GROUND_TRUTH_TOPIC
     from scmpr_ros.nodes.replay import run_replay
 
+    topics = {"image_topic": image_topic, "camera_info_topic": camera_info_topic}
     result = run_replay(
-        bag, map_file, model or default_model(), params_file=params, rate=rate, device=device, duration_s=duration
+        bag,
+        map_file,
+        model or default_model(),
+        params_file=params,
+        rate=rate,
+        device=device,
+        duration_s=duration,
+        localizer_overrides={k: v for k, v in topics.items() if v},
     )
-    score = result.score(threshold) if GROUND_TRUTH_TOPIC in bag_info(bag).topics and result.results else None
+    has_truth = GROUND_TRUTH_TOPIC in bag_info(bag).topics
+    score = result.score(threshold) if has_truth and result.results else None
     typer.echo(replay_report(result, score))
+    if not has_truth:
+        typer.echo(f"recall not scored: the bag has no ground truth on {GROUND_TRUTH_TOPIC}")
     if out is not None:
         write_replay_outputs(out, result, score)
         typer.echo(f"outputs in {out}")

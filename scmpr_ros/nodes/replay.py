@@ -240,7 +240,9 @@ def run_replay(
         nodes.append(localizer)
         image_topic = localizer.cfg.nodes.image_topic
         if image_topic not in info.topics:
-            raise ScmprError(f"{bag} has no {image_topic} (topics: {sorted(info.topics)}); set image_topic")
+            raise ScmprError(
+                f"{bag} has no {image_topic} (topics: {sorted(info.topics)}); name the image topic with --image-topic"
+            )
         recorder = Recorder(image_topic, keep_results=not loop, context=ctx)
         nodes.append(recorder)
         for n in nodes:
