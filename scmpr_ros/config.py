@@ -1,7 +1,7 @@
 """Typed configuration: one dataclass per section, filled from ``config/*.yaml``.
 
 A YAML file holds any of the sections ``model``, ``lidar``, ``map``, ``retrieval``,
-``training``, ``nodes`` (and ``camera``).  Unknown sections or keys, and values of the wrong
+``training``, ``nodes``, ``filter`` (and ``camera``).  Unknown sections or keys, and values of the wrong
 type or outside LIMITS, are refused with the key and the file named.  Each default lives once, in
 these dataclasses; YAML files hold overrides.  ROS parameters: NodesConfig keys, plus ``retrieval.*``.
 
@@ -12,6 +12,7 @@ these dataclasses; YAML files hold overrides.  ROS parameters: NodesConfig keys,
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ class ModelConfig:
     image_width: int = 512
     d_state: int = 1
     ssm_ratio: float = 2.0
-    scan_backend: str = "auto"  # auto | cuda | cpu | numba | torch | reference (auto: cuda kernel on GPU, numba for CPU inference, torch when training)
+    scan_backend: str = "auto"  # auto|cuda|cpu|numba|torch|reference; auto: cuda on GPU, numba on CPU (SS2D trains too)
     feature_dim: int = 128  # SAFF output channels fed to NetVLAD
     netvlad_clusters: int = 16
     descriptor_dim: int = 256  # projection after NetVLAD; 0 keeps K*C
@@ -182,6 +183,63 @@ class NodesConfig:
     yaw_sigma_floor_deg: float = 10.0  # added to the heading std-dev
 
 
+@dataclass
+class FilterConfig:
+    """The localization filter along the drive (scmpr_ros/localization/filter.py); units in each name or comment."""
+
+    num_particles: int = 2000  # particles P
+    temperature: float = 0.1  # T: score -> relative likelihood exp((score - best score) / T)
+    match_radius_m: float = 6.0  # a particle is near a candidate viewpoint within this distance (m)
+    match_sigma_m: float = 3.0  # Gaussian fall-off of a candidate's likelihood with distance (m)
+    heading_gate_deg: float = 45.0  # ... and with heading within this many degrees of the viewpoint's
+    likelihood_floor: float = 0.05  # relative likelihood of a particle near no candidate
+    recovery_share: float = 0.03  # share of particles redrawn around the top hypotheses each frame
+    recovery_share_unconverged: float = 0.15  # ... while the filter has not converged
+    recovery_top_k: int = 5  # number of top hypotheses the recovery particles are drawn around
+    recovery_pos_std_m: float = 2.0  # position std-dev of drawn particles around a viewpoint (m)
+    recovery_yaw_std_deg: float = 8.0  # heading std-dev of drawn particles (degrees)
+    odom_noise_trans: float = 0.05  # translation std-dev per metre travelled (fraction)
+    odom_noise_rot: float = 0.05  # rotation std-dev per radian turned (rad/rad)
+    odom_noise_yaw_per_m: float = 0.003  # heading std-dev per metre travelled (rad/m)
+    odom_floor_trans_m: float = 0.05  # translation std-dev added every step (m)
+    odom_floor_rot_rad: float = 0.005  # rotation std-dev added every step (rad)
+    graph_max_speed_mps: float = 20.0  # image-only: particle speeds lie in [0, this] (m/s)
+    graph_speed_walk_mps2: float = 1.0  # image-only: speed random-walk std-dev per second of dt (m/s^2)
+    graph_snap_radius_m: float = 8.0  # image-only: a particle follows viewpoints within this distance (m)
+    graph_step_m: float = 5.0  # image-only: longest drive between two road lookups; longer steps are split (m)
+    graph_heading_gate_deg: float = 60.0  # image-only: ... whose heading is within this of its own (deg)
+    graph_heading_gain: float = 1.0  # image-only: share of the heading error to the viewpoint removed per step
+    graph_lateral_gain: float = 0.5  # image-only: share of the lateral offset to the viewpoint's line removed
+    graph_lateral_m: float = 2.5  # image-only: bound on the lateral offset from the viewpoint's line (m)
+    graph_yaw_noise_deg: float = 20.0  # image-only: heading noise per sqrt(second) (deg); picks branches at junctions
+    graph_lost_pos_std_m: float = 2.0  # image-only: random walk of particles off the graph, per sqrt(s) (m)
+    graph_lost_yaw_std_deg: float = 20.0  # image-only: ... and of their heading, per sqrt(s) (deg)
+    converge_radius_m: float = 3.0  # converged needs the mode's weighted RMS radius within this (m)
+    converge_mode_weight: float = 0.6  # ... and at least this share of the weight in the mode
+    converge_frames: int = 3  # ... for this many consecutive frames, on the same cluster
+    converge_support_frames: int = 5  # ... and a hypothesis near the mode within the last this many frames
+    cluster_radius_m: float = 5.0  # the mode is the heaviest cluster of this radius (m)
+    seed: int = 0  # seed of the filter's random generator
+
+    def __post_init__(self):
+        for field_ in dataclasses.fields(self):
+            value = getattr(self, field_.name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"filter.{field_.name} must be a finite number >= 0, got {value!r}")
+        if self.num_particles < 10 or self.temperature <= 0 or self.match_sigma_m <= 0:
+            raise ConfigError(
+                "filter: needs num_particles >= 10, temperature > 0 and match_sigma_m > 0; "
+                f"got {self.num_particles}, {self.temperature}, {self.match_sigma_m}"
+            )
+        if not 0 < self.likelihood_floor <= 1 or max(self.recovery_share, self.recovery_share_unconverged) >= 1:
+            raise ConfigError(
+                "filter: needs 0 < likelihood_floor <= 1 and recovery shares < 1; got "
+                f"{self.likelihood_floor}, {self.recovery_share}, {self.recovery_share_unconverged}"
+            )
+        if self.recovery_top_k < 1 or self.cluster_radius_m <= 0 or self.graph_snap_radius_m <= 0:
+            raise ConfigError("filter: needs recovery_top_k >= 1, cluster_radius_m > 0 and graph_snap_radius_m > 0")
+
+
 #: Allowed values of the settings that have limits: (section, key) -> (minimum, maximum) or a tuple of choices.
 LIMITS: dict[tuple[str, str], tuple] = {
     ("retrieval", "top_k"): (1, None),
@@ -232,6 +290,7 @@ class ScmprConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     nodes: NodesConfig = field(default_factory=NodesConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

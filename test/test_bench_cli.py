@@ -136,3 +136,15 @@ def test_benchmark_all_refuses_bad_options_before_running(tmp_path, capsys, args
     assert main(["benchmark", "all", "--out", str(out)] + args) == 2
     assert needle in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_benchmark_filter_reports_each_map_size(tmp_path, capsys):
+    from scmpr_ros.cli import main
+
+    out = tmp_path / "filter.json"
+    assert main(["benchmark", "filter", "--steps", "20", "--sizes", "2000,20000", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "filter step (2000 particles" in text and "load average" in text
+    res = json.loads(out.read_text())
+    assert set(res["sizes"]) == {"2000", "20000"}  # the road grid reaches each requested size exactly
+    assert all(r["median_ms"] > 0 and r["n"] == 15 for r in res["sizes"].values())

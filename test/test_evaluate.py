@@ -262,3 +262,20 @@ def test_evaluate_refuses_the_map_of_another_place(fresh_town: Path, small_model
         assert "--force" in err and "Traceback" not in err, err
     summary = evaluate(small_model_file, far, fresh_town, ["01"], max_queries=3, force=True)
     assert summary["coverage"]["problems"]
+
+
+def test_evaluate_runs_the_filter_along_each_query_pass(fresh_town: Path, small_model_file, tmp_path):
+    """--filter mcl: the filter runs over each pass in time order (drift odometry and image only) and
+    results.json reports its figures per condition beside the single-frame ones."""
+    map_path = _build_map(fresh_town, small_model_file, tmp_path)
+    for odometry in ("drift", "none"):
+        out = tmp_path / f"eval_{odometry}"
+        args = ["evaluate", "--model", str(small_model_file), "--map", str(map_path), "--queries", str(fresh_town)]
+        assert main([*args, "--out", str(out), "--filter", "mcl", "--odometry", odometry]) == 0
+        res = json.loads((out / "results.json").read_text())
+        filtered = res["filtered"]
+        assert filtered["odometry"] == odometry and set(filtered["per_condition"]) == {"day", "night", "winter"}
+        for cond, f in filtered["per_condition"].items():
+            assert f["num_frames"] == res["per_condition"][cond]["num_queries"]
+            assert 0.0 <= f["confident_wrong_rate"] <= 1.0 and 0.0 <= f["R@1_after_5"] <= 1.0
+    assert main([*args, "--filter", "kalman"]) == 2

@@ -129,7 +129,8 @@ def all_cmd(
     omp_wait_policy: str = typer.Option(
         "passive",
         "--omp-wait-policy",
-        help="passive (default: idle OpenMP threads sleep; spinning ones ruin timings on a shared machine) | active | keep",
+        help="passive (default: idle OpenMP threads sleep; spinning ones ruin timings on a shared machine)"
+        " | active | keep",
     ),
 ) -> None:
     """Encoder, scan, search and ROS loop into OUT/benchmark.json + OUT/benchmark.md (with machine info)."""
@@ -182,8 +183,33 @@ def all_cmd(
         raise ScmprError(f"benchmark all: sections failed: {', '.join(report['errors'])} (see {out / 'benchmark.md'})")
 
 
+def filter_cmd(
+    particles: int = typer.Option(2000, "--particles", help="filter particles"),
+    steps: int = typer.Option(200, "--steps", help="filter steps timed per map size"),
+    sizes: str = typer.Option("10000,1000000", "--sizes", help="map sizes (viewpoints), comma separated"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the figures as JSON here"),
+) -> None:
+    """One localization-filter step (odometry motion + measurement + estimate) at each map size."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from scmpr_ros.benchmarks.filter import filter_step_benchmark, format_filter_table
+    from scmpr_ros.errors import InputError
+    from scmpr_ros.io_utils import atomic_write_text
+
+    try:
+        counts = tuple(int(s) for s in sizes.split(","))
+    except ValueError as exc:
+        raise InputError(f"--sizes must be comma-separated integers, got {sizes!r}") from exc
+    result = filter_step_benchmark(counts, particles=particles, steps=steps)
+    typer.echo(format_filter_table(result))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(result, indent=2))
+
+
 def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
     """Add this group's commands to the ``scmpr`` app (and its ``benchmark`` sub-app)."""
     benchmark_app.command("encoder")(encoder_cmd)
     benchmark_app.command("scan")(scan_cmd)
     benchmark_app.command("all")(all_cmd)
+    benchmark_app.command("filter")(filter_cmd)

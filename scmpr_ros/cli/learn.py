@@ -69,7 +69,8 @@ def train_cmd(
     )
     if res.model_path.is_file():
         typer.echo(
-            f"model: {res.model_path}  steps {res.steps}  wall {res.wall_s / 60:.1f} min  best val R@1 {res.best_val_r1:.3f}"
+            f"model: {res.model_path}  steps {res.steps}  wall {res.wall_s / 60:.1f} min  "
+            f"best val R@1 {res.best_val_r1:.3f}"
         )
 
 
@@ -107,6 +108,12 @@ def evaluate_cmd(
     force: bool = typer.Option(
         False, "--force", help="evaluate even if the map is of another town/sequence or far from the queries"
     ),
+    filter_mode: str = typer.Option(
+        "none", "--filter", help="none | mcl: also run the localization filter along each query sequence"
+    ),
+    odometry: str = typer.Option(
+        "drift", "--odometry", help="with --filter mcl: drift (simulated odometry) | none (image only)"
+    ),
 ) -> None:
     """Recall@1/5/10 (overall and per condition) of camera queries against a LiDAR map."""
     from rich.progress import Progress
@@ -139,6 +146,8 @@ def evaluate_cmd(
             progress=cb,
             beta_sweep=_floats(sweep_beta, "--sweep-beta"),
             force=force,
+            filter_mode=filter_mode,
+            odometry=odometry,
         )
     typer.echo(format_summary(summary))
     if out is not None:

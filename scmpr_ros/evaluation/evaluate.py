@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scmpr_ros.errors import ScmprError
+from scmpr_ros.evaluation.filtering import check_modes, filter_sequence, filtered_figures
 from scmpr_ros.geometry import heading_of, positions_of
 from scmpr_ros.io_utils import atomic_write_text
 from scmpr_ros.retrieval.metrics import DEFAULT_NS, recall_at_n
@@ -87,12 +88,18 @@ def evaluate(
     progress: Callable[[str, int, int], None] | None = None,
     beta_sweep: Sequence[float] = (),
     force: bool = False,
+    filter_mode: str = "none",
+    odometry: str = "drift",
 ) -> dict[str, Any]:
     """Run every query through the recognizer and score it; returns the JSON-ready summary.
 
     ``beta_sweep``: also re-rank the same candidates (the index's top ``rerank_k``) with each of these
     β (α from the config) and report Recall@N per β and condition in ``summary["beta_sweep"]`` — to
-    choose ``retrieval.beta`` on a validation town with one encoder pass."""
+    choose ``retrieval.beta`` on a validation town with one encoder pass.
+
+    ``filter_mode="mcl"`` also runs the localization filter along each query sequence in time order
+    (``odometry``: simulated drift odometry or none = image only) and reports ``summary["filtered"]``
+    (evaluation/filtering.py)."""
     from scmpr_ros.config import load_config
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.localization.session import load_model, open_recognizer
@@ -104,6 +111,7 @@ def evaluate(
     betas = [float(b) for b in beta_sweep]
     if any(not np.isfinite(b) or b < 0 for b in betas):
         raise EvaluationError(f"--sweep-beta values must be finite and >= 0, got {list(beta_sweep)}")
+    check_modes(filter_mode, odometry)
     queries_dir = Path(queries_dir)
     model = load_model(model_path, device, threads, warm_up=False)
     cfg = model.config(load_config(*config_paths))  # retrieval: defaults + --config; model: the checkpoint's
@@ -158,11 +166,22 @@ def evaluate(
             swept[b][key] = score(ranking.ranked_by_beta[b])
         per[key] = result.to_dict() | {"sequence": seq_name}
         records[key] = {"result": result, "query_xyz": positions_of(q_T), "frames": frames, "ranking": ranking}
+        if filter_mode == "mcl":
+            times = np.asarray(seq.times, dtype=np.float64)[frames]
+            run = filter_sequence(map_data.poses, ranking.ranked, ranking.scores, q_T, times, cfg.filter, odometry)
+            records[key]["filtered"] = run
 
     ns_sorted = tuple(sorted({int(n) for n in ns}))
     summary = _summary(model_path, map_path, queries_dir, map_data, cfg, records, per, timings, ns_sorted)
     summary |= {"threshold_m": threshold_m, "yaw_gate_deg": yaw_gate_deg, "exclude_recent_s": exclude_recent_s}
     summary["coverage"] = coverage
+    if filter_mode == "mcl":
+        summary["filtered"] = {
+            "odometry": odometry,
+            "per_condition": {
+                c: filtered_figures([r["filtered"]], [r["query_xyz"]], threshold_m) for c, r in records.items()
+            },
+        }
     if betas:
         summary["beta_sweep"] = [
             {
@@ -355,6 +374,16 @@ def format_summary(summary: dict) -> str:
                 + f"{row['beta']:>6g} "
                 + " ".join(f"{100 * row['per_condition'][c]:>7.1f}%" for c in conds)
                 + f" {100 * row['overall']['R@1']:>7.1f}%"
+            )
+    filtered = summary.get("filtered")
+    if filtered:
+        lines.append(f"filtered along the drive (MCL, odometry {filtered['odometry']}):")
+        lines.append(f"{'condition':<14} {'R@1':>7} {'R@1>5':>7} {'conf.wrong':>10} {'frames to converge':>19}")
+        for name, f in filtered["per_condition"].items():
+            frames = f["frames_to_converge_median"]
+            lines.append(
+                f"{name:<14} {100 * f['R@1']:>6.1f}% {100 * f['R@1_after_5']:>6.1f}% "
+                f"{100 * f['confident_wrong_rate']:>9.2f}% {'never' if frames is None else f'{frames:g}':>19}"
             )
     return "\n".join(lines)
 
