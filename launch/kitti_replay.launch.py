@@ -5,9 +5,20 @@
 bag_player publishes /clock, so every node runs on sim time.  With record:=DIR the hypotheses, scores
 and best poses are recorded with `ros2 bag record` for `scmpr evaluate`-style scoring.  Without
 launch_ros, `scmpr replay --bag B --map M --model X` runs the same nodes and params file.
+bag_player, the nodes and the recorder get the shipped Fast DDS profile (config/fastdds_shm.xml), so
+full-size images cross processes, unless the user set FASTDDS_DEFAULT_PROFILES_FILE or runs another RMW.
 """
 
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription
+import os
+
+from launch.actions import (
+    DeclareLaunchArgument,
+    ExecuteProcess,
+    IncludeLaunchDescription,
+    LogInfo,
+    OpaqueFunction,
+    SetEnvironmentVariable,
+)
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
@@ -18,10 +29,23 @@ from launch_ros.substitutions import FindPackageShare
 from launch import LaunchDescription
 
 
-def generate_launch_description() -> LaunchDescription:
-    share = FindPackageShare("scmpr_ros")
+def _fastdds_profile(context):
+    """FASTDDS_DEFAULT_PROFILES_FILE for the processes started after this, where scmpr_ros.nodes.dds says so."""
+    from scmpr_ros.nodes.dds import PROFILE_ENV, describe_dds_profile, profile_to_apply
+
+    path = profile_to_apply(os.environ, LaunchConfiguration("fastdds_profile").perform(context))
+    if path is None:
+        return [LogInfo(msg=describe_dds_profile(os.environ))]
+    return [
+        SetEnvironmentVariable(PROFILE_ENV, path),
+        LogInfo(msg=describe_dds_profile({**os.environ, PROFILE_ENV: path})),
+    ]
+
+
+def _arguments(share) -> list:
+    """The launch arguments (each with a description: test_launch_files.py checks)."""
     params_default = PathJoinSubstitution([share, "config", "localization.params.yaml"])
-    args = [
+    return [
         DeclareLaunchArgument("bag", description="rosbag2 directory written by `scmpr kitti-to-bag`"),
         DeclareLaunchArgument("map_file", description="Map file (.scmpr-map) of the same environment"),
         DeclareLaunchArgument(
@@ -39,7 +63,18 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "params_file", default_value=params_default, description="ROS parameters file for all nodes"
         ),
+        DeclareLaunchArgument(
+            "fastdds_profile",
+            default_value=PathJoinSubstitution([share, "config", "fastdds_shm.xml"]),
+            description="Fast DDS XML profile for these processes ('' = Fast DDS defaults); ignored when "
+            "FASTDDS_DEFAULT_PROFILES_FILE is set or the RMW is not Fast DDS",
+        ),
     ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = FindPackageShare("scmpr_ros")
+    args = _arguments(share)
     localization = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "localization.launch.py"])),
         launch_arguments={
@@ -47,6 +82,7 @@ def generate_launch_description() -> LaunchDescription:
             "model": LaunchConfiguration("model"),
             "device": LaunchConfiguration("device"),
             "params_file": LaunchConfiguration("params_file"),
+            "fastdds_profile": LaunchConfiguration("fastdds_profile"),
             "use_sim_time": "true",
         }.items(),
     )
@@ -80,4 +116,4 @@ def generate_launch_description() -> LaunchDescription:
         output="screen",
         condition=IfCondition(PythonExpression(["'", LaunchConfiguration("record"), "' != ''"])),
     )
-    return LaunchDescription(args + [localization, player, recorder])
+    return LaunchDescription(args + [OpaqueFunction(function=_fastdds_profile), localization, player, recorder])

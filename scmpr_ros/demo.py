@@ -42,9 +42,11 @@ def replay_report(result, score: dict | None) -> str:
         f"rejected {s['rejected']} ({s['device']})",
         f"processed {_fmt(s['processed_hz'], ' Hz')} (images in at {_fmt(s['input_hz'], ' Hz')}) over "
         f"{s['play_wall_s']:.1f} s of playback",
-        f"end-to-end latency p50 {_fmt(s['e2e_latency_ms']['p50'], ' ms')}, p95 {_fmt(s['e2e_latency_ms']['p95'], ' ms')}"
+        f"end-to-end latency p50 {_fmt(s['e2e_latency_ms']['p50'], ' ms')}, "
+        f"p95 {_fmt(s['e2e_latency_ms']['p95'], ' ms')}"
         f" (encoder+search p50 {_fmt(s['compute_ms']['p50'], ' ms')}, p95 {_fmt(s['compute_ms']['p95'], ' ms')};"
-        f" ROS overhead p50 {_fmt(s['ros_overhead_ms']['p50'], ' ms')}, p95 {_fmt(s['ros_overhead_ms']['p95'], ' ms')})",
+        f" ROS overhead p50 {_fmt(s['ros_overhead_ms']['p50'], ' ms')}, "
+        f"p95 {_fmt(s['ros_overhead_ms']['p95'], ' ms')})",
         f"RSS {s['rss_mb']['start']:.0f} -> {s['rss_mb']['end']:.0f} MB (max {s['rss_mb']['max']:.0f})",
     ]
     if score is not None:

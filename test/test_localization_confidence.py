@@ -1,4 +1,5 @@
-"""The localization core's decision logic (no ROS): covariance from hypothesis spread + score margin, /initialpose gate."""
+"""The localization core's decision logic (no ROS): covariance from hypothesis spread + score margin,
+/initialpose gate."""
 
 from __future__ import annotations
 

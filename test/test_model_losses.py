@@ -91,7 +91,9 @@ def test_training_loss_is_eq12_with_the_configured_weights():
         torch.randn(b, n_s, c),
         torch.ones(b, n_s, dtype=torch.bool),
     )
-    lid = LidarEncoding(torch.nn.functional.normalize(torch.randn(b, 8), dim=1), torch.randn(b, n_s, c), img.class_present)
+    lid = LidarEncoding(
+        torch.nn.functional.normalize(torch.randn(b, 8), dim=1), torch.randn(b, n_s, c), img.class_present
+    )
     cfg = ScmprConfig()
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, lambda_sem=0.3, mu_seg=2.0))
     model = type("M", (), {"use_lsem": True})()

@@ -325,3 +325,124 @@ def test_localizer_keeps_its_map_when_a_new_one_fails(world, tmp_path):
             assert wait_for(lambda: loc.active.announcement.version == 3 and not loc.map_error, 10.0)
         finally:
             spin.close()
+
+
+def _statuses(sink):
+    return [st for a in list(sink.diag) for st in a.status]
+
+
+def test_diagnostics_warn_when_a_matched_publisher_sends_no_images(world):
+    """A camera that is matched but whose images never arrive (large images without the DDS profile look
+    like this) turns the diagnostics WARN after no_image_warn_s; the first image clears it."""
+    ckpt, map_path, images, _ = world
+    ns = unique_namespace()
+    with ros_context() as ctx:
+        spin = Spinner(ctx)
+        try:
+            spin.add(
+                MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))])
+            )
+            loc = spin.add(_start_localizer(ctx, ns, ckpt, no_image_warn_s=1.0, diagnostics_period_s=0.2))
+            listener = spin.add(Node("diag_listener", context=ctx, namespace=ns))
+            early: list[DiagnosticArray] = []
+            listener.create_subscription(DiagnosticArray, "/diagnostics", early.append, OUTPUT_QOS)
+            assert wait_for(lambda: loc.active is not None, 20.0)
+            time.sleep(1.5)  # no publisher on the topic yet: no WARN about images
+            assert early and not any("no images received" in st.message for a in early for st in a.status)
+            sink = Sink(ctx, ns)
+            spin.add(sink.node)  # its publisher on camera/image_raw matches, and sends nothing
+            assert wait_for(lambda: sink.pub.get_subscription_count() >= 1, 10.0)
+            t0 = time.monotonic()
+            assert wait_for(
+                lambda: any(
+                    st.level == DiagnosticStatus.WARN and "no images received" in st.message for st in _statuses(sink)
+                ),
+                10.0,
+            ), [st.message for st in _statuses(sink)][-3:]
+            assert time.monotonic() - t0 >= 0.8  # not before no_image_warn_s
+            warn = next(st for st in _statuses(sink) if "no images received" in st.message)
+            assert "fastdds_shm.xml" in warn.message and "publisher matched" in warn.message
+            assert sink.send_until_done(rgb_to_image_msg(images[2], 77, "camera"))
+            n = len(sink.diag)
+            assert wait_for(lambda: len(sink.diag) >= n + 3, 5.0)
+            assert all(st.level == DiagnosticStatus.OK for a in list(sink.diag)[n + 1 :] for st in a.status)
+        finally:
+            spin.close()
+
+
+@pytest.mark.parametrize("publisher", ["reliable", "best_effort"])
+def test_reliable_image_subscription(world, publisher):
+    """image_reliability=reliable: a reliable camera is localized; a best-effort one cannot match (ROS QoS
+    rules) and the diagnostics say so instead of staying silent."""
+    from scmpr_ros.nodes.qos import image_qos
+
+    ckpt, map_path, images, _ = world
+    ns = unique_namespace()
+    with ros_context() as ctx:
+        spin = Spinner(ctx)
+        try:
+            spin.add(
+                MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))])
+            )
+            loc = spin.add(
+                _start_localizer(
+                    ctx, ns, ckpt, image_reliability="reliable", no_image_warn_s=1.0, diagnostics_period_s=0.2
+                )
+            )
+            sink = Sink(ctx, ns)
+            sink.node.destroy_publisher(sink.pub)
+            sink.pub = sink.node.create_publisher(Image, "camera/image_raw", image_qos(publisher))
+            spin.add(sink.node)
+            assert wait_for(lambda: loc.active is not None, 20.0)
+            if publisher == "reliable":
+                assert wait_for(lambda: sink.pub.get_subscription_count() >= 1, 10.0)
+                msg = rgb_to_image_msg(images[4], 4242, "camera")
+                sink.pub.publish(msg)  # reliable: once is enough
+                assert wait_for(lambda: sink.complete(4242), 15.0)
+                assert read_hypotheses(sink.scores[4242])["viewpoint_id"][0] == 504
+            else:
+                for _ in range(10):
+                    sink.pub.publish(rgb_to_image_msg(images[4], 4243, "camera"))
+                    time.sleep(0.1)
+                assert sink.pub.get_subscription_count() == 0 and loc.received == 0
+                assert wait_for(lambda: any("QoS incompatible" in st.message for st in _statuses(sink)), 10.0), [
+                    st.message for st in _statuses(sink)
+                ][-3:]
+        finally:
+            spin.close()
+
+
+def test_diagnostics_warn_when_dds_loses_images(world):
+    """DDS's message_lost event (a sample seen but never delivered whole, as large images without the
+    profile are; measured in test_ros_large_images) is counted and turns the diagnostics WARN for
+    no_image_warn_s."""
+    from types import SimpleNamespace
+
+    ckpt, map_path, images, _ = world
+    ns = unique_namespace()
+    with ros_context() as ctx:
+        spin = Spinner(ctx)
+        try:
+            spin.add(
+                MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(map_path))])
+            )
+            loc = spin.add(_start_localizer(ctx, ns, ckpt, no_image_warn_s=1.0, diagnostics_period_s=0.2))
+            sink = Sink(ctx, ns)
+            spin.add(sink.node)
+            assert wait_for(lambda: loc.active is not None, 20.0)
+            assert sink.send_until_done(rgb_to_image_msg(images[3], 31, "camera"))
+            loc._on_message_lost(SimpleNamespace(total_count=7, total_count_change=7))  # as rclpy calls it
+            assert wait_for(
+                lambda: any(
+                    st.level == DiagnosticStatus.WARN and "7 images lost in DDS transport" in st.message
+                    for st in _statuses(sink)
+                ),
+                5.0,
+            ), [st.message for st in _statuses(sink)][-3:]
+            assert loc.stats()["lost"] == 7
+            n = len(sink.diag)  # the WARN ends no_image_warn_s after the last loss
+            assert wait_for(
+                lambda: any(st.level == DiagnosticStatus.OK for a in list(sink.diag)[n:] for st in a.status), 5.0
+            )
+        finally:
+            spin.close()

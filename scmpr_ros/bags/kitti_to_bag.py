@@ -23,6 +23,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -186,35 +187,53 @@ def _twist(poses: np.ndarray, times: np.ndarray, valid: np.ndarray, i: int) -> t
     return v, w
 
 
-def kitti_to_bag(
-    dataset_root: str | Path,
-    sequence: str,
-    out: str | Path,
-    storage: str = "sqlite3",
-    *,
-    max_frames: int | None = None,
-    include_lidar: bool = True,
-    start_time_ns: int = 0,
-    overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> BagSummary:
-    """Convert one sequence; return what was written.  ``storage`` is sqlite3 or mcap."""
-    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
+@dataclass(frozen=True)
+class _Frames:
+    """The opened sequence and what every frame's messages need from it."""
 
-    from scmpr_ros.datasets import open_sequence
+    seq: Any  # datasets.Sequence
+    where: str  # "ROOT sequence NAME", for messages
+    n: int  # frames to convert
+    times: np.ndarray  # (num_frames,) float64 seconds (times.txt)
+    stamps: np.ndarray  # (num_frames,) int64 ns: start time + times
+    has_poses: bool
+    poses: np.ndarray | None  # (num_frames, 4, 4) T_world_velo when has_poses
+    valid: np.ndarray  # (num_frames,) bool pose validity
+    calib: Any
 
-    plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
-    if storage not in plugins:
-        raise BagError(f"--storage {storage!r} is not supported; use sqlite3 or mcap")
-    out = Path(out)
+
+class _TopicWriter:
+    """A rosbags Writer with one connection per topic and a message count per topic."""
+
+    def __init__(self, writer: Any, ts: Any) -> None:
+        self.writer = writer
+        self.ts = ts
+        self.types = ts.types
+        self.conns: dict[str, Any] = {}
+        self.counts: dict[str, list] = {}  # topic -> [msgtype, message count]
+
+    def add(self, topic: str, msgtype: str, qos=()) -> None:
+        self.conns[topic] = self.writer.add_connection(topic, msgtype, typestore=self.ts, offered_qos_profiles=qos)
+        self.counts[topic] = [msgtype, 0]
+
+    def write(self, topic: str, t_ns, msg) -> None:
+        self.writer.write(self.conns[topic], int(t_ns), self.ts.serialize_cdr(msg, self.counts[topic][0]))
+        self.counts[topic][1] += 1
+
+
+def _prepare_output(out: Path, overwrite: bool, start_time_ns: int) -> list[str]:
+    """Repair what a killed run left next to ``out`` and check that it may be written; returns the repairs."""
     notes = recover_interrupted_output(out, discard_superseded=overwrite)
     if out.exists() and not overwrite:
         repaired = f" ({'; '.join(notes)})" if notes else ""
         raise BagError(f"{out} already exists{repaired}; choose another --out, remove it, or pass --overwrite")
     if start_time_ns < 0:
         raise BagError(f"start time {start_time_ns} ns is negative")
+    return notes
+
+
+def _open_frames(dataset_root: str | Path, sequence: str, max_frames: int | None, start_time_ns: int) -> _Frames:
+    from scmpr_ros.datasets import open_sequence
 
     seq = open_sequence(dataset_root, sequence)
     if not seq.has_images:
@@ -229,17 +248,16 @@ def kitti_to_bag(
     has_poses = bool(seq.has_poses)
     poses = np.asarray(seq.poses_velo) if has_poses else None
     valid = np.asarray(seq.pose_valid, dtype=bool) if has_poses else np.zeros(seq.num_frames, bool)
-    calib = seq.calib
-    ts = get_typestore(Stores.ROS2_KILTED)
-    T = ts.types
+    where = f"{dataset_root} sequence {sequence}"
+    return _Frames(seq, where, n, times, stamps, has_poses, poses, valid, seq.calib)
 
-    tmp_root = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    tmp_root.mkdir(parents=True)
-    tmp = tmp_root / out.name
-    counts: dict[str, list] = {}
+
+def _latched_qos():
+    """Transient-local, keep-last-1 offered QoS (for /tf_static in the bag metadata)."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
     zero = QosTime(sec=0, nsec=0)
-    latched = Qos(
+    return Qos(
         QosHistory.KEEP_LAST,
         1,
         QosReliability.RELIABLE,
@@ -250,134 +268,179 @@ def kitti_to_bag(
         zero,
         False,
     )
+
+
+def _add_topics(w: _TopicWriter, include_lidar: bool, has_poses: bool, latched) -> None:
+    w.add(IMAGE_TOPIC, "sensor_msgs/msg/Image")
+    w.add(CAMERA_INFO_TOPIC, "sensor_msgs/msg/CameraInfo")
+    if include_lidar:
+        w.add(CLOUD_TOPIC, "sensor_msgs/msg/PointCloud2")
+    if has_poses:
+        w.add(GROUND_TRUTH_TOPIC, "nav_msgs/msg/Odometry")
+        w.add(TF_TOPIC, "tf2_msgs/msg/TFMessage")
+    w.add(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", [latched])
+
+
+def _write_camera(w: _TopicWriter, fr: _Frames, i: int, t_ns: int, K: np.ndarray, P: np.ndarray) -> None:
+    """Frame i's Image and CameraInfo (K; P = [K | 0], no distortion)."""
+    T = w.types
+    rgb = fr.seq.load_image(i)
+    f = image_fields(rgb, "rgb8")
+    w.write(IMAGE_TOPIC, t_ns, T["sensor_msgs/msg/Image"](header=_header(w.ts, t_ns, CAMERA_FRAME), **f))
+    w.write(
+        CAMERA_INFO_TOPIC,
+        t_ns,
+        T["sensor_msgs/msg/CameraInfo"](
+            header=_header(w.ts, t_ns, CAMERA_FRAME),
+            height=f["height"],
+            width=f["width"],
+            distortion_model="plumb_bob",
+            d=np.zeros(5),
+            k=K.reshape(-1).copy(),
+            r=np.eye(3).reshape(-1),
+            p=P.reshape(-1).copy(),
+            binning_x=0,
+            binning_y=0,
+            roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+        ),
+    )
+
+
+def _cloud_points(fr: _Frames, i: int) -> np.ndarray:
+    """Frame i's scan as a structured array (x y z intensity [+ label])."""
+    seq = fr.seq
+    scan = seq.load_scan(i)
+    labels = seq.load_labels(i) if seq.has_labels else None
+    pts = np.zeros(len(scan), dtype=LABELLED_CLOUD_DTYPE if labels is not None else CLOUD_DTYPE)
+    pts["x"], pts["y"], pts["z"], pts["intensity"] = scan[:, 0], scan[:, 1], scan[:, 2], scan[:, 3]
+    if labels is not None:
+        if len(labels) != len(scan):
+            raise BagError(f"{fr.where} frame {i}: {len(labels)} labels for {len(scan)} points")
+        pts["label"] = labels
+    return pts
+
+
+def _write_cloud(w: _TopicWriter, fr: _Frames, i: int, t_ns: int) -> None:
+    T = w.types
+    cf = cloud_fields(_cloud_points(fr, i))
+    fields = [T["sensor_msgs/msg/PointField"](name=a, offset=o, datatype=d, count=c) for a, o, d, c in cf["fields"]]
+    w.write(
+        CLOUD_TOPIC,
+        t_ns,
+        T["sensor_msgs/msg/PointCloud2"](
+            header=_header(w.ts, t_ns, VELO_FRAME),
+            height=cf["height"],
+            width=cf["width"],
+            fields=fields,
+            is_bigendian=False,
+            point_step=cf["point_step"],
+            row_step=cf["row_step"],
+            data=cf["data"],
+            is_dense=True,
+        ),
+    )
+
+
+def _write_ground_truth(w: _TopicWriter, fr: _Frames, i: int, t_ns: int) -> None:
+    """Frame i's ground-truth Odometry (pose and child-frame twist) and its map->velodyne /tf."""
+    T = w.types
+    Tw = fr.poses[i]
+    q = quat_from_matrix(Tw)
+    v, tw = _twist(fr.poses, fr.times, fr.valid, i)
+    pose = T["geometry_msgs/msg/Pose"](
+        position=T["geometry_msgs/msg/Point"](x=float(Tw[0, 3]), y=float(Tw[1, 3]), z=float(Tw[2, 3])),
+        orientation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
+    )
+    twist = T["geometry_msgs/msg/Twist"](
+        linear=T["geometry_msgs/msg/Vector3"](x=float(v[0]), y=float(v[1]), z=float(v[2])),
+        angular=T["geometry_msgs/msg/Vector3"](x=float(tw[0]), y=float(tw[1]), z=float(tw[2])),
+    )
+    w.write(
+        GROUND_TRUTH_TOPIC,
+        t_ns,
+        T["nav_msgs/msg/Odometry"](
+            header=_header(w.ts, t_ns, MAP_FRAME),
+            child_frame_id=VELO_FRAME,
+            pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
+            twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36)),
+        ),
+    )
+    w.write(
+        TF_TOPIC,
+        t_ns,
+        T["tf2_msgs/msg/TFMessage"](transforms=[_transform_msg(w.ts, Tw, t_ns, MAP_FRAME, VELO_FRAME)]),
+    )
+
+
+def _write_frames(
+    w: _TopicWriter, fr: _Frames, include_lidar: bool, progress: Callable[[int, int], None] | None
+) -> None:
+    """/tf_static once, then per frame: camera, cloud, ground truth (where the pose is valid)."""
+    T_velo_cam = np.linalg.inv(np.asarray(fr.calib.T_cam_velo, dtype=np.float64))
+    w.write(
+        TF_STATIC_TOPIC,
+        fr.stamps[0],
+        w.types["tf2_msgs/msg/TFMessage"](
+            transforms=[_transform_msg(w.ts, T_velo_cam, int(fr.stamps[0]), VELO_FRAME, CAMERA_FRAME)]
+        ),
+    )
+    K = np.asarray(fr.calib.K, dtype=np.float64)
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    for i in range(fr.n):
+        t_ns = int(fr.stamps[i])
+        _write_camera(w, fr, i, t_ns, K, P)
+        if include_lidar:
+            _write_cloud(w, fr, i, t_ns)
+        if fr.has_poses and fr.valid[i]:
+            _write_ground_truth(w, fr, i, t_ns)
+        if progress is not None:
+            progress(i + 1, fr.n)
+
+
+def kitti_to_bag(
+    dataset_root: str | Path,
+    sequence: str,
+    out: str | Path,
+    storage: str = "sqlite3",
+    *,
+    max_frames: int | None = None,
+    include_lidar: bool = True,
+    start_time_ns: int = 0,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> BagSummary:
+    """Convert one sequence; return what was written.  ``storage`` is sqlite3 or mcap."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+    if storage not in plugins:
+        raise BagError(f"--storage {storage!r} is not supported; use sqlite3 or mcap")
+    out = Path(out)
+    notes = _prepare_output(out, overwrite, start_time_ns)
+    fr = _open_frames(dataset_root, sequence, max_frames, start_time_ns)
+    ts = get_typestore(Stores.ROS2_KILTED)
+
+    tmp_root = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    tmp_root.mkdir(parents=True)
+    tmp = tmp_root / out.name
+    latched = _latched_qos()
     try:
         with Writer(tmp, version=9, storage_plugin=plugins[storage]) as writer:
-            conns = {}
-
-            def add(topic, msgtype, qos=()):
-                conns[topic] = writer.add_connection(topic, msgtype, typestore=ts, offered_qos_profiles=qos)
-                counts[topic] = [msgtype, 0]
-
-            def write(topic, t_ns, msg):
-                writer.write(conns[topic], int(t_ns), ts.serialize_cdr(msg, counts[topic][0]))
-                counts[topic][1] += 1
-
-            add(IMAGE_TOPIC, "sensor_msgs/msg/Image")
-            add(CAMERA_INFO_TOPIC, "sensor_msgs/msg/CameraInfo")
-            if include_lidar:
-                add(CLOUD_TOPIC, "sensor_msgs/msg/PointCloud2")
-            if has_poses:
-                add(GROUND_TRUTH_TOPIC, "nav_msgs/msg/Odometry")
-                add(TF_TOPIC, "tf2_msgs/msg/TFMessage")
-            add(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", [latched])
-
-            T_velo_cam = np.linalg.inv(np.asarray(calib.T_cam_velo, dtype=np.float64))
-            write(
-                TF_STATIC_TOPIC,
-                stamps[0],
-                T["tf2_msgs/msg/TFMessage"](
-                    transforms=[_transform_msg(ts, T_velo_cam, int(stamps[0]), VELO_FRAME, CAMERA_FRAME)]
-                ),
-            )
-            K = np.asarray(calib.K, dtype=np.float64)
-            P = np.zeros((3, 4))
-            P[:, :3] = K
-            for i in range(n):
-                t_ns = int(stamps[i])
-                rgb = seq.load_image(i)
-                f = image_fields(rgb, "rgb8")
-                write(IMAGE_TOPIC, t_ns, T["sensor_msgs/msg/Image"](header=_header(ts, t_ns, CAMERA_FRAME), **f))
-                write(
-                    CAMERA_INFO_TOPIC,
-                    t_ns,
-                    T["sensor_msgs/msg/CameraInfo"](
-                        header=_header(ts, t_ns, CAMERA_FRAME),
-                        height=f["height"],
-                        width=f["width"],
-                        distortion_model="plumb_bob",
-                        d=np.zeros(5),
-                        k=K.reshape(-1).copy(),
-                        r=np.eye(3).reshape(-1),
-                        p=P.reshape(-1).copy(),
-                        binning_x=0,
-                        binning_y=0,
-                        roi=T["sensor_msgs/msg/RegionOfInterest"](
-                            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
-                        ),
-                    ),
-                )
-                if include_lidar:
-                    scan = seq.load_scan(i)
-                    labels = seq.load_labels(i) if seq.has_labels else None
-                    pts = np.zeros(len(scan), dtype=LABELLED_CLOUD_DTYPE if labels is not None else CLOUD_DTYPE)
-                    pts["x"], pts["y"], pts["z"], pts["intensity"] = scan[:, 0], scan[:, 1], scan[:, 2], scan[:, 3]
-                    if labels is not None:
-                        if len(labels) != len(scan):
-                            raise BagError(
-                                f"{dataset_root} sequence {sequence} frame {i}: {len(labels)} labels "
-                                f"for {len(scan)} points"
-                            )
-                        pts["label"] = labels
-                    cf = cloud_fields(pts)
-                    fields = [
-                        T["sensor_msgs/msg/PointField"](name=a, offset=o, datatype=d, count=c)
-                        for a, o, d, c in cf["fields"]
-                    ]
-                    write(
-                        CLOUD_TOPIC,
-                        t_ns,
-                        T["sensor_msgs/msg/PointCloud2"](
-                            header=_header(ts, t_ns, VELO_FRAME),
-                            height=cf["height"],
-                            width=cf["width"],
-                            fields=fields,
-                            is_bigendian=False,
-                            point_step=cf["point_step"],
-                            row_step=cf["row_step"],
-                            data=cf["data"],
-                            is_dense=True,
-                        ),
-                    )
-                if has_poses and valid[i]:
-                    Tw = poses[i]
-                    q = quat_from_matrix(Tw)
-                    v, w = _twist(poses, times, valid, i)
-                    pose = T["geometry_msgs/msg/Pose"](
-                        position=T["geometry_msgs/msg/Point"](x=float(Tw[0, 3]), y=float(Tw[1, 3]), z=float(Tw[2, 3])),
-                        orientation=T["geometry_msgs/msg/Quaternion"](
-                            x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])
-                        ),
-                    )
-                    twist = T["geometry_msgs/msg/Twist"](
-                        linear=T["geometry_msgs/msg/Vector3"](x=float(v[0]), y=float(v[1]), z=float(v[2])),
-                        angular=T["geometry_msgs/msg/Vector3"](x=float(w[0]), y=float(w[1]), z=float(w[2])),
-                    )
-                    write(
-                        GROUND_TRUTH_TOPIC,
-                        t_ns,
-                        T["nav_msgs/msg/Odometry"](
-                            header=_header(ts, t_ns, MAP_FRAME),
-                            child_frame_id=VELO_FRAME,
-                            pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
-                            twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36)),
-                        ),
-                    )
-                    write(
-                        TF_TOPIC,
-                        t_ns,
-                        T["tf2_msgs/msg/TFMessage"](transforms=[_transform_msg(ts, Tw, t_ns, MAP_FRAME, VELO_FRAME)]),
-                    )
-                if progress is not None:
-                    progress(i + 1, n)
+            w = _TopicWriter(writer, ts)
+            _add_topics(w, include_lidar, fr.has_poses, latched)
+            _write_frames(w, fr, include_lidar, progress)
         _swap_in(tmp, out)  # overwrite: swap only after the new bag is complete
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return BagSummary(
         out,
         storage,
-        n,
-        {k: (v[0], v[1]) for k, v in counts.items()},
-        int(stamps[0]),
-        int(stamps[n - 1]),
+        fr.n,
+        {k: (v[0], v[1]) for k, v in w.counts.items()},
+        int(fr.stamps[0]),
+        int(fr.stamps[fr.n - 1]),
         tuple(notes),
     )

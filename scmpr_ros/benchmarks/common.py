@@ -57,7 +57,10 @@ def set_omp_wait_policy(policy: str) -> str:
         raise InputError(f"--omp-wait-policy must be one of {', '.join(OMP_POLICIES)}, got {policy!r}")
     if policy != "keep":
         if "torch" in sys.modules or "numba" in sys.modules:
-            return f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} (torch already loaded: --omp-wait-policy {policy} ignored)"
+            return (
+                f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} "
+                f"(torch already loaded: --omp-wait-policy {policy} ignored)"
+            )
         os.environ["OMP_WAIT_POLICY"] = policy.upper()
     return os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin, then sleep)")
 

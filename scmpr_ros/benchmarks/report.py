@@ -135,7 +135,8 @@ def format_report_markdown(report: dict[str, Any]) -> str:
         "# SCM-PR benchmark report",
         "",
         f"- CPU: {m['cpu']} ({m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs), {m['threads']} threads",
-        f"- torch {m['torch']}, numpy {m['numpy']}, numba {m.get('numba')} (kernel available: {m.get('numba_kernel')}), "
+        f"- torch {m['torch']}, numpy {m['numpy']}, numba {m.get('numba')} "
+        f"(kernel available: {m.get('numba_kernel')}), "
         f"python {m['python']}; CUDA: {m['cuda'] or 'none'}",
         f"- OMP_WAIT_POLICY: {m['omp_wait_policy']}; load average (1/5/15 min) at start {la(m['loadavg_start'])}, "
         f"at end {la(m.get('loadavg_end'))}",
@@ -185,9 +186,11 @@ def format_report_markdown(report: dict[str, Any]) -> str:
             out.append(f"skipped: {r['skipped']}")
         else:
             out += [
-                f"- processed {r['processed_hz']:.1f} Hz (images in at {r['input_hz']:.1f} Hz), dropped {r['dropped']}, "
+                f"- processed {r['processed_hz']:.1f} Hz (images in at {r['input_hz']:.1f} Hz), "
+                f"dropped {r['dropped']}, "
                 f"{'meets' if r['meets_10hz'] else 'misses'} 10 Hz",
-                f"- end-to-end latency p50 {r['e2e_latency_ms']['p50']:.1f} ms, p95 {r['e2e_latency_ms']['p95']:.1f} ms; "
+                f"- end-to-end latency p50 {r['e2e_latency_ms']['p50']:.1f} ms, "
+                f"p95 {r['e2e_latency_ms']['p95']:.1f} ms; "
                 f"encoder+search p50 {r['compute_ms']['p50']:.1f} ms",
                 f"- RSS {r['rss_mb']['start']:.0f} -> {r['rss_mb']['end']:.0f} MB; model {r['model']}",
             ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from scmpr_ros.benchmarks.common import interleaved, percentile, timing_stats
@@ -28,32 +29,49 @@ def _cold_start_seconds() -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def scan_benchmark(
-    length: int = 3328,
-    channels: int = 768,
-    groups: int = 4,
-    d_state: int = 1,
-    ss2d: tuple[int, int, int, int] = (32, 104, 192, 6),
-    threads: int = 2,
-    iters: int = 20,
-    warmup: int = 3,
-    torch_iters: int = 5,
-    ref_length: int = 256,
-    cold_start: bool = True,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """The stage-1 scan call of VMamba-T at 128x416 by default (L = 32*104 tokens, 4 directions x 192
-    channels, d_state 1), timed interleaved: ``limit`` = the bare compiled recurrence over contiguous
-    (L, d) arrays, ``numba`` = the fused kernel on the token-major call, ``torch`` = the chunked
-    pure-torch scan; ``ss2d_*`` = the whole SS2D core (x_proj + cross-scan + scan + merge) of an
-    (H, W, d, rank) map fused vs in torch; the reference loop only at ``ref_length`` tokens."""
-    import numpy as np
-    import torch
+@dataclass(frozen=True)
+class _ScanInputs:
+    """One token-major scan call (torch tensors and their numpy views) and the bare recurrence's arrays."""
 
+    u: Any  # (1, L, d)
+    delta: Any  # (1, L, d)
+    A: Any  # (d, d_state)
+    B: Any  # (1, L, groups, d_state)
+    C: Any  # (1, L, groups, d_state)
+    D: Any  # (d,)
+    bias: Any  # (d,)
+    npy: list  # numpy views of (u, delta, A, B, C, D, bias) for the numba kernel
+    a_lim: Any  # (L, d) float32 decay of the bare recurrence
+    b_lim: Any  # (L, d) float32 input of the bare recurrence
+    o_lim: Any  # the recurrence's output buffer
+    o_ker: Any  # the fused kernel's output buffer (1, L, d)
+
+
+@dataclass(frozen=True)
+class _Ss2dCase:
+    """The SS2D core timed fused vs in torch: the module and its (1, H, W, d_inner) input."""
+
+    op: Any
+    xs: Any
+    height: int
+    width: int
+    rank: int
+
+
+@dataclass(frozen=True)
+class _ScanTimes:
+    """What the two interleaved rounds measured: full-length and short (reference) timings, and parity."""
+
+    full: dict[str, list[float]]
+    short: dict[str, list[float]]
+    numba_vs_reference: float
+    numba_vs_torch: float
+    ss2d_fused_vs_torch: float
+
+
+def _check_scan_sizes(length: int, channels: int, groups: int, d_state: int, iters: int, ref_length: int) -> None:
     from scmpr_ros.errors import InputError
     from scmpr_ros.model import scan_numba
-    from scmpr_ros.model.scan import selective_scan_reference, selective_scan_tokens
-    from scmpr_ros.model.vmamba import SS2D
 
     if not scan_numba.available():
         raise InputError(
@@ -61,24 +79,13 @@ def scan_benchmark(
         )
     if channels % groups or min(length, channels, groups, d_state, iters, ref_length) < 1:
         raise InputError(f"benchmark scan: need positive sizes and groups | channels (got {channels} / {groups})")
-    if threads > 0:
-        torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
-    res: dict[str, Any] = {
-        "length": length,
-        "channels": channels,
-        "groups": groups,
-        "d_state": d_state,
-        "threads": threads,
-        "iters": iters,
-        "ref_length": ref_length,
-    }
-    if cold_start:
-        res["cold_start"] = _cold_start_seconds()
-    t0 = time.perf_counter()
-    scan_numba.warmup(threads)
-    res["first_call_in_process_s"] = time.perf_counter() - t0
-    g = torch.Generator().manual_seed(seed)
+
+
+def _scan_inputs(length: int, channels: int, groups: int, d_state: int, seed: int, g: Any) -> _ScanInputs:
+    """Random scan inputs drawn from the torch generator ``g``; the recurrence's from numpy's of ``seed``."""
+    import numpy as np
+    import torch
+
     u = torch.randn(1, length, channels, generator=g)
     delta = 0.5 * torch.randn(1, length, channels, generator=g) - 1.0
     A = -(torch.rand(channels, d_state, generator=g) + 0.1)
@@ -92,13 +99,37 @@ def scan_benchmark(
     b_lim = rng.standard_normal((length, channels), dtype=np.float32)
     o_lim = np.empty_like(b_lim)
     o_ker = np.empty((1, length, channels), np.float32)
+    return _ScanInputs(u, delta, A, B, C, D, bias, npy, a_lim, b_lim, o_lim, o_ker)
+
+
+def _ss2d_case(ss2d: tuple[int, int, int, int], d_state: int, seed: int, g: Any) -> _Ss2dCase:
+    """``ss2d`` = (H, W, d, rank): an SS2D of d inner channels (weights seeded by ``seed``), input from ``g``."""
+    import torch
+
+    from scmpr_ros.model.vmamba import SS2D
+
     h, w, d, rank = ss2d
     torch.manual_seed(seed)
     op = SS2D(max(1, d // 2), d_state=d_state, ssm_ratio=d / max(1, d // 2), dt_rank=rank, scan_backend="torch").eval()
     xs = torch.randn(1, h, w, op.d_inner, generator=g)
+    return _Ss2dCase(op, xs, h, w, rank)
+
+
+def _time_scans(
+    inp: _ScanInputs, case: _Ss2dCase, threads: int, iters: int, warmup: int, torch_iters: int, ref_length: int
+) -> _ScanTimes:
+    """The full-length candidates interleaved, then the reference loop at ``ref_length`` tokens with the
+    kernel and torch at the same length; parity of each pair."""
+    import torch
+
+    from scmpr_ros.model import scan_numba
+    from scmpr_ros.model.scan import selective_scan_reference, selective_scan_tokens
+
+    u, delta, A, B, C, D, bias, npy = inp.u, inp.delta, inp.A, inp.B, inp.C, inp.D, inp.bias, inp.npy
+    op, xs = case.op, case.xs
     runs = {
-        "limit": lambda: scan_numba.recurrence(a_lim, b_lim, threads, out=o_lim),
-        "numba": lambda: scan_numba.scan_tokens(*npy, True, threads, out=o_ker),
+        "limit": lambda: scan_numba.recurrence(inp.a_lim, inp.b_lim, threads, out=inp.o_lim),
+        "numba": lambda: scan_numba.scan_tokens(*npy, True, threads, out=inp.o_ker),
         "torch": lambda: selective_scan_tokens(u, delta, A, B, C, D, None, bias, True),
         "ss2d_numba": lambda: op.forward_core_fused(xs),
         "ss2d_torch": lambda: op.forward_core_torch(xs),  # backend torch: cross-scan copies + chunked scan
@@ -108,9 +139,8 @@ def scan_benchmark(
         y_torch = selective_scan_tokens(u, delta, A, B, C, D, None, bias, True)
         y_numba = torch.from_numpy(scan_numba.scan_tokens(*npy, True, threads))
         s_fused, s_torch = op.forward_core_fused(xs), op.forward_core_torch(xs)
-        # short sequence: the reference loop, with the kernel and torch at the same length
-        lr = min(ref_length, length)
-        short = [u[:, :lr], delta[:, :lr], A, B[:, :lr], C[:, :lr], D, bias]
+        short = [u[:, :ref_length], delta[:, :ref_length], A, B[:, :ref_length], C[:, :ref_length], D, bias]
+        # the reference takes the channel-major (mamba-ssm) layout
         mamba = [
             short[0].transpose(1, 2),
             short[1].transpose(1, 2),
@@ -130,19 +160,33 @@ def scan_benchmark(
         ref_times = interleaved(ref_runs, max(1, min(3, iters)), 1)
         y_ref = selective_scan_reference(*mamba, delta_softplus=True).transpose(1, 2)
         y_short = torch.from_numpy(scan_numba.scan_tokens(*s_np, True, threads))
-    elements = {k: (h * w * op.d_inner * op.K if k.startswith("ss2d") else length * channels) for k in times}
+    return _ScanTimes(
+        times,
+        ref_times,
+        numba_vs_reference=float((y_short - y_ref).abs().max()),
+        numba_vs_torch=float((y_numba - y_torch).abs().max()),
+        ss2d_fused_vs_torch=float((s_fused - s_torch).abs().max()),
+    )
+
+
+def _scan_results(t: _ScanTimes, case: _Ss2dCase, length: int, channels: int) -> dict[str, Any]:
+    """The result sections (timings with ns per element, ss2d shape, reference_short, ratios, parity)."""
+    op = case.op
+    ss2d_elements = case.height * case.width * op.d_inner * op.K
+    elements = {k: (ss2d_elements if k.startswith("ss2d") else length * channels) for k in t.full}
+    res: dict[str, Any] = {}
     res["timings"] = {
-        k: timing_stats(v) | {"ns_per_element": percentile(v, 50) * 1e6 / elements[k]} for k, v in times.items()
+        k: timing_stats(v) | {"ns_per_element": percentile(v, 50) * 1e6 / elements[k]} for k, v in t.full.items()
     }
     res["ss2d"] = {
-        "height": h,
-        "width": w,
+        "height": case.height,
+        "width": case.width,
         "channels": op.d_inner,
         "directions": op.K,
-        "rank": rank,
+        "rank": case.rank,
         "element_steps": elements["ss2d_numba"],
     }
-    res["reference_short"] = {k: timing_stats(v) for k, v in ref_times.items()}
+    res["reference_short"] = {k: timing_stats(v) for k, v in t.short.items()}
     med = {k: v["median_ms"] for k, v in res["timings"].items()}
     res["ratios"] = {
         "numba_over_limit": med["numba"] / med["limit"],
@@ -152,19 +196,67 @@ def scan_benchmark(
         / res["reference_short"]["numba"]["median_ms"],
     }
     res["parity"] = {
-        "numba_vs_reference_max_abs": float((y_short - y_ref).abs().max()),
-        "numba_vs_torch_max_abs": float((y_numba - y_torch).abs().max()),
-        "ss2d_fused_vs_torch_max_abs": float((s_fused - s_torch).abs().max()),
+        "numba_vs_reference_max_abs": t.numba_vs_reference,
+        "numba_vs_torch_max_abs": t.numba_vs_torch,
+        "ss2d_fused_vs_torch_max_abs": t.ss2d_fused_vs_torch,
     }
     return res
+
+
+def scan_benchmark(
+    length: int = 3328,
+    channels: int = 768,
+    groups: int = 4,
+    d_state: int = 1,
+    ss2d: tuple[int, int, int, int] = (32, 104, 192, 6),
+    threads: int = 2,
+    iters: int = 20,
+    warmup: int = 3,
+    torch_iters: int = 5,
+    ref_length: int = 256,
+    cold_start: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The stage-1 scan call of VMamba-T at 128x416 by default (L = 32*104 tokens, 4 directions x 192
+    channels, d_state 1), timed interleaved: ``limit`` = the bare compiled recurrence over contiguous
+    (L, d) arrays, ``numba`` = the fused kernel on the token-major call, ``torch`` = the chunked
+    pure-torch scan; ``ss2d_*`` = the whole SS2D core (x_proj + cross-scan + scan + merge) of an
+    (H, W, d, rank) map fused vs in torch; the reference loop only at ``ref_length`` tokens."""
+    import torch
+
+    from scmpr_ros.model import scan_numba
+
+    _check_scan_sizes(length, channels, groups, d_state, iters, ref_length)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    res: dict[str, Any] = {
+        "length": length,
+        "channels": channels,
+        "groups": groups,
+        "d_state": d_state,
+        "threads": threads,
+        "iters": iters,
+        "ref_length": ref_length,
+    }
+    if cold_start:
+        res["cold_start"] = _cold_start_seconds()
+    t0 = time.perf_counter()
+    scan_numba.warmup(threads)
+    res["first_call_in_process_s"] = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(seed)
+    inp = _scan_inputs(length, channels, groups, d_state, seed, g)
+    case = _ss2d_case(ss2d, d_state, seed, g)
+    times = _time_scans(inp, case, threads, iters, warmup, torch_iters, min(ref_length, length))
+    return res | _scan_results(times, case, length, channels)
 
 
 def format_scan_table(res: dict[str, Any]) -> str:
     t = res["timings"]
     ss = res["ss2d"]
     lines = [
-        f"scan benchmark: L {res['length']}, {res['channels']} channels ({res['groups']} groups), d_state {res['d_state']}, "
-        f"{res['threads']} threads, {res['iters']} rounds",
+        f"scan benchmark: L {res['length']}, {res['channels']} channels ({res['groups']} groups), "
+        f"d_state {res['d_state']}, {res['threads']} threads, {res['iters']} rounds",
         f"{'candidate':<44}{'median ms':>11}{'p95 ms':>9}{'min ms':>9}{'ns/elem':>9}",
     ]
     labels = {
@@ -197,7 +289,8 @@ def format_scan_table(res: dict[str, Any]) -> str:
     cs = res.get("cold_start")
     if cs and "error" not in cs:
         lines.append(
-            f"first call in a fresh process: import (torch, numba) {cs['import_s']:.2f} s + kernels {cs['first_call_s']:.2f} s "
+            f"first call in a fresh process: import (torch, numba) {cs['import_s']:.2f} s "
+            f"+ kernels {cs['first_call_s']:.2f} s "
             f"({'numba cache' if cs.get('cached') else 'compiled'}{'; ' + cs['reason'] if cs.get('reason') else ''})"
         )
     return "\n".join(lines)

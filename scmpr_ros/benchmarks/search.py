@@ -140,8 +140,9 @@ def format_search_table(rows: list[dict]) -> str:
     for r in rows:
         a = r["ann"]
         lines.append(
-            f"{r['n']:>10} {r['exact']['search_ms']:>9.2f} {a['kind']:>5} {a['search_ms']:>7.2f} {a['rerank_ms']:>9.2f} "
-            f"{a['recall_at_10']:>9.4f} {a['top1_agreement']:>6.3f} {a['build_s']:>7.1f}  {r['used_by_recognizer']:>4}  -> "
+            f"{r['n']:>10} {r['exact']['search_ms']:>9.2f} {a['kind']:>5} {a['search_ms']:>7.2f} "
+            f"{a['rerank_ms']:>9.2f} {a['recall_at_10']:>9.4f} {a['top1_agreement']:>6.3f} {a['build_s']:>7.1f}  "
+            f"{r['used_by_recognizer']:>4}  -> "
             f"{r['query_ms']:.2f}"
         )
     if rows:

@@ -91,8 +91,9 @@ def synth(
     listing = ", ".join(f"{k} ({v['pass']}/{v['condition']}, {v['frames']} frames)" for k, v in seqs.items())
     typer.echo(f"wrote {out}: sequences {listing}")
     typer.echo(
-        f"{n_frames} frames ({len(conds)} condition(s) per query frame, {size[0]}x{size[1]} images, {azimuth_steps} LiDAR columns) "
-        f"in {elapsed:.1f} s: {n_frames / max(render_s, 1e-9):.2f} frames/s after {elapsed - render_s:.1f} s of scene building"
+        f"{n_frames} frames ({len(conds)} condition(s) per query frame, {size[0]}x{size[1]} images, "
+        f"{azimuth_steps} LiDAR columns) in {elapsed:.1f} s: {n_frames / max(render_s, 1e-9):.2f} frames/s "
+        f"after {elapsed - render_s:.1f} s of scene building"
     )
 
 

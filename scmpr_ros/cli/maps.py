@@ -110,7 +110,8 @@ def map_info_cmd(
         f"  viewpoints      {info['viewpoints']} from {info['source_frames']} frames"
         f" ({meta.get('places', '?')} places), frame '{info['frame_id']}'",
         f"  descriptors     {info['descriptor_dim']}-d {info['descriptor_dtype']}",
-        f"  semantic grid   {info['semantic_grid']['rows']}x{info['semantic_grid']['cols']}x{info['semantic_grid']['classes']}"
+        f"  semantic grid   {info['semantic_grid']['rows']}x{info['semantic_grid']['cols']}"
+        f"x{info['semantic_grid']['classes']}"
         f" (min fraction {info['semantic_grid']['min_fraction']})",
         f"  prototypes      {info['prototypes']}",
         f"  model           {info['model_config'].get('backbone', '?')}, checksum {info['model_checksum'][:16]}…"

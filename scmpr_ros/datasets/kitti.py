@@ -231,7 +231,8 @@ class KittiSequence(Sequence):
         i = self._check_index(i)
         if not self.has_image_labels:
             raise DatasetError(
-                f"{self.seq_dir}: no semantic_2/ folder; only the synthetic town (--class-images) has dense image labels"
+                f"{self.seq_dir}: no semantic_2/ folder; "
+                "only the synthetic town (--class-images) has dense image labels"
             )
         import cv2
 

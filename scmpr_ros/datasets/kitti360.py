@@ -163,7 +163,8 @@ class Kitti360Sequence(Sequence):
         drive = _find_drive(raw3d, str(sequence))
         if drive is None:
             raise DatasetError(
-                f"{raw3d}: drive '{sequence}' not found; expected a folder like 2013_05_28_drive_{str(sequence).zfill(4)}_sync. "
+                f"{raw3d}: drive '{sequence}' not found; "
+                f"expected a folder like 2013_05_28_drive_{str(sequence).zfill(4)}_sync. "
                 f"Drives present: {', '.join(list_sequences(self.root)) or 'none'}"
             )
         self.name = drive
@@ -182,12 +183,14 @@ class Kitti360Sequence(Sequence):
             both = sorted(set(frames) & set(images))
             if not both:
                 raise DatasetError(
-                    f"{img_dir}: none of its {len(images)} image frame numbers matches the {len(frames)} scans in {velo_dir}"
+                    f"{img_dir}: none of its {len(images)} image frame numbers "
+                    f"matches the {len(frames)} scans in {velo_dir}"
                 )
             if len(both) != len(frames) or len(both) != len(images):
                 self.notes.append(
                     f"{len(frames)} scans and {len(images)} images: using the {len(both)} frames that have both "
-                    f"({len(frames) - len(both)} scans without image, {len(images) - len(both)} images without scan left out)"
+                    f"({len(frames) - len(both)} scans without image, "
+                    f"{len(images) - len(both)} images without scan left out)"
                 )
             frames = both
         else:
@@ -321,7 +324,8 @@ class Kitti360Sequence(Sequence):
         self.has_labels = bool(self.label_valid.any())
         if self.has_labels and not self.label_valid.all():
             self.notes.append(
-                f"{int((~self.label_valid).sum())} of {self.num_frames} frames have no labels (no pose or no semantic window)"
+                f"{int((~self.label_valid).sum())} of {self.num_frames} frames have no labels "
+                "(no pose or no semantic window)"
             )
 
     def _window_for(self, frame: int) -> Path:

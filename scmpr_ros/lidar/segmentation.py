@@ -72,7 +72,8 @@ def _local_mean(a: np.ndarray, w: np.ndarray, size: int) -> np.ndarray:
 def pixel_features(ri: RangeImage, cfg: LidarConfig) -> np.ndarray:
     """(H, W, F) float32 pixel features: the encoder channels; height above the lowest point of a
     9 x 9 and a 5 x 41 window (ground proxies); height of the highest point above the pixel in a
-    9 x 9 window and in its 3 columns (walls vs buildings); range roughness (3 x 3 std / range); normal spread (1 - |mean normal| over 5 x 5); log range."""
+    9 x 9 window and in its 3 columns (walls vs buildings); range roughness (3 x 3 std / range);
+    normal spread (1 - |mean normal| over 5 x 5); log range."""
     v = ri.valid
     x = np.moveaxis(encoder_input(ri, cfg), 0, -1)
     z = ri.xyz[..., 2].astype(np.float64)

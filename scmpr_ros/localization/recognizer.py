@@ -56,7 +56,8 @@ class PlaceRecognizer:
             want = (int(model.num_classes), int(model.feature_dim))
             if protos.shape != want:
                 raise MapFileError(
-                    f"the map's semantic prototypes are {protos.shape}, the model needs {want}; rebuild the map with this model"
+                    f"the map's semantic prototypes are {protos.shape}, the model needs {want}; "
+                    "rebuild the map with this model"
                 )
             self.prototypes = torch.from_numpy(protos.copy()).to(self.device)
         self.grid_rows, self.grid_cols = map_data.grid_shape[:2]

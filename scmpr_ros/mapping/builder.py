@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +33,68 @@ from scmpr_ros.mapping.map_file import MapData, camera_dict, write_map
 Progress = Callable[[str, int, int], None]
 
 
-def build_map(
-    sequence: Any,
-    model: Any,
-    cfg: ScmprConfig,
-    out: str | Path,
-    model_checksum: str,
-    progress: Progress | None = None,
-    metadata: dict | None = None,
-) -> dict:
-    """Build and write the map of a mapping-pass ``sequence`` (datasets.Sequence); returns a summary."""
-    import torch
+@dataclass(frozen=True)
+class _LabelledScans:
+    """Frame i -> (points, per-point labels) of the mapping pass (the renderer's scan source)."""
 
-    t_start = time.perf_counter()
-    # a build killed while writing leaves its temporary file (.NAME.pidPID.XXXXXXXX.tmp) next to ``out``
-    stale = [p.name for p in remove_stale_temp_files(out)]
+    sequence: Any
+    segmenter: Any
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        pts = np.asarray(self.sequence.load_scan(i))
+        return pts, self.segmenter.segment(self.sequence, i, pts)
+
+
+@dataclass
+class _MapPlan:
+    """What the build renders: the viewpoints, how, and the camera their semantic grids are seen from."""
+
+    lidar: Any  # LidarConfig
+    mcfg: Any  # MapConfig
+    segmenter: Any
+    projector: RangeProjector
+    camera: Any
+    T_cam_velo: np.ndarray
+    yaw_hfov: tuple[float, float] | None  # crop to the camera's horizontal FOV, when configured
+    poses: np.ndarray  # (F, 4, 4) T_world_velo of the mapping pass
+    valid: np.ndarray  # (F,) bool
+    viewpoints: list
+    scans: _LabelledScans
+    renderer: ViewpointRenderer
+    modes: list[str]  # render mode per viewpoint
+
+
+@dataclass
+class _Encoded:
+    """The encoder pass over all viewpoints: descriptors, grids, per-class feature sums, timings."""
+
+    descriptors: np.ndarray  # (N, D) float32
+    grids: np.ndarray | None  # (N, rows, cols, N_S) bool
+    class_sum: Any = None  # (N_S, C) sum of present class features, None for a model without semantics
+    class_count: Any = None  # (N_S,) number of viewpoints where each class is present
+    t_render: float = 0.0  # waiting for the render thread
+    t_encode: float = 0.0
+    t_loop: float = 0.0
+
+    def add_class_features(self, enc: Any) -> None:
+        w = enc.class_present.to(enc.class_features.dtype)
+        s = (w.unsqueeze(-1) * enc.class_features).sum(0).cpu()
+        c = w.sum(0).cpu()
+        self.class_sum = s if self.class_sum is None else self.class_sum + s
+        self.class_count = c if self.class_count is None else self.class_count + c
+
+
+def _check_map_config(sequence: Any, mcfg: Any) -> None:
     if not getattr(sequence, "has_poses", True):
         raise DatasetError(f"{sequence.root} sequence {sequence.name}: no poses (poses.txt); a map needs them")
-    lidar, mcfg = cfg.lidar, cfg.map
     if mcfg.descriptor_dtype not in ("float16", "float32"):
         raise InputError(f"map.descriptor_dtype '{mcfg.descriptor_dtype}' unknown (use float16 or float32)")
     if mcfg.batch_size < 1:
         raise InputError(f"map.batch_size must be >= 1, got {mcfg.batch_size}")
+
+
+def _plan_map(sequence: Any, cfg: ScmprConfig) -> _MapPlan:
+    lidar, mcfg = cfg.lidar, cfg.map
     segmenter = make_segmenter(lidar, sequence)
     projector = RangeProjector(lidar)
     camera = camera_from_calibration(sequence.calib, cfg.camera)
@@ -64,127 +105,187 @@ def build_map(
     viewpoints = plan_viewpoints(poses, valid, mcfg)
     if not viewpoints:
         raise DatasetError(f"{sequence.root} sequence {sequence.name}: no valid pose, so no viewpoint")
-
-    def labelled_scan(i: int) -> tuple[np.ndarray, np.ndarray]:
-        pts = np.asarray(sequence.load_scan(i))
-        return pts, segmenter.segment(sequence, i, pts)
-
-    renderer = ViewpointRenderer(projector, mcfg, None, labelled_scan, poses)
+    scans = _LabelledScans(sequence, segmenter)
+    renderer = ViewpointRenderer(projector, mcfg, None, scans, poses)
     modes = [renderer.mode_for(v) for v in viewpoints]
-    t_acc = 0.0
-    if "map" in modes:
-        t0 = time.perf_counter()
-        acc = MapAccumulator(mcfg.voxel_size_m)
-        frames = np.flatnonzero(valid)
-        for j, i in enumerate(frames):
-            pts, lab = labelled_scan(int(i))
-            acc.add_range_image(projector.project(pts, lab), poses[i])
-            if progress is not None:
-                progress("accumulate", j + 1, len(frames))
-        renderer.map = acc.finish()
-        t_acc = time.perf_counter() - t0
+    return _MapPlan(
+        lidar,
+        mcfg,
+        segmenter,
+        projector,
+        camera,
+        T_cam_velo,
+        yaw_hfov,
+        poses,
+        valid,
+        viewpoints,
+        scans,
+        renderer,
+        modes,
+    )
 
-    device = next(model.parameters()).device
-    rows, cols = mcfg.grid_rows, mcfg.grid_cols
 
-    def render_batch(batch):
-        xs, labs, grids = [], [], []
-        for v in batch:
-            ri = renderer.render(v, yaw_hfov)
-            grids.append(frustum_grid(ri, T_cam_velo, camera, rows, cols, mcfg.grid_min_fraction))
-            if yaw_hfov is not None:
-                ri = crop_to_fov(ri, *yaw_hfov)
-            xs.append(encoder_input(ri, lidar))
-            labs.append(ri.labels)
-        return np.stack(xs), np.stack(labs), np.stack(grids)
+def _accumulate_map(plan: _MapPlan, progress: Progress | None) -> float:
+    """Fuse all valid scans into the renderer's labelled voxel map (for "map" viewpoints); returns seconds."""
+    t0 = time.perf_counter()
+    acc = MapAccumulator(plan.mcfg.voxel_size_m)
+    frames = np.flatnonzero(plan.valid)
+    for j, i in enumerate(frames):
+        pts, lab = plan.scans(int(i))
+        acc.add_range_image(plan.projector.project(pts, lab), plan.poses[i])
+        if progress is not None:
+            progress("accumulate", j + 1, len(frames))
+    plan.renderer.map = acc.finish()
+    return time.perf_counter() - t0
 
-    n = len(viewpoints)
-    bs = int(mcfg.batch_size)
+
+def _render_batch(plan: _MapPlan, batch: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encoder inputs, labels and semantic frustum grids of a batch of viewpoints."""
+    mcfg = plan.mcfg
+    xs, labs, grids = [], [], []
+    for v in batch:
+        ri = plan.renderer.render(v, plan.yaw_hfov)
+        grids.append(
+            frustum_grid(ri, plan.T_cam_velo, plan.camera, mcfg.grid_rows, mcfg.grid_cols, mcfg.grid_min_fraction)
+        )
+        if plan.yaw_hfov is not None:
+            ri = crop_to_fov(ri, *plan.yaw_hfov)
+        xs.append(encoder_input(ri, plan.lidar))
+        labs.append(ri.labels)
+    return np.stack(xs), np.stack(labs), np.stack(grids)
+
+
+def _encode_batch(model: Any, device: Any, x: np.ndarray, lab: np.ndarray, acc: _Encoded) -> np.ndarray:
+    """Descriptors (B, D) of one rendered batch; adds its class features to ``acc``."""
+    import torch
+
+    with torch.inference_mode():
+        lab_t = torch.from_numpy(lab.astype(np.int64))
+        enc = model.encode_lidar(torch.from_numpy(x).to(device), lab_t.to(device))
+        d = enc.descriptor.float().cpu().numpy()
+        if enc.class_features is not None:
+            acc.add_class_features(enc)
+    return d
+
+
+def _encode_viewpoints(plan: _MapPlan, model: Any, device: Any, progress: Progress | None) -> _Encoded:
+    """Render batch b + 1 on a background thread while the encoder runs on batch b."""
+    import torch
+
+    n = len(plan.viewpoints)
+    bs = int(plan.mcfg.batch_size)
     # one core renders the next batch while torch encodes this one: leave it that core (measured on
     # 2 cores: 1 torch thread + the render thread is ~1.6x faster than 2 torch threads + the render thread)
     threads_before = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type == "cpu" and threads_before >= cores > 1:
         torch.set_num_threads(cores - 1)
-    batches = [viewpoints[s : s + bs] for s in range(0, n, bs)]
-    descriptors = np.empty((n, 0), np.float32)
-    grids_all = None
-    cf_sum = cnt = None
-    t_render = t_encode = 0.0
+    batches = [plan.viewpoints[s : s + bs] for s in range(0, n, bs)]
+    out = _Encoded(np.empty((n, 0), np.float32), None)
     t_loop = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(render_batch, batches[0])
+        fut = pool.submit(_render_batch, plan, batches[0])
         done = 0
         for b, batch in enumerate(batches):
             t0 = time.perf_counter()
             x, lab, grids = fut.result()
-            t_render += time.perf_counter() - t0
+            out.t_render += time.perf_counter() - t0
             if b + 1 < len(batches):
-                fut = pool.submit(render_batch, batches[b + 1])
+                fut = pool.submit(_render_batch, plan, batches[b + 1])
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                lab_t = torch.from_numpy(lab.astype(np.int64))
-                enc = model.encode_lidar(torch.from_numpy(x).to(device), lab_t.to(device))
-                d = enc.descriptor.float().cpu().numpy()
-                if enc.class_features is not None:
-                    w = enc.class_present.to(enc.class_features.dtype)
-                    s = (w.unsqueeze(-1) * enc.class_features).sum(0).cpu()
-                    c = w.sum(0).cpu()
-                    cf_sum = s if cf_sum is None else cf_sum + s
-                    cnt = c if cnt is None else cnt + c
-            t_encode += time.perf_counter() - t0
-            if descriptors.shape[1] == 0:
-                descriptors = np.empty((n, d.shape[1]), np.float32)
-                grids_all = np.empty((n,) + grids.shape[1:], bool)
-            descriptors[done : done + len(batch)] = d
-            grids_all[done : done + len(batch)] = grids
+            d = _encode_batch(model, device, x, lab, out)
+            out.t_encode += time.perf_counter() - t0
+            if out.descriptors.shape[1] == 0:
+                out.descriptors = np.empty((n, d.shape[1]), np.float32)
+                out.grids = np.empty((n,) + grids.shape[1:], bool)
+            out.descriptors[done : done + len(batch)] = d
+            out.grids[done : done + len(batch)] = grids
             done += len(batch)
             if progress is not None:
                 progress("viewpoints", done, n)
-    t_loop = time.perf_counter() - t_loop
+    out.t_loop = time.perf_counter() - t_loop
     torch.set_num_threads(threads_before)
-    if not np.isfinite(descriptors).all():
-        raise InputError("the model produced NaN/inf descriptors; check the checkpoint")
+    return out
+
+
+def _prototypes(model: Any, device: Any, enc: _Encoded) -> np.ndarray:
+    """The model's semantic prototypes from the mean present-class features over all viewpoints."""
+    import torch
 
     with torch.inference_mode():
-        if cf_sum is not None:
-            mean = (cf_sum / cnt.clamp_min(1.0).unsqueeze(-1)).unsqueeze(0).to(device)
+        if enc.class_sum is not None:
+            cnt = enc.class_count
+            mean = (enc.class_sum / cnt.clamp_min(1.0).unsqueeze(-1)).unsqueeze(0).to(device)
             protos = model.semantic_prototypes(mean, (cnt > 0).unsqueeze(0).to(device))
         else:  # a model without semantics: its default context (unused by such a model)
             protos = torch.zeros(model.num_classes, model.feature_dim)
-        prototypes = protos.float().cpu().numpy()
+        return protos.float().cpu().numpy()
 
-    T = np.stack([v.T_world_velo for v in viewpoints])
+
+def _map_metadata(sequence: Any, plan: _MapPlan, metadata: dict | None) -> dict:
     town = _town_of(sequence.root)
-    meta = {
+    modes, yaw_hfov = plan.modes, plan.yaw_hfov
+    return {
         "dataset": str(Path(sequence.root).resolve()),
         "dataset_kind": str(getattr(sequence, "kind", "")),
         **({"town": town} if town else {}),
         "sequence": str(sequence.name),
-        "segmentation": segmenter.name,
+        "segmentation": plan.segmenter.name,
         "render_modes": {m: modes.count(m) for m in sorted(set(modes))},
-        "places": int(len({v.place for v in viewpoints})),
-        "lidar": dataclasses.asdict(lidar),
-        "map": dataclasses.asdict(mcfg),
+        "places": int(len({v.place for v in plan.viewpoints})),
+        "lidar": dataclasses.asdict(plan.lidar),
+        "map": dataclasses.asdict(plan.mcfg),
         "crop": {"yaw_rad": yaw_hfov[0], "hfov_rad": yaw_hfov[1]} if yaw_hfov else None,
         "pose_frame": "velo (LiDAR) of each viewpoint, in the sequence world frame",
         **(metadata or {}),
     }
-    data = MapData(
-        descriptors=descriptors.astype(np.float16 if mcfg.descriptor_dtype == "float16" else np.float32),
+
+
+def _map_data(
+    plan: _MapPlan, enc: _Encoded, prototypes: np.ndarray, model: Any, model_checksum: str, meta: dict
+) -> MapData:
+    viewpoints = plan.viewpoints
+    T = np.stack([v.T_world_velo for v in viewpoints])
+    return MapData(
+        descriptors=enc.descriptors.astype(np.float16 if plan.mcfg.descriptor_dtype == "float16" else np.float32),
         poses=matrices_to_poses(T),
         viewpoint_ids=np.array([v.viewpoint_id for v in viewpoints], np.int64),
         source_frames=np.array([v.source_frame for v in viewpoints], np.int64),
-        semantic_grids=grids_all,
+        semantic_grids=enc.grids,
         prototypes=prototypes.astype(np.float32),
-        camera=camera_dict(camera, T_cam_velo),
+        camera=camera_dict(plan.camera, plan.T_cam_velo),
         model_config=dataclasses.asdict(model.cfg),
         model_checksum=model_checksum,
         metadata=meta,
-        grid_min_fraction=float(mcfg.grid_min_fraction),
+        grid_min_fraction=float(plan.mcfg.grid_min_fraction),
     )
-    size = write_map(out, data)
+
+
+def build_map(
+    sequence: Any,
+    model: Any,
+    cfg: ScmprConfig,
+    out: str | Path,
+    model_checksum: str,
+    progress: Progress | None = None,
+    metadata: dict | None = None,
+) -> dict:
+    """Build and write the map of a mapping-pass ``sequence`` (datasets.Sequence); returns a summary."""
+    t_start = time.perf_counter()
+    # a build killed while writing leaves its temporary file (.NAME.pidPID.XXXXXXXX.tmp) next to ``out``
+    stale = [p.name for p in remove_stale_temp_files(out)]
+    _check_map_config(sequence, cfg.map)
+    plan = _plan_map(sequence, cfg)
+    t_acc = _accumulate_map(plan, progress) if "map" in plan.modes else 0.0
+    device = next(model.parameters()).device
+    enc = _encode_viewpoints(plan, model, device, progress)
+    if not np.isfinite(enc.descriptors).all():
+        raise InputError("the model produced NaN/inf descriptors; check the checkpoint")
+    prototypes = _prototypes(model, device, enc)
+    meta = _map_metadata(sequence, plan, metadata)
+    size = write_map(out, _map_data(plan, enc, prototypes, model, model_checksum, meta))
     total = time.perf_counter() - t_start
+    n, t_loop = len(plan.viewpoints), enc.t_loop
     return {
         "out": str(out),
         "viewpoints": n,
@@ -194,8 +295,8 @@ def build_map(
         "seconds_total": total,
         "seconds_accumulate": t_acc,
         "seconds_viewpoints": t_loop,
-        "seconds_waiting_render": t_render,
-        "seconds_encode": t_encode,
+        "seconds_waiting_render": enc.t_render,
+        "seconds_encode": enc.t_encode,
         "viewpoints_per_s": n / t_loop if t_loop > 0 else float("inf"),
         "render_modes": meta["render_modes"],
         "removed_stale_temp_files": stale,

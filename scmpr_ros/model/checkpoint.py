@@ -131,6 +131,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
         raise CheckpointError(f"{path}: weights do not fit the stored config: {exc}") from exc
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not fit the model of its config (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+            f"{path}: weights do not fit the model of its config "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
         )
     return model.to(device).eval(), cfg, meta

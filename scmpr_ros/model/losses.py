@@ -93,11 +93,13 @@ def segmentation_loss(seg_logits: Tensor, labels: Tensor, ignore_index: int = IG
     """L_seg: cross-entropy of (B, N_S, H, W) logits with (B, H, W) sparse labels; zero when all ignored."""
     if seg_logits.dim() != 4 or labels.dim() != 3 or labels.shape[0] != seg_logits.shape[0]:
         raise ScmprError(
-            f"segmentation_loss: logits (B, N_S, H, W) and labels (B, H, W) expected, got {tuple(seg_logits.shape)} and {tuple(labels.shape)}"
+            "segmentation_loss: logits (B, N_S, H, W) and labels (B, H, W) expected, "
+            f"got {tuple(seg_logits.shape)} and {tuple(labels.shape)}"
         )
     if labels.shape[-2:] != seg_logits.shape[-2:]:
         raise ScmprError(
-            f"segmentation_loss: labels {tuple(labels.shape[-2:])} and logits {tuple(seg_logits.shape[-2:])} differ in size"
+            f"segmentation_loss: labels {tuple(labels.shape[-2:])} and logits {tuple(seg_logits.shape[-2:])} "
+            "differ in size"
         )
     labels = labels.long()
     valid = labels != ignore_index

@@ -41,19 +41,23 @@ def spin_until_shutdown(
 
 
 def run_node_main(name: str, node_factory, args: list[str] | None = None, linger_s: float = 0.0) -> int:
-    """The body of every node's ``main()``: init, spin until Ctrl-C / SIGTERM (or the node's ``done``
-    event, when it has one), clean shutdown. A user-facing ScmprError prints one line and exits 2."""
+    """The body of every node's ``main()``: the Fast DDS profile for large images (nodes/dds.py), init,
+    spin until Ctrl-C / SIGTERM (or the node's ``done`` event, when it has one), clean shutdown.
+    A user-facing ScmprError prints one line and exits 2."""
     import sys
     import time
 
     from rclpy.executors import ExternalShutdownException
 
     from scmpr_ros.errors import ScmprError
+    from scmpr_ros.nodes.dds import apply_dds_profile, log_runtime_once
 
+    apply_dds_profile()  # before rclpy.init: Fast DDS reads it when the first participant is created
     rclpy.init(args=args)
     node = None
     try:
         node = node_factory()
+        log_runtime_once(node.get_logger())  # rclpy, cv_bridge and the DDS profile in use (once per process)
         executor = make_executor()
         executor.add_node(node)
         spin_until_shutdown(executor, done=getattr(node, "done", None))

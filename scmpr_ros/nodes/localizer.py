@@ -9,8 +9,13 @@ confidence.InitialPoseGate; ``~/relocalize`` re-arms it.  The map arrives as a l
 (msgs/map_announcement.py) and is opened from disk with localization/session.py (the same function
 ``scmpr evaluate`` uses); a map that fails to load leaves the old one active.
 
+A LifecycleNode (nodes/lifecycle.py): on_configure reads the parameters, loads the model and subscribes
+to the map announcement; on_activate subscribes to images and enables the (lifecycle) publishers and the
+diagnostics; on_deactivate undoes that; on_cleanup releases the model and the map.  ``autostart``
+(default true) does configure + activate in the constructor; false leaves it to a lifecycle manager.
+
 Parameters: the NodesConfig keys in PARAMETERS, plus ``retrieval.*`` (RetrievalConfig), declared with
-the defaults of scmpr_ros.config.load_config() and checked again when set at run time.
+the defaults of scmpr_ros.config.load_config() and checked again when set at run time, and ``autostart``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
-from rclpy.node import Node
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -45,6 +52,8 @@ from scmpr_ros.msgs.topics import (
     MAP_TOPIC,
     SCORES_TOPIC,
 )
+from scmpr_ros.nodes.dds import log_runtime_once
+from scmpr_ros.nodes.lifecycle import AUTOSTART, autostart, transition_failed
 from scmpr_ros.nodes.parameters import (
     add_config_validator,
     config_from_parameters,
@@ -82,28 +91,32 @@ class _Active:
     recognizer: Any
 
 
-class Localizer(Node):
+class Localizer(LifecycleNode):
+    """A managed node: on_configure loads the model and opens the map subscription, on_activate
+    subscribes to images and publishes, on_deactivate stops that, on_cleanup releases all.  With the
+    ``autostart`` parameter (default true) the constructor configures and activates it, raising
+    ScmprError when that fails, as a plain node would; with false a lifecycle manager drives it."""
+
     def __init__(self, node_name: str = "localizer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        base = load_config()
-        self._param_names = parameter_names(base, "nodes", PARAMETERS, SECTIONS)
-        declare_config_parameters(self, base, "nodes", self._param_names)
-        self.cfg: ScmprConfig = config_from_parameters(self, base, "nodes", self._param_names)
-        n = self.cfg.nodes
-        self.model = load_model(n.model, n.device, n.threads)
-        self.device = self.model.device
-        self.cfg = self.model.config(self.cfg)
+        self._base = load_config()
+        self._param_names = parameter_names(self._base, "nodes", PARAMETERS, SECTIONS)
+        declare_config_parameters(self, self._base, "nodes", self._param_names)
+        self.declare_parameter(AUTOSTART, True)
+        self.cfg: ScmprConfig = self._base  # the parameters' values from on_configure on
         add_config_validator(self, "nodes", self._param_names, lambda: self.cfg, self._set_config)
-
-        self.gate = InitialPoseGate(n.min_confidence, n.consistent_frames, n.consistency_radius_m)
         self._cond = threading.Condition()
-        self._pending: tuple[Image, float] | None = None
-        self._pending_map: MapAnnouncement | None = None
+        self._worker: threading.Thread | None = None
         self._stop = False
-        self.active: _Active | None = None
-        self.map_status = "waiting for map announcement on " + self.resolve_topic_name(MAP_TOPIC)
-        self.map_error = ""
-        self.received = self.processed = self.dropped = self.rejected = self.skipped_no_map = 0
+        self._pub: dict[str, Any] = {}
+        self._entities: list[Any] = []  # subscriptions and services of the configured node
+        self._image_sub = self._diag_timer = None
+        self.model = None
+        self.device = ""
+        self.transition_error = ""
+        self._reset_state()
+        self.received = self.processed = self.dropped = self.rejected = self.skipped_no_map = self.lost = 0
+        self._losses: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)  # (monotonic s, lost)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=500)
         self.compute_ms: collections.deque[float] = collections.deque(maxlen=500)
         # per processed image (monotonic s): stamp ns, arrival, worker start, recognize start/end, published
@@ -112,31 +125,138 @@ class Localizer(Node):
         self.camera_info: CameraInfo | None = None
         self.last_image_stamp = None
         self.busy = False
+        log_runtime_once(self.get_logger())
+        if self.get_parameter(AUTOSTART).value:
+            autostart(self)
+
+    def _reset_state(self) -> None:
+        """What a configure starts from: no map, nothing pending."""
+        self._pending: tuple[Image, float] | None = None
+        self._pending_map: MapAnnouncement | None = None
+        self.active: _Active | None = None
+        self.gate: InitialPoseGate | None = None
+        self.map_status = "waiting for map announcement on " + self.resolve_topic_name(MAP_TOPIC)
+        self.map_error = ""
         self._publisher_seen_since: float | None = None
-        self._create_interfaces()
-        self._worker = threading.Thread(target=self._run, name="scmpr_localizer_worker", daemon=True)
-        self._worker.start()
+        self._received_at_activation = 0
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Parameters, model, publishers, the map subscription and the worker; images wait for on_activate."""
+        try:
+            self.cfg = config_from_parameters(self, self._base, "nodes", self._param_names)
+            n = self.cfg.nodes
+            self.model = load_model(n.model, n.device, n.threads)
+            self.device = self.model.device
+            self.cfg = self.model.config(self.cfg)
+            self.gate = InitialPoseGate(n.min_confidence, n.consistent_frames, n.consistency_radius_m)
+            self._create_interfaces()
+            self._start_worker()
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the node unconfigured, with the reason
+            return transition_failed(self, "configure", exc, self._release)
+        self.transition_error = ""
         self.get_logger().info(
-            f"model {n.model} on {self.device}; images from {self.resolve_topic_name(n.image_topic)} "
-            f"({n.image_reliability})"
+            f"configured: model {n.model} on {self.device}; images from {self.resolve_topic_name(n.image_topic)} "
+            f"({n.image_reliability}) once active"
         )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        n = self.cfg.nodes
+        try:
+            self._image_sub = self.create_subscription(
+                Image,
+                n.image_topic,
+                self._on_image,
+                image_qos(n.image_reliability),
+                event_callbacks=SubscriptionEventCallbacks(message_lost=self._on_message_lost),
+            )
+            self._diag_timer = self.create_timer(n.diagnostics_period_s, self._publish_diagnostics)
+        except Exception as exc:  # noqa: BLE001 - e.g. an invalid topic name: stay inactive, say why
+            return transition_failed(self, "activate", exc, self._stop_images)
+        self._publisher_seen_since = None
+        self._received_at_activation = self.received
+        self.get_logger().info(f"active: localizing images from {self._image_sub.topic_name}")
+        return super().on_activate(state)  # enables the lifecycle publishers
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_images()
+        self.get_logger().info("inactive: image subscription closed, outputs stopped")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("cleaned up: model and map released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().error(
+            f"error during a transition from {state.label}; released everything, back to unconfigured"
+            + (f": {self.transition_error}" if self.transition_error else "")
+        )
+        return TransitionCallbackReturn.SUCCESS
 
     def _create_interfaces(self) -> None:
         n = self.cfg.nodes
-        self.pub_hyp = self.create_publisher(PoseArray, HYPOTHESES_TOPIC, OUTPUT_QOS)
-        self.pub_scores = self.create_publisher(PointCloud2, SCORES_TOPIC, OUTPUT_QOS)
-        self.pub_best = self.create_publisher(PoseWithCovarianceStamped, BEST_POSE_TOPIC, OUTPUT_QOS)
-        self.pub_init = self.create_publisher(PoseWithCovarianceStamped, INITIALPOSE_TOPIC, OUTPUT_QOS)
-        self.pub_diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, OUTPUT_QOS)
-        self.create_subscription(String, MAP_TOPIC, self._on_map, LATCHED_QOS)
-        self.create_subscription(Image, n.image_topic, self._on_image, image_qos(n.image_reliability))
-        self.create_subscription(CameraInfo, n.camera_info_topic, self._on_camera_info, SENSOR_QOS)
-        self.create_service(Trigger, "~/relocalize", self._on_relocalize)
-        self.create_timer(n.diagnostics_period_s, self._publish_diagnostics)
+        pub = self.create_lifecycle_publisher
+        self._pub = {
+            "hyp": pub(PoseArray, HYPOTHESES_TOPIC, OUTPUT_QOS),
+            "scores": pub(PointCloud2, SCORES_TOPIC, OUTPUT_QOS),
+            "best": pub(PoseWithCovarianceStamped, BEST_POSE_TOPIC, OUTPUT_QOS),
+            "init": pub(PoseWithCovarianceStamped, INITIALPOSE_TOPIC, OUTPUT_QOS),
+            "diag": pub(DiagnosticArray, DIAGNOSTICS_TOPIC, OUTPUT_QOS),
+        }
+        self._entities = [
+            self.create_subscription(String, MAP_TOPIC, self._on_map, LATCHED_QOS),
+            self.create_subscription(CameraInfo, n.camera_info_topic, self._on_camera_info, SENSOR_QOS),
+            self.create_service(Trigger, "~/relocalize", self._on_relocalize),
+        ]
+
+    def _start_worker(self) -> None:
+        self._stop = False
+        self._worker = threading.Thread(target=self._run, name="scmpr_localizer_worker", daemon=True)
+        self._worker.start()
+
+    def _stop_images(self) -> None:
+        if self._image_sub is not None:
+            self.destroy_subscription(self._image_sub)
+            self._image_sub = None
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        with self._cond:
+            self._pending = None
+
+    def _release(self) -> None:
+        """Stop the worker and destroy what on_configure / on_activate created (any state; idempotent)."""
+        self._stop_images()
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        worker, self._worker = self._worker, None
+        if worker is not None and worker.is_alive() and threading.current_thread() is not worker:
+            worker.join(timeout=10.0)
+        for entity in self._entities:
+            if isinstance(entity, Subscription):
+                self.destroy_subscription(entity)
+            else:
+                self.destroy_service(entity)
+        for publisher in self._pub.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._entities, self._pub = [], {}
+        self.model = None
+        self._reset_state()
 
     def _set_config(self, cfg: ScmprConfig) -> None:
-        """A run-time parameter change that passed the checks; retrieval settings apply to the next image."""
-        self.cfg = self.model.config(cfg)
+        """A run-time parameter change that passed the checks; retrieval settings apply to the next image.
+        Unconfigured, it is only checked: on_configure reads every parameter again."""
+        model = self.model
+        self.cfg = model.config(cfg) if model is not None else cfg
         with self._cond:
             if self.active is not None and self._pending_map is None:
                 self._pending_map = self.active.announcement  # re-open the same map with the new settings
@@ -194,6 +314,12 @@ class Localizer(Node):
                 self.dropped += 1
             self._pending = (msg, now)
             self._cond.notify()
+
+    def _on_message_lost(self, info) -> None:
+        """DDS saw images on the topic that never arrived whole (e.g. large images without the shipped profile)."""
+        with self._cond:
+            self.lost += int(info.total_count_change)
+            self._losses.append((time.monotonic(), self.lost))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.camera_info = msg
@@ -276,11 +402,12 @@ class Localizer(Node):
         stamp = msg.header.stamp
         best = pose_with_covariance_msg(poses[0], cov, stamp, n.frame_id)
         # Scores and best pose go out before the PoseArray so a listener keyed on the PoseArray has all three.
-        self.pub_scores.publish(hypotheses_cloud_msg(top, stamp, n.frame_id))
-        self.pub_best.publish(best)
-        self.pub_hyp.publish(pose_array_msg(poses, stamp, n.frame_id))
+        pub = self._pub  # lifecycle publishers: they publish only while the node is active
+        pub["scores"].publish(hypotheses_cloud_msg(top, stamp, n.frame_id))
+        pub["best"].publish(best)
+        pub["hyp"].publish(pose_array_msg(poses, stamp, n.frame_id))
         if self.gate.update(poses[0, :3], margin) and n.publish_initialpose:
-            self.pub_init.publish(best)
+            pub["init"].publish(best)
             self.get_logger().info(f"initial pose published (margin {margin:.3f}, streak {self.gate.streak})")
 
     # ---------------------------------------------------------------------------- diagnostics
@@ -293,6 +420,7 @@ class Localizer(Node):
             "processed": self.processed,
             "dropped": self.dropped,
             "rejected": self.rejected,
+            "lost": self.lost,  # images DDS reported lost before they reached us (message_lost event)
             "skipped_no_map": self.skipped_no_map,
             "latency_p50_ms": pct(lat, 50),
             "latency_p95_ms": pct(lat, 95),
@@ -301,7 +429,7 @@ class Localizer(Node):
             "device": self.device,
             "map_status": self.map_status,
             "map_error": self.map_error,
-            "initialpose_sent": self.gate.sent,
+            "initialpose_sent": self.gate.sent if self.gate is not None else 0,
             "last_reject": self.last_reject,
         }
 
@@ -310,7 +438,7 @@ class Localizer(Node):
         st = DiagnosticStatus()
         st.name = f"{self.get_fully_qualified_name()}: place recognition"
         st.hardware_id = s["device"]
-        starved = self._images_starved()
+        starved = self._images_starved() or self._images_lost()
         if self.active is None:
             st.level = DiagnosticStatus.ERROR if self.map_error else DiagnosticStatus.WARN
             st.message = f"no map: {self.map_error or self.map_status}"
@@ -324,12 +452,14 @@ class Localizer(Node):
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [st]
-        self.pub_diag.publish(arr)
+        self._pub["diag"].publish(arr)
 
     def _images_starved(self) -> str:
-        """A WARN text when a publisher is matched on the image topic but no image has arrived for a while."""
-        n = self.cfg.nodes
-        if self.received or self.count_publishers(n.image_topic) == 0:
+        """A WARN text when a publisher is on the image topic but no image has arrived (since activation)
+        for no_image_warn_s: a QoS mismatch, or large images without the shipped DDS profile."""
+        n, sub = self.cfg.nodes, self._image_sub
+        on_topic = self.count_publishers(n.image_topic)
+        if sub is None or self.received > self._received_at_activation or on_topic == 0:
             self._publisher_seen_since = None
             return ""
         now = time.monotonic()
@@ -338,9 +468,30 @@ class Localizer(Node):
         waited = now - self._publisher_seen_since
         if waited < n.no_image_warn_s:
             return ""
+        if sub.get_publisher_count() == 0:
+            return (
+                f"{on_topic} publisher(s) on {sub.topic_name} but none matched for {waited:.0f} s: QoS incompatible "
+                f"with image_reliability={n.image_reliability} (a best-effort camera needs best_effort)"
+            )
         return (
-            f"publisher matched on {self.resolve_topic_name(n.image_topic)}, no images received for {waited:.0f} s: "
-            "large images need the shipped DDS profile (config/fastdds_shm.xml) on the publisher too"
+            f"publisher matched on {sub.topic_name}, no images received for {waited:.0f} s: large images need "
+            "the shipped DDS profile (config/fastdds_shm.xml, FASTDDS_DEFAULT_PROFILES_FILE) on the publisher too"
+        )
+
+    def _images_lost(self) -> str:
+        """A WARN text when DDS lost images in the last no_image_warn_s."""
+        window = self.cfg.nodes.no_image_warn_s
+        now = time.monotonic()
+        with self._cond:  # the event callback may append meanwhile (multi-threaded executor)
+            losses, total = list(self._losses), self.lost
+        if not any(now - t <= window for t, _ in losses):
+            return ""
+        earlier = [lost for t, lost in losses if now - t > window]
+        count = total - (earlier[-1] if earlier else 0)
+        return (
+            f"{count} images lost in DDS transport in the last {window:.0f} s ({self.received} received in all): "
+            "large images need the shipped DDS profile (config/fastdds_shm.xml, FASTDDS_DEFAULT_PROFILES_FILE) "
+            "on the publisher too"
         )
 
     def idle(self) -> bool:
@@ -349,11 +500,7 @@ class Localizer(Node):
             return self._pending is None and self._pending_map is None and not self.busy
 
     def destroy_node(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout=10.0)
+        self._release()
         super().destroy_node()
 
 

@@ -186,6 +186,173 @@ class ReplayResult:
         }
 
 
+@dataclass
+class _Session:
+    """One replay's rclpy context and executor, its nodes (destroyed in reverse order) and RSS samples."""
+
+    ctx: Context
+    executor: Any
+    t_start: float  # time.monotonic() at the start
+    nodes: list[Node] = field(default_factory=list)
+    rss: list[tuple[float, float]] = field(default_factory=list)  # (seconds since t_start, MB)
+
+    def add(self, node: Any) -> Any:
+        self.nodes.append(node)
+        return node
+
+    def sample_rss(self) -> None:
+        self.rss.append((time.monotonic() - self.t_start, rss_mb()))
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5.0)
+        for n in reversed(self.nodes):
+            n.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+
+
+@dataclass(frozen=True)
+class _Playback:
+    """The nodes a playback watches and the image topic it counts."""
+
+    player: Any  # BagPlayer
+    localizer: Any  # Localizer
+    recorder: Recorder
+    image_topic: str
+    total: int  # images in the bag
+
+
+def _check_replay_args(
+    bag: str | Path, params_file: str | Path | None, rate: float, loop: bool, duration_s: float | None
+) -> tuple[Path, Any]:
+    """(params file, bag info); raises before anything starts."""
+    from scmpr_ros.bags.reader import bag_info
+
+    params = Path(params_file) if params_file else default_params_file()
+    if not params.is_file():
+        raise ScmprError(f"params file {params} not found")
+    if not rate > 0:
+        raise ScmprError(f"--rate {rate} must be > 0")
+    info = bag_info(bag)  # fails early with a clear message
+    if loop and duration_s is None:
+        raise ScmprError("looping playback needs a duration")
+    return params, info
+
+
+def _localizer_params(model: str | Path, device: str | None, overrides: dict[str, Any] | None) -> list[Parameter]:
+    over = [Parameter("model", value=str(model))]
+    if device:
+        over.append(Parameter("device", value=device))
+    return over + [Parameter(k, value=v) for k, v in (overrides or {}).items()]
+
+
+def _image_topic(bag: str | Path, info: Any, localizer: Any) -> str:
+    image_topic = localizer.cfg.nodes.image_topic
+    if image_topic not in info.topics:
+        raise ScmprError(
+            f"{bag} has no {image_topic} (topics: {sorted(info.topics)}); name the image topic with --image-topic"
+        )
+    return image_topic
+
+
+def _wait_for_map(executor: Any, localizer: Any, map_timeout_s: float) -> None:
+    deadline = time.monotonic() + map_timeout_s
+    while localizer.active is None and time.monotonic() < deadline:
+        if localizer.map_error:
+            raise ScmprError(f"localizer rejected the map: {localizer.map_error}")
+        executor.spin_once(timeout_sec=0.05)
+    if localizer.active is None:
+        raise ScmprError(f"localizer got no map within {map_timeout_s:.0f} s ({localizer.map_status})")
+
+
+def _rate_for_image_hz(bag: str | Path, info: Any, image_topic: str, image_rate_hz: float) -> float:
+    """The playback rate that makes the bag's images arrive at ``image_rate_hz``."""
+    n_img, span = info.topics[image_topic].count, (info.end_ns - info.start_ns) / 1e9
+    if n_img < 2 or span <= 0 or not image_rate_hz > 0:
+        raise ScmprError(f"cannot play {bag} at {image_rate_hz} images/s ({n_img} images over {span:.2f} s)")
+    return float(image_rate_hz) / ((n_img - 1) / span)
+
+
+def _player_params(
+    bag: str | Path, info: Any, localizer: Any, image_topic: str, rate: float, loop: bool
+) -> list[Parameter]:
+    wanted = [
+        image_topic,
+        localizer.cfg.nodes.camera_info_topic,
+        GROUND_TRUTH_TOPIC,
+    ]  # what the nodes + scoring use
+    return [
+        Parameter("bag", value=str(bag)),
+        Parameter("topics", value=[t for t in wanted if t in info.topics]),
+        Parameter("rate", value=float(rate)),
+        Parameter("min_subscribers", value=2),
+        Parameter("loop", value=bool(loop)),
+    ]
+
+
+def _play(
+    session: _Session,
+    pb: _Playback,
+    duration_s: float | None,
+    settle_s: float,
+    progress: Callable[[int, int], None] | None,
+) -> float | None:
+    """Spin until the bag is played and its results are in; returns the first publish's wall time."""
+    player, localizer = pb.player, pb.localizer
+    last_sample = time.monotonic()
+    t_play = None
+    idle_since = None
+    while True:
+        session.executor.spin_once(timeout_sec=0.02)
+        now = time.monotonic()
+        if now - last_sample >= 1.0:
+            session.rss.append((now - session.t_start, rss_mb()))
+            last_sample = now
+            if progress is not None:
+                progress(player.published_per_topic.get(pb.image_topic, 0), pb.total)
+        if t_play is None and player.first_publish_wall is not None:
+            t_play = player.first_publish_wall
+        if duration_s is not None and t_play is not None and now - t_play >= duration_s:
+            player.stop()
+        if player.done.is_set() and localizer.idle():
+            idle_since = idle_since or now
+            # done when every published image reached the localizer and every processed one has its
+            # outputs here; or settle_s after the localizer went idle (best-effort images can be lost)
+            all_in = localizer.received >= player.published_per_topic.get(pb.image_topic, 0)
+            if (all_in and pb.recorder.result_count >= localizer.processed) or now - idle_since >= settle_s:
+                return t_play
+        else:
+            idle_since = None
+
+
+def _replay_result(
+    session: _Session,
+    pb: _Playback,
+    t_play: float | None,
+    bag: str | Path,
+    map_file: str | Path,
+    model: str | Path,
+    rate: float,
+) -> ReplayResult:
+    play_end = pb.player.last_publish_wall or time.monotonic()
+    session.sample_rss()
+    recorder = pb.recorder
+    return ReplayResult(
+        bag=str(bag),
+        map_file=str(map_file),
+        model=str(model),
+        rate=float(rate),
+        images_published=pb.player.published_per_topic.get(pb.image_topic, 0),
+        play_wall_s=max(0.0, play_end - (t_play or play_end)),
+        results=recorder.complete(),
+        result_count=recorder.result_count,
+        latencies_ms=np.array(recorder.latencies_ms),
+        events=list(recorder.events),
+        trace=list(pb.localizer.trace),
+        localizer=pb.localizer.stats(),
+        rss_mb=session.rss,
+    )
+
+
 def run_replay(
     bag: str | Path,
     map_file: str | Path,
@@ -208,118 +375,33 @@ def run_replay(
 
     ``rate`` scales the bag's timing; ``image_rate_hz`` instead picks the scale that makes the images
     arrive at that many Hz."""
-    from scmpr_ros.bags.reader import bag_info
     from scmpr_ros.nodes.bag_player import BagPlayer
     from scmpr_ros.nodes.localizer import Localizer
     from scmpr_ros.nodes.map_server import MapServer
 
-    params = Path(params_file) if params_file else default_params_file()
-    if not params.is_file():
-        raise ScmprError(f"params file {params} not found")
-    if not rate > 0:
-        raise ScmprError(f"--rate {rate} must be > 0")
-    info = bag_info(bag)  # fails early with a clear message
-    if loop and duration_s is None:
-        raise ScmprError("looping playback needs a duration")
+    params, info = _check_replay_args(bag, params_file, rate, loop, duration_s)
     ctx = Context()
     rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(params)])
-    executor = make_executor(ctx, executor_kind, threads)
-    nodes: list[Node] = []
-    t_start = time.monotonic()
-    rss: list[tuple[float, float]] = [(0.0, rss_mb())]
+    session = _Session(ctx, make_executor(ctx, executor_kind, threads), time.monotonic())
+    session.rss.append((0.0, rss_mb()))
     try:
-        server = MapServer(context=ctx, parameter_overrides=[Parameter("map_file", value=str(map_file))])
-        nodes.append(server)
+        server = session.add(MapServer(context=ctx, parameter_overrides=[Parameter("map_file", value=str(map_file))]))
         if server.announcement is None:
             raise ScmprError(f"map_server could not load {map_file}: {server.last_error}")
-        over = [Parameter("model", value=str(model))]
-        if device:
-            over.append(Parameter("device", value=device))
-        over += [Parameter(k, value=v) for k, v in (localizer_overrides or {}).items()]
-        localizer = Localizer(context=ctx, parameter_overrides=over)
-        nodes.append(localizer)
-        image_topic = localizer.cfg.nodes.image_topic
-        if image_topic not in info.topics:
-            raise ScmprError(
-                f"{bag} has no {image_topic} (topics: {sorted(info.topics)}); name the image topic with --image-topic"
-            )
-        recorder = Recorder(image_topic, keep_results=not loop, context=ctx)
-        nodes.append(recorder)
-        for n in nodes:
-            executor.add_node(n)
-        deadline = time.monotonic() + map_timeout_s
-        while localizer.active is None and time.monotonic() < deadline:
-            if localizer.map_error:
-                raise ScmprError(f"localizer rejected the map: {localizer.map_error}")
-            executor.spin_once(timeout_sec=0.05)
-        if localizer.active is None:
-            raise ScmprError(f"localizer got no map within {map_timeout_s:.0f} s ({localizer.map_status})")
+        over = _localizer_params(model, device, localizer_overrides)
+        localizer = session.add(Localizer(context=ctx, parameter_overrides=over))
+        image_topic = _image_topic(bag, info, localizer)
+        recorder = session.add(Recorder(image_topic, keep_results=not loop, context=ctx))
+        for n in session.nodes:
+            session.executor.add_node(n)
+        _wait_for_map(session.executor, localizer, map_timeout_s)
         if image_rate_hz is not None:
-            n_img, span = info.topics[image_topic].count, (info.end_ns - info.start_ns) / 1e9
-            if n_img < 2 or span <= 0 or not image_rate_hz > 0:
-                raise ScmprError(f"cannot play {bag} at {image_rate_hz} images/s ({n_img} images over {span:.2f} s)")
-            rate = float(image_rate_hz) / ((n_img - 1) / span)
-        wanted = [
-            image_topic,
-            localizer.cfg.nodes.camera_info_topic,
-            GROUND_TRUTH_TOPIC,
-        ]  # what the nodes + scoring use
-        player = BagPlayer(
-            context=ctx,
-            parameter_overrides=[
-                Parameter("bag", value=str(bag)),
-                Parameter("topics", value=[t for t in wanted if t in info.topics]),
-                Parameter("rate", value=float(rate)),
-                Parameter("min_subscribers", value=2),
-                Parameter("loop", value=bool(loop)),
-            ],
-        )
-        nodes.append(player)
-        executor.add_node(player)
-        total = info.topics[image_topic].count
-        last_sample = time.monotonic()
-        t_play = None
-        idle_since = None
-        while True:
-            executor.spin_once(timeout_sec=0.02)
-            now = time.monotonic()
-            if now - last_sample >= 1.0:
-                rss.append((now - t_start, rss_mb()))
-                last_sample = now
-                if progress is not None:
-                    progress(player.published_per_topic.get(image_topic, 0), total)
-            if t_play is None and player.first_publish_wall is not None:
-                t_play = player.first_publish_wall
-            if duration_s is not None and t_play is not None and now - t_play >= duration_s:
-                player.stop()
-            if player.done.is_set() and localizer.idle():
-                idle_since = idle_since or now
-                # done when every published image reached the localizer and every processed one has its
-                # outputs here; or settle_s after the localizer went idle (best-effort images can be lost)
-                all_in = localizer.received >= player.published_per_topic.get(image_topic, 0)
-                if (all_in and recorder.result_count >= localizer.processed) or now - idle_since >= settle_s:
-                    break
-            else:
-                idle_since = None
-        play_end = player.last_publish_wall or time.monotonic()
-        rss.append((time.monotonic() - t_start, rss_mb()))
-        return ReplayResult(
-            bag=str(bag),
-            map_file=str(map_file),
-            model=str(model),
-            rate=float(rate),
-            images_published=player.published_per_topic.get(image_topic, 0),
-            play_wall_s=max(0.0, play_end - (t_play or play_end)),
-            results=recorder.complete(),
-            result_count=recorder.result_count,
-            latencies_ms=np.array(recorder.latencies_ms),
-            events=list(recorder.events),
-            trace=list(localizer.trace),
-            localizer=localizer.stats(),
-            rss_mb=rss,
-        )
+            rate = _rate_for_image_hz(bag, info, image_topic, image_rate_hz)
+        player_params = _player_params(bag, info, localizer, image_topic, rate, loop)
+        player = session.add(BagPlayer(context=ctx, parameter_overrides=player_params))
+        session.executor.add_node(player)
+        pb = _Playback(player, localizer, recorder, image_topic, info.topics[image_topic].count)
+        t_play = _play(session, pb, duration_s, settle_s, progress)
+        return _replay_result(session, pb, t_play, bag, map_file, model, rate)
     finally:
-        executor.shutdown(timeout_sec=5.0)
-        for n in reversed(nodes):
-            n.destroy_node()
-        rclpy.shutdown(context=ctx)
+        session.close()

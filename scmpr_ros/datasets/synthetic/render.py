@@ -234,9 +234,9 @@ class TownRenderer:
             if not (-20 <= u < self.width + 20 and -20 <= v < self.height + 20):
                 continue
             ui, vi = int(round(u)), int(round(v))
-            if 0 <= ui < self.width and 0 <= vi < self.height:
-                if hits.t[vi * self.width + ui] < np.linalg.norm(q) - 1.0:
-                    continue  # occluded
+            in_image = 0 <= ui < self.width and 0 <= vi < self.height
+            if in_image and hits.t[vi * self.width + ui] < np.linalg.norm(q) - 1.0:
+                continue  # occluded
             sigma = float(np.clip(self.K[0, 0] * 0.35 / depth, 1.5, 30.0))
             r = int(3 * sigma) + 1
             u0, u1 = max(ui - r, 0), min(ui + r + 1, self.width)
