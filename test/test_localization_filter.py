@@ -12,6 +12,7 @@ Seeds 101-103 are used here; the filter's defaults were chosen on seeds 0-19.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,22 @@ LOOP = [(0, 0), (120, 0), (120, 80), (0, 80), (0, 0)]
 MAPPING_DRIVES = [[(0, 0), (60, 0), (60, 80), (120, 80)], [(120, 0), (60, 0), (60, 80), (0, 80)]]
 ROUTE = LOOP + [(60, 0), (60, 80), (120, 80), (120, 0), (60, 0), (60, 80), (0, 80), (0, 0)]
 SETTLE_FRAMES = 5  # frames the filter is given before accuracy counts
+# The simulated recognizer scores in [0, 1] with a wide top-1 margin; the shipped defaults were chosen on
+# validation towns where re-rank scores span ~1.2-1.6 with narrow margins (config.FilterConfig).  These
+# values were tuned on simulated seeds 0-19 (the tests use seeds 101-103).
+SIM_SETTINGS = {
+    "temperature": 0.1,
+    "likelihood_floor": 0.05,
+    "recovery_share": 0.03,
+    "recovery_share_unconverged": 0.15,
+    "converge_frames": 3,
+    "converge_mode_weight": 0.6,
+}
+
+
+def sim_config(**changes) -> FilterConfig:
+    return dataclasses.replace(FilterConfig(), **(SIM_SETTINGS | changes))
+
 GOOD_M = 5.0  # an estimate within this distance of the truth is correct
 
 
@@ -126,7 +143,7 @@ class Run:
 
 def _localize(poses7, truth, hyps: Hypotheses, odometry=None, seed: int = 0) -> Run:
     """Run the filter over a sequence: odometry (T,3) body increments, or None for image-only motion."""
-    filt = MapLocalizationFilter(poses7, FilterConfig(seed=seed))
+    filt = MapLocalizationFilter(poses7, sim_config(seed=seed))
     errors, yaw_errors, converged = [], [], []
     for t in range(len(truth)):
         if odometry is not None:
@@ -249,7 +266,7 @@ def _two_lane_road(length_m: float = 200.0, z_m: float = 0.0) -> np.ndarray:
 
 def test_reset_initialises_from_hypotheses_and_clears():
     road = _two_lane_road()
-    filt = MapLocalizationFilter(road, FilterConfig(num_particles=500, seed=1))
+    filt = MapLocalizationFilter(road, sim_config(num_particles=500, seed=1))
     assert not filt.initialized
     filt.predict_odometry([1.0, 0.0, 0.0])  # nothing to move yet: no error
     filt.predict_graph(0.5)
@@ -271,7 +288,7 @@ def test_reset_initialises_from_hypotheses_and_clears():
 def test_heading_gate_separates_the_two_driving_directions():
     road = _two_lane_road()
     east, west = 50, 150  # same x, opposite lanes 3 m apart: both within match_radius_m
-    filt = MapLocalizationFilter(road, FilterConfig(num_particles=1000, seed=2))
+    filt = MapLocalizationFilter(road, sim_config(num_particles=1000, seed=2))
     filt.reset([east, west], [0.5, 0.5])
     for step in range(1, 6):
         filt.predict_odometry([2.0, 0.0, 0.0])
@@ -283,7 +300,7 @@ def test_heading_gate_separates_the_two_driving_directions():
 
 def test_covariance_is_symmetric_psd_and_yaw_wrapped():
     road = _two_lane_road(z_m=3.0)
-    filt = MapLocalizationFilter(road, FilterConfig(num_particles=1000, seed=3))
+    filt = MapLocalizationFilter(road, sim_config(num_particles=1000, seed=3))
     start = 100 + 60  # westbound, yaw = pi: particle headings straddle +-pi
     filt.reset([start], [1.0])
     for step in range(1, 8):
@@ -314,7 +331,7 @@ def test_input_errors_say_what_is_wrong():
     for field in ({"num_particles": 0}, {"temperature": -1.0}, {"recovery_share": 1.5}):
         with pytest.raises(ConfigError, match="filter"):
             FilterConfig(**field)
-    filt = MapLocalizationFilter(road, FilterConfig(num_particles=100))
+    filt = MapLocalizationFilter(road, sim_config(num_particles=100))
     with pytest.raises(InputError, match="equal length"):
         filt.update([1, 2], [0.5])
     with pytest.raises(InputError, match="NaN"):
@@ -397,7 +414,7 @@ def test_graph_motion_keeps_particles_on_the_road_in_their_direction(town, lane_
     start = int(
         np.argmin(np.hypot(index.xy[:, 0] - 100.0, index.xy[:, 1] - lane_y) + 10.0 * (np.cos(index.yaw - heading) < 0))
     )
-    filt = MapLocalizationFilter(town, FilterConfig(num_particles=1000, seed=6))
+    filt = MapLocalizationFilter(town, sim_config(num_particles=1000, seed=6))
     filt.reset([start], [1.0])
     before = filt.particles
     for _ in range(4):

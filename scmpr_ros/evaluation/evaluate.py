@@ -104,14 +104,7 @@ def evaluate(
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.localization.session import load_model, open_recognizer
 
-    if threshold_m <= 0:
-        raise EvaluationError(f"--threshold must be > 0 m, got {threshold_m}")
-    if frame_stride < 1:
-        raise EvaluationError(f"--stride must be >= 1, got {frame_stride}")
-    betas = [float(b) for b in beta_sweep]
-    if any(not np.isfinite(b) or b < 0 for b in betas):
-        raise EvaluationError(f"--sweep-beta values must be finite and >= 0, got {list(beta_sweep)}")
-    check_modes(filter_mode, odometry)
+    betas = _check_arguments(threshold_m, frame_stride, beta_sweep, filter_mode, odometry)
     queries_dir = Path(queries_dir)
     model = load_model(model_path, device, threads, warm_up=False)
     cfg = model.config(load_config(*config_paths))  # retrieval: defaults + --config; model: the checkpoint's
@@ -120,10 +113,16 @@ def evaluate(
     recognizer = open_recognizer(model, map_path, cfg)
     map_data = recognizer.map
 
-    db_xyz = positions_of(np.asarray(map_data.poses))
-    db_yaw = heading_of(np.asarray(map_data.poses), forward_axis=0)
     map_meta = dict(map_data.metadata or {})
-    db_times = _map_times(map_data, map_sequence, queries_dir, exclude_recent_s)
+    scorer = _Scorer(
+        positions_of(np.asarray(map_data.poses)),
+        heading_of(np.asarray(map_data.poses), forward_axis=0),
+        _map_times(map_data, map_sequence, queries_dir, exclude_recent_s),
+        threshold_m,
+        tuple(ns),
+        yaw_gate_deg,
+        exclude_recent_s,
+    )
     per: dict[str, dict] = {}
     records: dict[str, dict] = {}
     swept: dict[float, dict[str, Any]] = {b: {} for b in betas}
@@ -142,33 +141,15 @@ def evaluate(
         ranking = rank_sequence(recognizer, seq, frames, k, betas, batch_size, report)
         timings += ranking.timings_ms
         q_T = np.stack([_query_pose(seq, i) for i in frames])
-        q_times = np.asarray(seq.times, dtype=np.float64)[frames] if exclude_recent_s is not None else None
-
-        def score(order: np.ndarray, q_T=q_T, q_times=q_times):
-            gated = yaw_gate_deg is not None
-            return recall_at_n(
-                order,
-                q_T,
-                db_xyz,
-                threshold_m,
-                ns,
-                query_yaw=heading_of(q_T, 0) if gated else None,
-                db_yaw=db_yaw if gated else None,
-                yaw_gate_deg=yaw_gate_deg,
-                query_times=q_times,
-                db_times=db_times,
-                exclude_recent_s=exclude_recent_s,
-            )
-
-        result = score(ranking.ranked)
+        q_times = np.asarray(seq.times, dtype=np.float64)[frames]
+        result = scorer.score(ranking.ranked, q_T, q_times)
         key = condition if condition not in per else f"{condition}:{seq_name}"
         for b in betas:
-            swept[b][key] = score(ranking.ranked_by_beta[b])
+            swept[b][key] = scorer.score(ranking.ranked_by_beta[b], q_T, q_times)
         per[key] = result.to_dict() | {"sequence": seq_name}
         records[key] = {"result": result, "query_xyz": positions_of(q_T), "frames": frames, "ranking": ranking}
         if filter_mode == "mcl":
-            times = np.asarray(seq.times, dtype=np.float64)[frames]
-            run = filter_sequence(map_data.poses, ranking.ranked, ranking.scores, q_T, times, cfg.filter, odometry)
+            run = filter_sequence(map_data.poses, ranking.ranked, ranking.scores, q_T, q_times, cfg.filter, odometry)
             records[key]["filtered"] = run
 
     ns_sorted = tuple(sorted({int(n) for n in ns}))
@@ -176,25 +157,67 @@ def evaluate(
     summary |= {"threshold_m": threshold_m, "yaw_gate_deg": yaw_gate_deg, "exclude_recent_s": exclude_recent_s}
     summary["coverage"] = coverage
     if filter_mode == "mcl":
-        summary["filtered"] = {
-            "odometry": odometry,
-            "per_condition": {
-                c: filtered_figures([r["filtered"]], [r["query_xyz"]], threshold_m) for c, r in records.items()
-            },
-        }
+        figures = {c: filtered_figures([r["filtered"]], [r["query_xyz"]], threshold_m) for c, r in records.items()}
+        summary["filtered"] = {"odometry": odometry, "per_condition": figures}
     if betas:
-        summary["beta_sweep"] = [
-            {
-                "beta": b,
-                "per_condition": {c: r.recall[1] for c, r in swept[b].items()},
-                "overall": _pooled_recall(list(swept[b].values()), ns_sorted),
-            }
-            for b in betas
-        ]
+        summary["beta_sweep"] = _beta_sweep_rows(swept, ns_sorted)
     if out_dir is not None:
-        write_outputs(Path(out_dir), summary, records, db_xyz, ns_sorted)
+        write_outputs(Path(out_dir), summary, records, scorer.db_xyz, ns_sorted)
         summary["outputs"] = str(out_dir)
     return summary
+
+
+def _check_arguments(threshold_m, frame_stride, beta_sweep, filter_mode, odometry) -> list[float]:
+    if threshold_m <= 0:
+        raise EvaluationError(f"--threshold must be > 0 m, got {threshold_m}")
+    if frame_stride < 1:
+        raise EvaluationError(f"--stride must be >= 1, got {frame_stride}")
+    betas = [float(b) for b in beta_sweep]
+    if any(not np.isfinite(b) or b < 0 for b in betas):
+        raise EvaluationError(f"--sweep-beta values must be finite and >= 0, got {list(beta_sweep)}")
+    check_modes(filter_mode, odometry)
+    return betas
+
+
+@dataclass
+class _Scorer:
+    """Recall@N of ranked map rows against query ground truth, with the evaluation's gates."""
+
+    db_xyz: np.ndarray
+    db_yaw: np.ndarray
+    db_times: np.ndarray | None
+    threshold_m: float
+    ns: tuple[int, ...]
+    yaw_gate_deg: float | None
+    exclude_recent_s: float | None
+
+    def score(self, order: np.ndarray, q_T: np.ndarray, q_times: np.ndarray):
+        gated = self.yaw_gate_deg is not None
+        recent = self.exclude_recent_s is not None
+        return recall_at_n(
+            order,
+            q_T,
+            self.db_xyz,
+            self.threshold_m,
+            self.ns,
+            query_yaw=heading_of(q_T, 0) if gated else None,
+            db_yaw=self.db_yaw if gated else None,
+            yaw_gate_deg=self.yaw_gate_deg,
+            query_times=q_times if recent else None,
+            db_times=self.db_times,
+            exclude_recent_s=self.exclude_recent_s,
+        )
+
+
+def _beta_sweep_rows(swept: dict[float, dict[str, Any]], ns_sorted: tuple[int, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "beta": b,
+            "per_condition": {c: r.recall[1] for c, r in by_condition.items()},
+            "overall": _pooled_recall(list(by_condition.values()), ns_sorted),
+        }
+        for b, by_condition in swept.items()
+    ]
 
 
 @dataclass

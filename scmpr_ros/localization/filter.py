@@ -38,7 +38,8 @@ viewpoint density, not on N, and particles sharing a 1 m cell and a 15 deg headi
 Resampling and recovery.  When the effective sample size ``1 / sum w_i^2`` drops below P/2, low-variance
 (systematic) resampling.  Then, every frame, a share ``rho`` of the particles (the lightest) is redrawn
 around the top-k hypothesis poses with weight 1/P each, the others keeping ``1 - rho`` of the weight
-(augmented MCL; ``rho`` = recovery_share when converged, recovery_share_unconverged otherwise): a wrong
+(augmented MCL; ``rho`` = recovery_share when converged, otherwise recovery_share_unconverged after an
+odometry update and recovery_share_unconverged_image_only after a road-graph one): a wrong
 lock or a kidnapped vehicle recovers once the recognizer agrees with itself over a few frames.
 
 Estimate.  Particles are binned on a grid of cell ``R`` (cluster_radius_m); around the weighted means of
@@ -300,6 +301,7 @@ class MapLocalizationFilter:
         self.index = ViewpointIndex(viewpoint_poses7, cell_m=self.cfg.graph_snap_radius_m)
         self._rng = np.random.default_rng(self.cfg.seed)
         self._cos_match_gate = float(np.cos(np.radians(self.cfg.heading_gate_deg)))
+        self._image_only = False  # the last motion update was the road-graph one (no odometry)
         self.reset()
 
     @property
@@ -342,6 +344,7 @@ class MapLocalizationFilter:
         delta = _finite_array(delta, "odometry delta", "(3,) dx, dy, dyaw")
         if delta.shape != (3,):
             raise InputError(f"odometry delta must have shape (3,) dx, dy, dyaw, got {delta.shape}")
+        self._image_only = False
         if not self.initialized:
             return
         cfg, count = self.cfg, len(self._x)
@@ -363,6 +366,7 @@ class MapLocalizationFilter:
         """
         if not np.isfinite(dt) or dt < 0:
             raise InputError(f"dt must be a finite number of seconds >= 0, got {dt!r}")
+        self._image_only = True
         if not self.initialized:
             return
         cfg = self.cfg
@@ -400,6 +404,11 @@ class MapLocalizationFilter:
         xy[:, 0] += shift * normal_x
         xy[:, 1] += shift * normal_y
 
+    def _unconverged_share(self) -> float:
+        """Odometry holds a lock through bad frames, so a small share suffices; image-only motion needs more."""
+        cfg = self.cfg
+        return cfg.recovery_share_unconverged_image_only if self._image_only else cfg.recovery_share_unconverged
+
     def update(self, hyp_ids, hyp_scores) -> FilterEstimate:
         """Weigh the particles by a frame's hypotheses (map row ids, best first) and return the estimate.
 
@@ -424,7 +433,7 @@ class MapLocalizationFilter:
         estimate = self._estimate(cell_of, supported)
         self._resample_if_degenerate()
         if ids.size:
-            share = self.cfg.recovery_share if estimate.converged else self.cfg.recovery_share_unconverged
+            share = self.cfg.recovery_share if estimate.converged else self._unconverged_share()
             self._inject_recovery(ids, share)
         return estimate
 
