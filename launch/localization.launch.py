@@ -56,6 +56,11 @@ def _arguments(share) -> list:
             description="sensor_msgs/CameraInfo of that camera",
         ),
         DeclareLaunchArgument(
+            "odom_topic",
+            default_value="",
+            description="nav_msgs/Odometry for the localization filter's motion; empty = image only",
+        ),
+        DeclareLaunchArgument(
             "device", default_value="auto", description="Encoder device: auto (CUDA when present), cpu or cuda"
         ),
         DeclareLaunchArgument(
@@ -116,6 +121,7 @@ def generate_launch_description() -> LaunchDescription:
                 "model": ParameterValue(LaunchConfiguration("model"), value_type=str),
                 "image_topic": ParameterValue(LaunchConfiguration("image_topic"), value_type=str),
                 "camera_info_topic": ParameterValue(LaunchConfiguration("camera_info_topic"), value_type=str),
+                "odom_topic": ParameterValue(LaunchConfiguration("odom_topic"), value_type=str),
                 "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
                 "publish_initialpose": ParameterValue(LaunchConfiguration("publish_initialpose"), value_type=bool),
                 "autostart": autostart,

@@ -167,6 +167,8 @@ class NodesConfig:
     device: str = "auto"  # auto | cpu | cuda
     image_topic: str = "/camera/image_raw"
     camera_info_topic: str = "/camera/camera_info"
+    odom_topic: str = ""  # nav_msgs/Odometry for the filter's motion; empty = image only (road-graph motion)
+    filter_enabled: bool = True  # run the localization filter along the drive (~/filtered_pose, /initialpose)
     image_reliability: str = "best_effort"  # best_effort (sensor-data QoS) | reliable (image subscription)
     no_image_warn_s: float = 5.0  # diagnostics WARN when a publisher is matched but no image arrived for this long
     frame_id: str = "map"

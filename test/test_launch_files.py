@@ -173,13 +173,13 @@ def test_launch_argument_defaults_equal_the_config_dataclasses():
     checked = 0
     for call in _calls(tree, "DeclareLaunchArgument"):
         name, default = call.args[0].value, _kw(call, "default_value")
-        if isinstance(default, ast.Constant) and name in ("image_topic", "camera_info_topic", "device"):
+        if isinstance(default, ast.Constant) and name in ("image_topic", "camera_info_topic", "odom_topic", "device"):
             assert default.value == _default_of(name), f"launch argument {name}: {default.value!r}"
             checked += 1
         elif isinstance(default, ast.Constant) and name == "publish_initialpose":
             assert default.value == str(_default_of(name)).lower()
             checked += 1
-    assert checked == 4, "the launch file's node arguments with literal defaults were not all found"
+    assert checked == 5, "the launch file's node arguments with literal defaults were not all found"
 
 
 # ------------------------------------------------------------------ Nav2 lifecycle bring-up

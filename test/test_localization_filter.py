@@ -47,6 +47,7 @@ SIM_SETTINGS = {
 def sim_config(**changes) -> FilterConfig:
     return dataclasses.replace(FilterConfig(), **(SIM_SETTINGS | changes))
 
+
 GOOD_M = 5.0  # an estimate within this distance of the truth is correct
 
 

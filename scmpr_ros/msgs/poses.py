@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from scmpr_ros.geometry import quat_from_yaw, yaw_from_quat
+
 
 def pose_msg(p7: Sequence[float] | np.ndarray):
     """geometry_msgs/Pose of x y z qx qy qz qw."""
@@ -58,3 +60,16 @@ def hypotheses_cloud_msg(hypotheses: Sequence[Any], stamp: Any, frame_id: str):
     msg = points_to_cloud_msg(cloud, 0, frame_id)
     msg.header.stamp = stamp
     return msg
+
+
+def filtered_pose_msg(estimate: Any, stamp: Any, frame_id: str):
+    """PoseWithCovarianceStamped of a localization-filter estimate (x, y, yaw, z and its 6x6 covariance)."""
+    x, y, yaw = (float(v) for v in estimate.pose)
+    p7 = np.array([x, y, float(estimate.z), *quat_from_yaw(yaw)])
+    return pose_with_covariance_msg(p7, np.asarray(estimate.covariance), stamp, frame_id)
+
+
+def odometry_xyyaw(msg: Any) -> tuple[float, float, float]:
+    """x, y, yaw of a nav_msgs/Odometry pose (in its own odometry frame)."""
+    p, q = msg.pose.pose.position, msg.pose.pose.orientation
+    return float(p.x), float(p.y), yaw_from_quat([q.x, q.y, q.z, q.w])

@@ -4,8 +4,12 @@ Images arrive (sensor-data QoS, or reliable with ``image_reliability``) into a o
 worker thread always takes the newest image (a replaced one counts as dropped), so the queue is
 bounded whatever the input rate.  Per image, header = the image's stamp and frame ``frame_id``:
 PoseArray of the top-k (best first), the scores PointCloud2 (conversions.HYPOTHESIS_DTYPE), and the
-best pose with the covariance of localization/confidence.py.  Nav2 hand-off: /initialpose through
-confidence.InitialPoseGate; ``~/relocalize`` re-arms it.  The map arrives as a latched announcement
+best pose with the covariance of localization/confidence.py.  With ``filter_enabled`` each frame's
+hypotheses also update the localization filter along the drive (localization/tracker.py: odometry from
+``odom_topic`` integrated up to the image's stamp, or image-only road-graph motion when it is empty),
+published on ``~/filtered_pose``.  Nav2 hand-off: /initialpose once per arming, when the filter has
+converged (without the filter: confidence.InitialPoseGate); ``~/relocalize`` re-arms it and resets the
+filter.  The map arrives as a latched announcement
 (msgs/map_announcement.py) and is opened from disk with localization/session.py (the same function
 ``scmpr evaluate`` uses); a map that fails to load leaves the old one active.
 
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.subscription import Subscription
@@ -41,9 +46,16 @@ from scmpr_ros.config import ScmprConfig, load_config
 from scmpr_ros.errors import InputError, ScmprError
 from scmpr_ros.localization.confidence import InitialPoseGate, pose_covariance
 from scmpr_ros.localization.session import load_model, open_recognizer
+from scmpr_ros.localization.tracker import DriveTracker
 from scmpr_ros.msgs.conversions import image_to_rgb, stamp_to_ns
 from scmpr_ros.msgs.map_announcement import MapAnnouncement
-from scmpr_ros.msgs.poses import hypotheses_cloud_msg, pose_array_msg, pose_with_covariance_msg
+from scmpr_ros.msgs.poses import (
+    filtered_pose_msg,
+    hypotheses_cloud_msg,
+    odometry_xyyaw,
+    pose_array_msg,
+    pose_with_covariance_msg,
+)
 from scmpr_ros.msgs.topics import (
     BEST_POSE_TOPIC,
     DIAGNOSTICS_TOPIC,
@@ -60,7 +72,7 @@ from scmpr_ros.nodes.parameters import (
     declare_config_parameters,
     parameter_names,
 )
-from scmpr_ros.nodes.qos import LATCHED_QOS, OUTPUT_QOS, SENSOR_QOS, image_qos
+from scmpr_ros.nodes.qos import LATCHED_QOS, ODOMETRY_QOS, OUTPUT_QOS, SENSOR_QOS, image_qos
 
 #: The localizer's own parameters (NodesConfig keys); the retrieval section comes as retrieval.<key>.
 PARAMETERS = (
@@ -70,6 +82,8 @@ PARAMETERS = (
     "camera_info_topic",
     "image_reliability",
     "no_image_warn_s",
+    "odom_topic",
+    "filter_enabled",
     "frame_id",
     "publish_initialpose",
     "min_confidence",
@@ -82,13 +96,14 @@ PARAMETERS = (
     "position_sigma_floor_m",
     "yaw_sigma_floor_deg",
 )
-SECTIONS = ("retrieval",)
+SECTIONS = ("retrieval", "filter")
 
 
 @dataclass
 class _Active:
     announcement: MapAnnouncement
     recognizer: Any
+    tracker: DriveTracker | None  # the filter over this map (None with filter_enabled false)
 
 
 class Localizer(LifecycleNode):
@@ -116,6 +131,7 @@ class Localizer(LifecycleNode):
         self.transition_error = ""
         self._reset_state()
         self.received = self.processed = self.dropped = self.rejected = self.skipped_no_map = self.lost = 0
+        self.initialpose_sent = 0
         self._losses: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)  # (monotonic s, lost)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=500)
         self.compute_ms: collections.deque[float] = collections.deque(maxlen=500)
@@ -135,6 +151,8 @@ class Localizer(LifecycleNode):
         self._pending_map: MapAnnouncement | None = None
         self.active: _Active | None = None
         self.gate: InitialPoseGate | None = None
+        self._filter_armed = True  # /initialpose from the filter, once per arming
+        self.filter_state: dict[str, Any] = {}
         self.map_status = "waiting for map announcement on " + self.resolve_topic_name(MAP_TOPIC)
         self.map_error = ""
         self._publisher_seen_since: float | None = None
@@ -211,11 +229,14 @@ class Localizer(LifecycleNode):
             "init": pub(PoseWithCovarianceStamped, INITIALPOSE_TOPIC, OUTPUT_QOS),
             "diag": pub(DiagnosticArray, DIAGNOSTICS_TOPIC, OUTPUT_QOS),
         }
+        self._pub["filtered"] = pub(PoseWithCovarianceStamped, "~/filtered_pose", OUTPUT_QOS)
         self._entities = [
             self.create_subscription(String, MAP_TOPIC, self._on_map, LATCHED_QOS),
             self.create_subscription(CameraInfo, n.camera_info_topic, self._on_camera_info, SENSOR_QOS),
             self.create_service(Trigger, "~/relocalize", self._on_relocalize),
         ]
+        if n.odom_topic:
+            self._entities.append(self.create_subscription(Odometry, n.odom_topic, self._on_odometry, ODOMETRY_QOS))
 
     def _start_worker(self) -> None:
         self._stop = False
@@ -282,7 +303,10 @@ class Localizer(LifecycleNode):
             self.get_logger().warning(
                 f"map frame {ann.frame_id!r} differs from parameter frame_id {self.cfg.nodes.frame_id!r}"
             )
-        self.active = _Active(ann, recognizer)
+        tracker = None
+        if self.cfg.nodes.filter_enabled:
+            tracker = DriveTracker(recognizer.map.poses, self.cfg.filter, use_odometry=bool(self.cfg.nodes.odom_topic))
+        self.active = _Active(ann, recognizer, tracker)
         self.map_error = ""
         self.map_status = f"v{ann.version} {ann.path} ({ann.num_viewpoints} viewpoints)"
         self.get_logger().info(f"map {self.map_status} active after {time.perf_counter() - t0:.2f} s")
@@ -324,10 +348,19 @@ class Localizer(LifecycleNode):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.camera_info = msg
 
+    def _on_odometry(self, msg: Odometry) -> None:
+        active = self.active
+        if active is not None and active.tracker is not None:
+            active.tracker.add_odometry(stamp_to_ns(msg.header.stamp), *odometry_xyyaw(msg))
+
     def _on_relocalize(self, request, response):
         self.gate.rearm()
+        self._filter_armed = True
+        active = self.active
+        if active is not None and active.tracker is not None:
+            active.tracker.reset()
         response.success = True
-        response.message = "the next confident, consistent result will be published on /initialpose"
+        response.message = "filter reset; the next confident result will be published on /initialpose"
         return response
 
     # --------------------------------------------------------------------------------- worker
@@ -406,9 +439,37 @@ class Localizer(LifecycleNode):
         pub["scores"].publish(hypotheses_cloud_msg(top, stamp, n.frame_id))
         pub["best"].publish(best)
         pub["hyp"].publish(pose_array_msg(poses, stamp, n.frame_id))
-        if self.gate.update(poses[0, :3], margin) and n.publish_initialpose:
+        tracker = self.active.tracker if self.active is not None else None
+        if tracker is not None:
+            self._publish_filtered(tracker, stamp, top)
+        elif self.gate.update(poses[0, :3], margin) and n.publish_initialpose:
             pub["init"].publish(best)
+            self.initialpose_sent += 1
             self.get_logger().info(f"initial pose published (margin {margin:.3f}, streak {self.gate.streak})")
+
+    def _publish_filtered(self, tracker: DriveTracker, stamp, hyps: list) -> None:
+        """One filter step with this frame's hypotheses; ~/filtered_pose, and /initialpose once converged."""
+        n = self.cfg.nodes
+        ids = np.array([h.index for h in hyps], dtype=np.int64)
+        estimate = tracker.on_frame(stamp_to_ns(stamp), ids, np.array([h.score for h in hyps]))
+        if estimate is None:
+            return
+        msg = filtered_pose_msg(estimate, stamp, n.frame_id)
+        self._pub["filtered"].publish(msg)
+        self.filter_state = {
+            "filter_converged": estimate.converged,
+            "filter_spread_m": estimate.spread_m,
+            "filter_mode_weight": estimate.mode_weight,
+            "filter_particles": tracker.filter.cfg.num_particles,
+            "odometry_received": tracker.counts.odometry_received,
+            "odometry_refused": tracker.counts.odometry_refused,
+            "frames_refused": tracker.counts.frames_refused,
+        }
+        if estimate.converged and self._filter_armed and n.publish_initialpose:
+            self._filter_armed = False
+            self._pub["init"].publish(msg)
+            self.initialpose_sent += 1
+            self.get_logger().info(f"initial pose published (filter converged, spread {estimate.spread_m:.1f} m)")
 
     # ---------------------------------------------------------------------------- diagnostics
     def stats(self) -> dict[str, Any]:
@@ -429,9 +490,9 @@ class Localizer(LifecycleNode):
             "device": self.device,
             "map_status": self.map_status,
             "map_error": self.map_error,
-            "initialpose_sent": self.gate.sent if self.gate is not None else 0,
+            "initialpose_sent": self.initialpose_sent,
             "last_reject": self.last_reject,
-        }
+        } | self.filter_state
 
     def _publish_diagnostics(self) -> None:
         s = self.stats()

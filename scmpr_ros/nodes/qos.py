@@ -23,6 +23,13 @@ LATCHED_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
+# Odometry: best effort keeps up with any publisher (reliable ones included); 50 samples = 1 s at 50 Hz.
+ODOMETRY_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=50,
+    reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+)
 OUTPUT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=10,
