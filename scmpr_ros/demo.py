@@ -55,6 +55,12 @@ def replay_report(result, score: dict | None) -> str:
             f"{rec} over {score['num_scored']} localized images with a true match within "
             f"{score['threshold_m']:.0f} m (a random ranking: R@1 {score['chance_r1']:.3f})"
         )
+        filtered = score.get("filtered")
+        if filtered:
+            lines.append(
+                f"filtered along the drive: R@1 {filtered['R@1']:.3f}, after 5 frames {filtered['R@1_after_5']:.3f} "
+                f"over {filtered['num_frames']} frames (single frame above)"
+            )
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from scmpr_ros.msgs.topics import (
     CLOUD_TOPIC,
     GROUND_TRUTH_TOPIC,
     IMAGE_TOPIC,
+    ODOM_TOPIC,
     TF_STATIC_TOPIC,
     TF_TOPIC,
 )
@@ -81,7 +82,7 @@ def test_kitti_to_bag_reads_back(kitti_root, tmp_path, storage):
     assert summary.frames == N and out.is_dir()
     assert not list(tmp_path.glob(".bag.tmp-*")), "temporary directory left behind"
     info = bag_info(out)
-    assert info.storage == storage and info.message_count == 5 * N + 1
+    assert info.storage == storage and info.message_count == 6 * N + 1
     assert (info.start_ns, info.end_ns) == (summary.start_ns, summary.end_ns)
     types = {t: s.msgtype for t, s in info.topics.items()}
     assert types == {
@@ -89,6 +90,7 @@ def test_kitti_to_bag_reads_back(kitti_root, tmp_path, storage):
         CAMERA_INFO_TOPIC: "sensor_msgs/msg/CameraInfo",
         CLOUD_TOPIC: "sensor_msgs/msg/PointCloud2",
         GROUND_TRUTH_TOPIC: "nav_msgs/msg/Odometry",
+        ODOM_TOPIC: "nav_msgs/msg/Odometry",
         TF_TOPIC: "tf2_msgs/msg/TFMessage",
         TF_STATIC_TOPIC: "tf2_msgs/msg/TFMessage",
     }
@@ -98,6 +100,7 @@ def test_kitti_to_bag_reads_back(kitti_root, tmp_path, storage):
         CAMERA_INFO_TOPIC: N,
         CLOUD_TOPIC: N,
         GROUND_TRUTH_TOPIC: N,
+        ODOM_TOPIC: N,
         TF_TOPIC: N,
         TF_STATIC_TOPIC: 1,
     }
@@ -106,7 +109,7 @@ def test_kitti_to_bag_reads_back(kitti_root, tmp_path, storage):
     by_topic: dict[str, list] = {}
     for topic, t_ns, msg in iter_messages(out):
         by_topic.setdefault(topic, []).append((t_ns, msg))
-    for topic in (IMAGE_TOPIC, CAMERA_INFO_TOPIC, CLOUD_TOPIC, GROUND_TRUTH_TOPIC):
+    for topic in (IMAGE_TOPIC, CAMERA_INFO_TOPIC, CLOUD_TOPIC, GROUND_TRUTH_TOPIC, ODOM_TOPIC):
         stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in by_topic[topic]]
         assert stamps == expected_stamps, topic
         assert [t for t, _ in by_topic[topic]] == expected_stamps  # log time = header stamp
@@ -145,6 +148,15 @@ def test_kitti_to_bag_reads_back(kitti_root, tmp_path, storage):
     assert v.x == pytest.approx(2.0 / 0.207, rel=0.01) and abs(v.y) < 0.05 * v.x and abs(v.z) < 1e-6
     w = by_topic[GROUND_TRUTH_TOPIC][2][1].twist.twist.angular  # 0.1 rad over 0.207 s, about the LiDAR z axis
     assert abs(w.z) == pytest.approx(0.1 / 0.207, rel=0.01)
+
+    # /odom: the drive through the drift model, in its own frame from the origin: close to, but not, the truth
+    odom_xy = np.array([[m.pose.pose.position.x, m.pose.pose.position.y] for _, m in by_topic[ODOM_TOPIC]])
+    truth = seq.poses_velo
+    truth_in_first = np.einsum("ij,njk->nik", np.linalg.inv(truth[0]), truth)[:, :2, 3]
+    gap = np.linalg.norm(odom_xy - truth_in_first, axis=1)
+    travelled = np.linalg.norm(np.diff(truth_in_first, axis=0), axis=1).sum()
+    assert gap[0] == 0.0 and 0.0 < gap[-1] < 0.1 * travelled
+    assert by_topic[ODOM_TOPIC][0][1].header.frame_id == "odom"
 
     static = by_topic[TF_STATIC_TOPIC][0][1].transforms[0]
     assert (static.header.frame_id, static.child_frame_id) == ("velodyne", "camera")

@@ -100,6 +100,8 @@ def test_run_replay_localizes_every_image_and_scores_it(replay_world):
     assert sc["recall"]["R@1"] == 1.0
     assert sc["chance_r1"] == pytest.approx(1 / NUM_IMAGES)  # one viewpoint within 5 m of each query
     assert sc["num_scored"] == len(res.results) - (1 if last in res.results else 0)
+    # the filter (image only: this bag has no /odom) published a pose for every localized image
+    assert sc["filtered"]["num_frames"] == len(res.results)
     sc_tight = res.score(threshold_m=1.0)  # 1.5 m from the viewpoint: nothing within 1 m
     assert sc_tight["num_scored"] == 0
 

@@ -5,7 +5,10 @@ sensor_msgs/CameraInfo (K from P2, P = [K | 0] because the ``camera`` frame is i
 KITTI's P2 baseline column is already in T_cam_velo), sensor_msgs/PointCloud2 (x y z intensity
 float32 + label uint8 when labels exist, point_step 20), ground truth nav_msgs/Odometry
 (T_world_velo, twist by central differences in the child frame) and /tf map->velodyne;
-/tf_static velodyne->camera once (latched QoS in the bag metadata).
+/tf_static velodyne->camera once (latched QoS in the bag metadata); on ``/odom`` a simulated
+odometry that is NOT the ground truth: the ground-truth path's increments through the drift model of
+``localization.filter.DriftOdometry`` (2 % scale error, a slow heading bias, white noise) integrated
+from the first valid pose in an ``odom`` frame — what a vehicle's wheel odometry gives the filter.
 
 The bag is written to a temporary directory ``.OUT.tmp-PID/`` and renamed into place (never
 half-written).  ``--overwrite`` swaps the complete new bag with the old one in one atomic
@@ -28,14 +31,16 @@ from typing import Any
 import numpy as np
 
 from scmpr_ros.bags.reader import BagError
-from scmpr_ros.geometry import quat_from_matrix
+from scmpr_ros.geometry import heading_of, quat_from_matrix, quat_from_yaw
 from scmpr_ros.io_utils import exchange_paths, pid_alive, remove_path
+from scmpr_ros.localization.filter import DriftOdometry
 from scmpr_ros.msgs.conversions import cloud_fields, image_fields, ns_to_sec_nanosec
 from scmpr_ros.msgs.topics import (
     CAMERA_INFO_TOPIC,
     CLOUD_TOPIC,
     GROUND_TRUTH_TOPIC,
     IMAGE_TOPIC,
+    ODOM_TOPIC,
     TF_STATIC_TOPIC,
     TF_TOPIC,
 )
@@ -44,6 +49,8 @@ from scmpr_ros.msgs.topics import (
 MAP_FRAME = "map"
 VELO_FRAME = "velodyne"
 CAMERA_FRAME = "camera"
+ODOM_FRAME = "odom"
+ODOMETRY_SEED = 0  # the drift model's noise: a bag is the same every time it is written
 
 CLOUD_DTYPE = np.dtype(
     {
@@ -277,6 +284,7 @@ def _add_topics(w: _TopicWriter, include_lidar: bool, has_poses: bool, latched) 
         w.add(CLOUD_TOPIC, "sensor_msgs/msg/PointCloud2")
     if has_poses:
         w.add(GROUND_TRUTH_TOPIC, "nav_msgs/msg/Odometry")
+        w.add(ODOM_TOPIC, "nav_msgs/msg/Odometry")
         w.add(TF_TOPIC, "tf2_msgs/msg/TFMessage")
     w.add(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", [latched])
 
@@ -372,6 +380,44 @@ def _write_ground_truth(w: _TopicWriter, fr: _Frames, i: int, t_ns: int) -> None
     )
 
 
+def drift_odometry_poses(poses: np.ndarray, valid: np.ndarray, seed: int = ODOMETRY_SEED) -> np.ndarray:
+    """(N,3) x, y, yaw of simulated odometry in its own frame (NaN rows where the pose is invalid)."""
+    out = np.full((len(poses), 3), np.nan)
+    rows = np.flatnonzero(valid)
+    if rows.size == 0:
+        return out
+    truth = np.column_stack([poses[rows, 0, 3], poses[rows, 1, 3], heading_of(poses[rows], 0)])
+    deltas = DriftOdometry(seed=seed).deltas(truth)
+    x = y = yaw = 0.0
+    for j, (dx, dy, dyaw) in zip(rows, deltas, strict=True):
+        x, y = x + dx * np.cos(yaw) - dy * np.sin(yaw), y + dx * np.sin(yaw) + dy * np.cos(yaw)
+        yaw = float(np.arctan2(np.sin(yaw + dyaw), np.cos(yaw + dyaw)))
+        out[j] = (x, y, yaw)
+    return out
+
+
+def _write_odometry(w: _TopicWriter, xyyaw: np.ndarray, t_ns: int) -> None:
+    T = w.types
+    q = quat_from_yaw(float(xyyaw[2]))
+    pose = T["geometry_msgs/msg/Pose"](
+        position=T["geometry_msgs/msg/Point"](x=float(xyyaw[0]), y=float(xyyaw[1]), z=0.0),
+        orientation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
+    )
+    zero = T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0)
+    w.write(
+        ODOM_TOPIC,
+        t_ns,
+        T["nav_msgs/msg/Odometry"](
+            header=_header(w.ts, t_ns, ODOM_FRAME),
+            child_frame_id=VELO_FRAME,
+            pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
+            twist=T["geometry_msgs/msg/TwistWithCovariance"](
+                twist=T["geometry_msgs/msg/Twist"](linear=zero, angular=zero), covariance=np.zeros(36)
+            ),
+        ),
+    )
+
+
 def _write_frames(
     w: _TopicWriter, fr: _Frames, include_lidar: bool, progress: Callable[[int, int], None] | None
 ) -> None:
@@ -387,6 +433,7 @@ def _write_frames(
     K = np.asarray(fr.calib.K, dtype=np.float64)
     P = np.zeros((3, 4))
     P[:, :3] = K
+    odometry = drift_odometry_poses(fr.poses, fr.valid) if fr.has_poses else None
     for i in range(fr.n):
         t_ns = int(fr.stamps[i])
         _write_camera(w, fr, i, t_ns, K, P)
@@ -394,6 +441,7 @@ def _write_frames(
             _write_cloud(w, fr, i, t_ns)
         if fr.has_poses and fr.valid[i]:
             _write_ground_truth(w, fr, i, t_ns)
+            _write_odometry(w, odometry[i], t_ns)
         if progress is not None:
             progress(i + 1, fr.n)
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from scmpr_ros.errors import ScmprError
+from scmpr_ros.evaluation.filtering import WARMUP_FRAMES
 from scmpr_ros.mapping.map_file import read_map
 from scmpr_ros.retrieval.metrics import recall_at_n
 
@@ -44,7 +45,8 @@ def score_replay(
     # R@1 of a random ranking: mean fraction of viewpoints within the threshold (small maps make it large)
     near = (np.linalg.norm(q_xyz[:, None, :] - db_xyz[None, :, :], axis=-1) <= threshold_m).mean(axis=1)
     chance = float(near[rr.evaluated].mean()) if rr.evaluated.any() else float("nan")
-    return {
+    filtered = filtered_pose_figures(results, ground_truth, threshold_m)
+    return ({"filtered": filtered} if filtered else {}) | {
         "recall": {f"R@{n}": rr.recall[n] for n in rr.ns},
         "chance_r1": chance,
         "num_scored": rr.num_evaluated,
@@ -58,4 +60,22 @@ def score_replay(
             "evaluated": rr.evaluated,
             "top1": rr.top1_ids,
         },
+    }
+
+
+def filtered_pose_figures(
+    results: dict[int, dict[str, Any]], ground_truth: dict[int, tuple[float, float, float]], threshold_m: float
+) -> dict[str, Any] | None:
+    """The localization filter's published positions (``filtered_xyz``) against ground truth, in stamp
+    order: R@1 = share within the threshold (x, y), R@1_after_5 the same from the 6th filtered frame on."""
+    stamps = sorted(s for s in results if s in ground_truth and "filtered_xyz" in results[s])
+    if not stamps:
+        return None
+    error = np.array([np.linalg.norm(results[s]["filtered_xyz"][:2] - np.asarray(ground_truth[s])[:2]) for s in stamps])
+    hits = error <= threshold_m
+    late = hits[WARMUP_FRAMES:]
+    return {
+        "R@1": float(hits.mean()),
+        "R@1_after_5": float(late.mean()) if late.size else float("nan"),
+        "num_frames": len(stamps),
     }

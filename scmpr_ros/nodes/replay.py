@@ -27,7 +27,14 @@ from sensor_msgs.msg import Image, PointCloud2
 
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.msgs.conversions import read_hypotheses, stamp_to_ns
-from scmpr_ros.msgs.topics import BEST_POSE_TOPIC, GROUND_TRUTH_TOPIC, HYPOTHESES_TOPIC, SCORES_TOPIC
+from scmpr_ros.msgs.topics import (
+    BEST_POSE_TOPIC,
+    FILTERED_POSE_TOPIC,
+    GROUND_TRUTH_TOPIC,
+    HYPOTHESES_TOPIC,
+    ODOM_TOPIC,
+    SCORES_TOPIC,
+)
 from scmpr_ros.nodes.executors import make_executor
 from scmpr_ros.nodes.qos import OUTPUT_QOS, SENSOR_QOS
 
@@ -65,6 +72,7 @@ class Recorder(Node):
         self.create_subscription(PoseArray, HYPOTHESES_TOPIC, self._on_poses, OUTPUT_QOS)
         self.create_subscription(PointCloud2, SCORES_TOPIC, self._on_scores, OUTPUT_QOS)
         self.create_subscription(PoseWithCovarianceStamped, BEST_POSE_TOPIC, self._on_best, OUTPUT_QOS)
+        self.create_subscription(PoseWithCovarianceStamped, FILTERED_POSE_TOPIC, self._on_filtered, OUTPUT_QOS)
 
     def _entry(self, stamp) -> dict[str, Any]:
         return self.results.setdefault(stamp_to_ns(stamp), {})
@@ -109,6 +117,12 @@ class Recorder(Node):
         if self.keep_results:
             with self.lock:
                 self._entry(msg.header.stamp)["covariance"] = np.array(msg.pose.covariance)
+
+    def _on_filtered(self, msg: PoseWithCovarianceStamped) -> None:
+        if self.keep_results:
+            p = msg.pose.pose.position
+            with self.lock:
+                self._entry(msg.header.stamp)["filtered_xyz"] = np.array([p.x, p.y, p.z])
 
     def complete(self) -> dict[int, dict[str, Any]]:
         with self.lock:
@@ -238,10 +252,15 @@ def _check_replay_args(
     return params, info
 
 
-def _localizer_params(model: str | Path, device: str | None, overrides: dict[str, Any] | None) -> list[Parameter]:
+def _localizer_params(
+    model: str | Path, device: str | None, overrides: dict[str, Any] | None, info: Any
+) -> list[Parameter]:
+    """model, device, the bag's simulated odometry for the filter (unless overridden), then the overrides."""
     over = [Parameter("model", value=str(model))]
     if device:
         over.append(Parameter("device", value=device))
+    if ODOM_TOPIC in info.topics and "odom_topic" not in (overrides or {}):
+        over.append(Parameter("odom_topic", value=ODOM_TOPIC))
     return over + [Parameter(k, value=v) for k, v in (overrides or {}).items()]
 
 
@@ -279,6 +298,7 @@ def _player_params(
         image_topic,
         localizer.cfg.nodes.camera_info_topic,
         GROUND_TRUTH_TOPIC,
+        localizer.cfg.nodes.odom_topic,
     ]  # what the nodes + scoring use
     return [
         Parameter("bag", value=str(bag)),
@@ -388,7 +408,7 @@ def run_replay(
         server = session.add(MapServer(context=ctx, parameter_overrides=[Parameter("map_file", value=str(map_file))]))
         if server.announcement is None:
             raise ScmprError(f"map_server could not load {map_file}: {server.last_error}")
-        over = _localizer_params(model, device, localizer_overrides)
+        over = _localizer_params(model, device, localizer_overrides, info)
         localizer = session.add(Localizer(context=ctx, parameter_overrides=over))
         image_topic = _image_topic(bag, info, localizer)
         recorder = session.add(Recorder(image_topic, keep_results=not loop, context=ctx))
