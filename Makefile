@@ -41,7 +41,8 @@ endif
 demo: $(STAMP)
 	$(RUN) $(VENV)/bin/scmpr demo
 
-test: $(STAMP)
+# CI (.ci/run) calls exactly `make test`: lint first, then the tests.
+test: $(STAMP) lint
 	$(RUN) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: $(STAMP)
