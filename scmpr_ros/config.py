@@ -221,7 +221,7 @@ class FilterConfig:
     graph_lost_pos_std_m: float = 2.0  # image-only: random walk of particles off the graph, per sqrt(s) (m)
     graph_lost_yaw_std_deg: float = 20.0  # image-only: ... and of their heading, per sqrt(s) (deg)
     converge_radius_m: float = 3.0  # converged needs the mode's weighted RMS radius within this (m)
-    converge_mode_weight: float = 0.85  # ... and at least this share of the weight in the mode
+    converge_mode_weight: float = 0.95  # ... and at least this share of the weight in the mode
     converge_frames: int = 8  # ... for this many consecutive frames, on the same cluster
     converge_support_frames: int = 5  # ... and a hypothesis near the mode within the last this many frames
     cluster_radius_m: float = 5.0  # the mode is the heaviest cluster of this radius (m)

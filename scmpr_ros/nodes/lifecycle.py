@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rclpy.exceptions import NameValidationException
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from scmpr_ros.errors import ScmprError
 
@@ -46,3 +46,30 @@ def transition_failed(
 def state_label(node: LifecycleNode) -> str:
     """unconfigured | inactive | active | finalized (or a transition state's label)."""
     return node._state_machine.current_state[1]
+
+
+class ReleasingLifecycleNode(LifecycleNode):
+    """on_cleanup, on_shutdown and on_error all release what configure / activate built (``_release``)."""
+
+    RELEASED = "everything"  # what _release frees, for the log
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info(f"cleaned up: {self.RELEASED} released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        reason = getattr(self, "transition_error", "")
+        self.get_logger().error(
+            f"error during a transition from {state.label}; {self.RELEASED} released, back to unconfigured"
+            + (f": {reason}" if reason else "")
+        )
+        return TransitionCallbackReturn.SUCCESS

@@ -36,7 +36,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
@@ -65,7 +65,7 @@ from scmpr_ros.msgs.topics import (
     SCORES_TOPIC,
 )
 from scmpr_ros.nodes.dds import log_runtime_once
-from scmpr_ros.nodes.lifecycle import AUTOSTART, autostart, transition_failed
+from scmpr_ros.nodes.lifecycle import AUTOSTART, ReleasingLifecycleNode, autostart, transition_failed
 from scmpr_ros.nodes.parameters import (
     add_config_validator,
     config_from_parameters,
@@ -106,11 +106,13 @@ class _Active:
     tracker: DriveTracker | None  # the filter over this map (None with filter_enabled false)
 
 
-class Localizer(LifecycleNode):
+class Localizer(ReleasingLifecycleNode):
     """A managed node: on_configure loads the model and opens the map subscription, on_activate
     subscribes to images and publishes, on_deactivate stops that, on_cleanup releases all.  With the
     ``autostart`` parameter (default true) the constructor configures and activates it, raising
     ScmprError when that fails, as a plain node would; with false a lifecycle manager drives it."""
+
+    RELEASED = "model and map"
 
     def __init__(self, node_name: str = "localizer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -201,23 +203,6 @@ class Localizer(LifecycleNode):
         self._stop_images()
         self.get_logger().info("inactive: image subscription closed, outputs stopped")
         return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self.get_logger().info("cleaned up: model and map released")
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self.get_logger().error(
-            f"error during a transition from {state.label}; released everything, back to unconfigured"
-            + (f": {self.transition_error}" if self.transition_error else "")
-        )
-        return TransitionCallbackReturn.SUCCESS
 
     def _create_interfaces(self) -> None:
         n = self.cfg.nodes

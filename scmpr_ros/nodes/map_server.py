@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import Pose, PoseArray
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
@@ -34,7 +34,7 @@ from scmpr_ros.msgs.map_announcement import MapAnnouncement, stored_checksum
 from scmpr_ros.msgs.poses import pose_msg
 from scmpr_ros.msgs.topics import MAP_MARKERS_TOPIC, MAP_POSES_TOPIC, MAP_TOPIC
 from scmpr_ros.nodes.dds import log_runtime_once
-from scmpr_ros.nodes.lifecycle import AUTOSTART, autostart, transition_failed
+from scmpr_ros.nodes.lifecycle import AUTOSTART, ReleasingLifecycleNode, autostart, transition_failed
 from scmpr_ros.nodes.parameters import add_config_validator, config_from_parameters, declare_config_parameters
 from scmpr_ros.nodes.qos import LATCHED_QOS
 
@@ -70,11 +70,13 @@ def load_and_validate(path: str, frame_id: str, version: int):
     return data, ann
 
 
-class MapServer(LifecycleNode):
+class MapServer(ReleasingLifecycleNode):
     """A managed node: on_configure reads the parameters and loads + validates map_file (an empty one
     waits for ~/reload_map), on_activate publishes the map (latched), on_cleanup releases it.
     ``autostart`` (default true) configures and activates in the constructor, raising ScmprError when
     that fails; false leaves the transitions to a lifecycle manager."""
+
+    RELEASED = "map"
 
     def __init__(self, node_name: str = "map_server", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -131,23 +133,6 @@ class MapServer(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.get_logger().info("inactive: map updates are not published")
         return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self.get_logger().info("cleaned up: map released")
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self.get_logger().error(
-            f"error during a transition from {state.label}; map released, back to unconfigured"
-            + (f": {self.transition_error}" if self.transition_error else "")
-        )
-        return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
         with self._lock:
