@@ -147,4 +147,5 @@ def test_benchmark_filter_reports_each_map_size(tmp_path, capsys):
     assert "filter step (2000 particles" in text and "load average" in text
     res = json.loads(out.read_text())
     assert set(res["sizes"]) == {"2000", "20000"}  # the road grid reaches each requested size exactly
-    assert all(r["median_ms"] > 0 and r["n"] == 15 for r in res["sizes"].values())
+    for row in res["sizes"].values():
+        assert all(row[m]["median_ms"] > 0 and row[m]["n"] == 15 for m in ("odometry", "image_only"))
