@@ -207,9 +207,28 @@ def filter_cmd(
         atomic_write_text(json_out, json.dumps(result, indent=2))
 
 
+def train_cmd(
+    iters: int = typer.Option(5, "--iters", help="timed rounds per candidate (interleaved)"),
+    warmup: int = typer.Option(2, "--warmup", help="untimed rounds first"),
+    threads: int = typer.Option(2, "--threads", help="torch CPU threads"),
+    batch: int = typer.Option(16, "--batch", help="pairs per step"),
+    config: Path | None = typer.Option(None, "--config", help="training YAML (default config/train_nano.yaml)"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the figures as JSON here"),
+) -> None:
+    """Pairs/s of a full training step (both towers, losses, optimizer): numba vs torch scan vs ResNet18."""
+    from scmpr_ros.benchmarks.train_step import format_train_step_table, train_step_benchmark
+    from scmpr_ros.io_utils import atomic_write_text
+
+    result = train_step_benchmark(batch=batch, iters=iters, warmup=warmup, threads=threads, config=config)
+    typer.echo(format_train_step_table(result))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(result, indent=2, default=float))
+
+
 def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
     """Add this group's commands to the ``scmpr`` app (and its ``benchmark`` sub-app)."""
     benchmark_app.command("encoder")(encoder_cmd)
     benchmark_app.command("scan")(scan_cmd)
     benchmark_app.command("all")(all_cmd)
     benchmark_app.command("filter")(filter_cmd)
+    benchmark_app.command("train")(train_cmd)

@@ -9,7 +9,9 @@ autograd: a two-level *chunked* linear recurrence -- a sequential loop over the 
 all chunks at once, then a carry pass over chunks; the gradient is the same recurrence run in
 reverse) and ``reference`` (the plain sequential loop, for tests).  Decays are multiplied, never
 divided, so nothing overflows (a log-cumsum formulation would).  ``auto`` / ``cpu`` on a CPU take
-numba when no gradient is needed and numba is importable, else torch.
+numba when no gradient is needed and numba is importable, else torch.  (VMamba's SS2D does not go
+through this dispatch on the CPU: its fused numba core has a numba backward, ``scan_numba_autograd``,
+and serves training too.)
 """
 
 from __future__ import annotations
@@ -101,8 +103,8 @@ def resolve_backend(backend: str, device: torch.device, grad: bool = False) -> s
             )
         if grad:
             raise ScanBackendError(
-                "model.scan_backend=numba has no backward pass; train with 'auto' or 'torch' "
-                "(or run inference under torch.no_grad / torch.inference_mode)"
+                "model.scan_backend=numba has no backward pass for the generic selective scan (VMamba's fused "
+                "SS2D core has one); train with 'auto' or 'torch' (or run inference under torch.no_grad)"
             )
     return backend
 

@@ -5,9 +5,11 @@ reversed) -> selective scan (d_state N, Δ = softplus(W_Δ x_Δ + b)) -> cross-m
 directions mapped back) -> LayerNorm -> Linear.  Block: x += SS2D(LN(x)); x += MLP(LN(x)).
 Patch embedding: two stride-2 3x3 convs (stride 4); downsampling: a stride-2 3x3 conv + LN.
 Activations stay (B, H, W, C) so the scan reads token-major tensors without transposes.
-CPU inference (no autograd, scan backend auto | cpu | numba) runs the SS2D core as one x_proj matmul
-plus one fused numba kernel (Δ projection, 4-direction scan and cross-merge in place, no copies);
-training and the other backends keep the differentiable cross-scan -> scan -> merge in torch.
+On the CPU (float32, scan backend auto | cpu | numba) the SS2D core is one x_proj matmul plus one fused
+numba kernel (Δ projection, 4-direction scan and cross-merge in place, no copies); with gradients the
+kernel's autograd version (``scan_numba_autograd``: it saves the states, and its backward is a
+numba reverse-time pass) serves training.  The other backends (and SCMPR_DISABLE_NUMBA=1) keep the
+differentiable cross-scan -> scan -> merge in torch.
 """
 
 from __future__ import annotations
@@ -108,11 +110,14 @@ class SS2D(nn.Module):
         return self.out_proj(self.out_norm(y))
 
     def _fused_ok(self, x: Tensor) -> bool:
-        """The numba path serves this call: CPU float32, no gradient wanted, backend allows it."""
+        """The numba path serves this call: CPU float32 and the backend allows it (the fused core has a
+        numba backward, so this holds with or without gradients; SCMPR_DISABLE_NUMBA=1 turns it off)."""
         if x.device.type != "cpu" or x.dtype != torch.float32 or self.scan_backend not in ("auto", "cpu", "numba"):
             return False
-        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return resolve_backend(self.scan_backend, x.device, grad) == "numba"
+        return resolve_backend(self.scan_backend, x.device, grad=False) == "numba"
+
+    def _needs_grad(self, x: Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def forward_core(self, x: Tensor) -> Tensor:
         """Cross-scan -> selective scan -> cross-merge on a channels-last (B, H, W, d_inner) map."""
@@ -121,8 +126,11 @@ class SS2D(nn.Module):
         return self.forward_core_torch(x)
 
     def forward_core_fused(self, x: Tensor) -> Tensor:
-        """The same as ``forward_core_torch`` (inference only): one matmul for the x_proj of all four
-        directions at every pixel, then the fused numba kernel reads the map in each scan order."""
+        """The same as ``forward_core_torch``: one matmul for the x_proj of all four directions at every
+        pixel, then the fused numba kernel reads the map in each scan order (with gradients: the
+        autograd version, which saves the states for its numba backward)."""
+        if self._needs_grad(x):
+            return self.forward_core_numba_autograd(x)
         from scmpr_ros.model import scan_numba
 
         bsz, h, w, d = x.shape
@@ -141,6 +149,17 @@ class SS2D(nn.Module):
             torch.get_num_threads(),
         )
         return torch.from_numpy(y).view(bsz, h, w, d)
+
+    def forward_core_numba_autograd(self, x: Tensor) -> Tensor:
+        """Differentiable fused core (training on the CPU): x_proj in torch, the rest in numba kernels."""
+        from scmpr_ros.model.scan_numba_autograd import ss2d_scan_autograd
+
+        bsz, h, w, d = x.shape
+        xt = x.reshape(bsz, h * w, d)
+        proj = xt @ self.x_proj_weight.reshape(-1, d).t()  # (B, L, K (R + 2N))
+        A = -torch.exp(self.A_logs.float())
+        y = ss2d_scan_autograd(xt, proj, self.dt_projs_weight, A, self.Ds, self.dt_projs_bias, h, w)
+        return y.view(bsz, h, w, d)
 
     def forward_core_torch(self, x: Tensor) -> Tensor:
         """Differentiable cross-scan -> selective scan -> cross-merge (any backend)."""
