@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from scmpr_ros.config import default_config_dir, default_models_dir, load_config
+from scmpr_ros.config import default_models_dir, load_config
 from scmpr_ros.io_utils import atomic_write_text
 
 Echo = Callable[[str], None]
@@ -144,13 +144,13 @@ def ensure_town(
 
 def ensure_map(work: Path, town: DemoTown, model: Path, echo: Echo) -> Path:
     """The town's map built with ``model``; the town's query pass drives part of the route backwards,
-    so it is mapped with a viewpoint facing each way (config/eval_synthetic.yaml)."""
+    so the map's default viewpoints face each way (and sit 1.5 m to either side of the mapping lane)."""
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.localization.session import load_model
     from scmpr_ros.mapping.builder import build_map
 
     loaded = load_model(model, "cpu", warm_up=False)
-    cfg = load_config(default_config_dir() / "eval_synthetic.yaml")
+    cfg = load_config()
     key = hashlib.sha256((loaded.checksum + json.dumps(dataclasses.asdict(cfg.map), sort_keys=True)).encode())
     map_file = work / f"town_{key.hexdigest()[:12]}.scmpr-map"
     if map_file.is_file():

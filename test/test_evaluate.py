@@ -14,7 +14,6 @@ from scmpr_ros.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models" / "scmpr_nano.pt"
-EVAL_CFG = REPO / "config" / "eval_synthetic.yaml"
 # Measured on a fresh 30-frame town (seed 5, 38 viewpoints, 24 queries per condition) with the shipped
 # model v3 and the default re-rank (beta 1.0); floor = 80 % of it (models/README.md).
 SHIPPED_R1_MEASURED = {"day": 0.875, "night": 1.0, "winter": 0.917}
@@ -43,8 +42,6 @@ def _build_map(town: Path, model: Path, out: Path) -> Path:
                 str(model),
                 "--out",
                 str(path),
-                "--config",
-                str(EVAL_CFG),
                 "--threads",
                 "1",
             ]
@@ -172,8 +169,6 @@ def test_protocol_same_sequence_and_exclude_recent(fresh_town: Path, small_model
                 str(small_model_file),
                 "--out",
                 str(out),
-                "--config",
-                str(EVAL_CFG),
             ]
         )
         == 0
@@ -195,8 +190,6 @@ def test_protocol_same_sequence_and_exclude_recent(fresh_town: Path, small_model
                 str(small_model_file),
                 "--out",
                 str(out2),
-                "--config",
-                str(EVAL_CFG),
                 "--exclude-recent",
                 "1000",
             ]

@@ -1,14 +1,15 @@
 """Recognition quality that cannot pass by construction: the shipped model on a fresh synthetic town.
 
 Town seed 8 (never trained on, used by no other test), 100 frames, day / night / winter (>= 300
-queries pooled), map with config/eval_synthetic.yaml.  The shipped model must
+queries pooled), map with the default viewpoints (both ways, 1.5 m to either side).  The shipped model must
   - beat a random ranking by a wide margin (chance computed here from the map and the ground truth), and
   - beat the same pipeline without the semantic re-rank (beta = 0: same candidates, one encoder pass).
-Thresholds come from towns 302 and 303 (309 and 303 queries; not used here): pooled R@1 0.689 / 0.686
-with beta 1 vs 0.621 / 0.627 with beta 0 (gain +0.068 / +0.059, about 2.5 paired standard errors),
-chance ~0.05.  One condition of one town is too noisy for the gain: per-condition gains measured
-+0.17 (town 301 day), +0.12 / +0.09 / 0.00 (302), +0.06 / -0.01 / +0.13 (303), and -0.03 on this
-town's day pass (seen once while writing the test, before it pooled the three conditions).
+Thresholds come from towns 302 and 303 (309 and 303 queries; not used here), default map: pooled R@1
+0.780 / 0.719 with beta 1 vs 0.670 / 0.690 with beta 0, chance ~0.05; with ~300 queries one standard
+error of R@1 is ~0.026, so the R@1 floor sits 6 standard errors below.  The semantic gain is noisy
+from town to town (+0.110 and +0.029 there; per condition between -0.03 and +0.17 over towns 301-303
+and this town's day pass with the earlier forward/backward-only map), so the test asks only that the
+re-rank helps at all, pooled over the three conditions.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from scmpr_ros.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SEED, FRAMES, THRESHOLD_M = 8, 100, 5.0
-MIN_R1 = 0.55  # pooled; ~5 standard errors below the measurement
+MIN_R1 = 0.55  # pooled; >= 6 standard errors below the measurements
 MIN_MARGIN_OVER_CHANCE = 0.40
 MIN_GAIN_FROM_SEMANTICS = 0.0  # strictly more correct queries with the semantic re-rank
 
@@ -39,7 +40,7 @@ def evaluated(tmp_path_factory):
     generate_town(town, seed=SEED, frames=FRAMES, image_size=(620, 188), conditions="day,night,winter")
     map_path = work / "town.scmpr-map"
     args = ["build-map", str(town), "--sequence", "00", "--model", str(REPO / "models" / "scmpr_nano.pt")]
-    args += ["--out", str(map_path), "--config", str(REPO / "config" / "eval_synthetic.yaml"), "--threads", "2"]
+    args += ["--out", str(map_path), "--threads", "2"]
     assert main(args) == 0
     summary = evaluate(
         REPO / "models" / "scmpr_nano.pt", map_path, town, threshold_m=THRESHOLD_M, threads=2, beta_sweep=(0.0,)

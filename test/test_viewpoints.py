@@ -147,7 +147,9 @@ def test_scan_render_with_yaw_offset_is_a_column_shift(drive):
     proj = RangeProjector(LidarConfig())
     shift = 37  # whole columns
     vp = plan_viewpoints(
-        poses, np.ones(len(poses), bool), MapConfig(place_spacing_m=1000.0, yaw_offsets_deg=[shift * 360.0 / 1024])
+        poses,
+        np.ones(len(poses), bool),
+        MapConfig(place_spacing_m=1000.0, yaw_offsets_deg=[shift * 360.0 / 1024], lateral_offsets_m=[0.0]),
     )[0]
     ri = ViewpointRenderer(proj, MapConfig(render_mode="scan"), None, lambda i: scans[i], poses).render(vp)
     real = proj.project(*scans[vp.source_frame])
@@ -162,7 +164,9 @@ def test_auto_mode_and_missing_inputs(drive, held_out_map):
     poses, scans = drive
     proj = RangeProjector(LidarConfig())
     vps = plan_viewpoints(
-        poses, np.ones(len(poses), bool), MapConfig(place_spacing_m=30.0, lateral_offsets_m=[0.0, 2.0])
+        poses,
+        np.ones(len(poses), bool),
+        MapConfig(place_spacing_m=30.0, yaw_offsets_deg=[0.0], lateral_offsets_m=[0.0, 2.0]),
     )
     r = ViewpointRenderer(proj, MapConfig(render_mode="auto"), held_out_map, lambda i: scans[i], poses)
     assert [r.mode_for(v) for v in vps[:2]] == ["scan", "map"]
