@@ -419,15 +419,16 @@ class Localizer(ReleasingLifecycleNode):
         )
         stamp = msg.header.stamp
         best = pose_with_covariance_msg(poses[0], cov, stamp, n.frame_id)
-        # Scores and best pose go out before the PoseArray so a listener keyed on the PoseArray has all three.
+        # Scores, best pose and filtered pose go out before the PoseArray, so a listener keyed on the
+        # PoseArray (the replay recorder) has them all.
         pub = self._pub  # lifecycle publishers: they publish only while the node is active
         pub["scores"].publish(hypotheses_cloud_msg(top, stamp, n.frame_id))
         pub["best"].publish(best)
-        pub["hyp"].publish(pose_array_msg(poses, stamp, n.frame_id))
         tracker = self.active.tracker if self.active is not None else None
         if tracker is not None:
             self._publish_filtered(tracker, stamp, top)
-        elif self.gate.update(poses[0, :3], margin) and n.publish_initialpose:
+        pub["hyp"].publish(pose_array_msg(poses, stamp, n.frame_id))
+        if tracker is None and self.gate.update(poses[0, :3], margin) and n.publish_initialpose:
             pub["init"].publish(best)
             self.initialpose_sent += 1
             self.get_logger().info(f"initial pose published (margin {margin:.3f}, streak {self.gate.streak})")
