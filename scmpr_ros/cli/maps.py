@@ -167,6 +167,30 @@ def train_segmenter_cmd(
         )
 
 
+def evaluate_segmenter_cmd(
+    dataset_dir: Path = typer.Argument(..., help="KITTI-layout root with labels (SemanticKITTI, KITTI-360, synthetic)"),
+    sequence: str = typer.Option(..., "--sequence", "-s", help="labelled sequence to score, e.g. 08"),
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="segmenter weights (default: the shipped models/range_segmenter.npz)"
+    ),
+    stride: int = typer.Option(1, "--stride", help="score every N-th scan"),
+    config: list[Path] = typer.Option([], "--config", "-c", help="YAML overrides (lidar: section)"),
+) -> None:
+    """Per-class IoU of a point segmenter against a sequence's labels; last line: mIoU over all points."""
+    from scmpr_ros.config import default_models_dir
+    from scmpr_ros.datasets import open_sequence
+    from scmpr_ros.lidar.segmentation import RangeImageSegmenter, evaluate_segmenter
+
+    cfg = _load_cfg(config)
+    weights = model or default_models_dir() / "range_segmenter.npz"
+    segmenter = RangeImageSegmenter.load(weights, cfg.lidar)
+    score = evaluate_segmenter(segmenter, open_sequence(dataset_dir, sequence), stride)
+    typer.echo(f"{weights} on {dataset_dir} sequence {sequence}: {score.scans} scans")
+    for name, iou in score.per_class.items():
+        typer.echo(f"  {name:<14} IoU {iou:.3f}")
+    typer.echo(f"mIoU {score.miou:.3f} over {score.points} points")
+
+
 def search_cmd(
     sizes: str = typer.Option("100000,1000000", "--sizes", help="comma-separated map sizes (viewpoints)"),
     dim: int = typer.Option(0, "--dim", help="descriptor dimension (0 = the model config's descriptor_dim)"),
@@ -210,4 +234,5 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
     app.command("build-map")(build_map_cmd)
     app.command("map-info")(map_info_cmd)
     app.command("train-segmenter")(train_segmenter_cmd)
+    app.command("evaluate-segmenter")(evaluate_segmenter_cmd)
     benchmark_app.command("search")(search_cmd)

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -280,3 +282,49 @@ def segmentation_miou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, dict[
         union = np.sum((p == c) | (t == c))
         per[CLASS_NAMES[c]] = float(inter / union) if union else 0.0
     return (float(np.mean(list(per.values()))) if per else 0.0), per
+
+
+@dataclass
+class SegmentationScore:
+    """Per-class IoU over all labelled points of the scans scored (classes present in the labels)."""
+
+    per_class: dict[str, float]
+    points: int  # labelled points scored
+    scans: int
+
+    @property
+    def miou(self) -> float:
+        return float(np.mean(list(self.per_class.values()))) if self.per_class else 0.0
+
+
+def evaluate_segmenter(
+    segmenter: Any, sequence: Any, stride: int = 1, progress: Callable[[int, int], None] | None = None
+) -> SegmentationScore:
+    """Score ``segmenter.segment_points`` against a labelled sequence's per-point labels, scan by scan
+    (intersections and unions are summed, so the result equals segmentation_miou over all points)."""
+    if not getattr(sequence, "has_labels", False):
+        raise DatasetError(
+            f"{getattr(sequence, 'root', '?')} sequence {getattr(sequence, 'name', '?')} has no per-point labels "
+            "(labels/*.label): score a segmenter on a labelled sequence (SemanticKITTI, KITTI-360, synthetic)"
+        )
+    frames = range(0, sequence.num_frames, max(1, int(stride)))
+    inter = np.zeros(NUM_CLASSES, np.int64)
+    pred_count = np.zeros(NUM_CLASSES, np.int64)
+    truth_count = np.zeros(NUM_CLASSES, np.int64)
+    points = 0
+    for n, i in enumerate(frames):
+        truth = np.asarray(sequence.load_labels(i))
+        pred = np.asarray(segmenter.segment_points(sequence.load_scan(i)))
+        ok = truth != IGNORE_ID
+        t, q = truth[ok].astype(np.int64), pred[ok].astype(np.int64)
+        q = np.where(q < NUM_CLASSES, q, NUM_CLASSES)  # IGNORE_ID predictions count as wrong for every class
+        inter += np.bincount(t[t == q], minlength=NUM_CLASSES)[:NUM_CLASSES]
+        truth_count += np.bincount(t, minlength=NUM_CLASSES)[:NUM_CLASSES]
+        pred_count += np.bincount(q, minlength=NUM_CLASSES + 1)[:NUM_CLASSES]
+        points += int(ok.sum())
+        if progress is not None:
+            progress(n + 1, len(frames))
+    union = pred_count + truth_count - inter
+    present = np.flatnonzero(truth_count)
+    per = {CLASS_NAMES[c]: float(inter[c] / union[c]) for c in present}
+    return SegmentationScore(per, points, len(frames))
