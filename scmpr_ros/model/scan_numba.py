@@ -182,6 +182,27 @@ if NUMBA_AVAILABLE:
                     for i in range(cnt):
                         ot[i] = yb[i]
 
+    @njit(**_JIT_INLINE)
+    def _token(k, t, length, height, width):
+        """Row-major token index of scan step t in direction k (0 rows, 1 columns, 2 / 3 reversed)."""
+        tt = t if k < 2 else length - 1 - t
+        if k % 2 == 0:
+            return tt
+        return (tt % height) * width + tt // height
+
+    @njit(**_JIT_INLINE)
+    def _delta_into(dtb, pr, Wdt, bb, k, rank, d, lo, cnt):
+        """dtb = softplus(b_Δ + W_Δ δ) over the channel block of direction k."""
+        for i in range(cnt):
+            dtb[i] = bb[i]
+        for r in range(rank):
+            s = pr[r]
+            wr = _row(Wdt, (k * rank + r) * d + lo, cnt)
+            for i in range(cnt):
+                dtb[i] += wr[i] * s
+        for i in range(cnt):
+            dtb[i] = _softplus(dtb[i])
+
     def _ss2d_scan_py(x, proj, Wdt, At, Dv, bias, out, height, width, nsub, task_lo, task_hi):
         """Four-direction cross-scan + Δ projection + scan + cross-merge of a channels-last map.
 
@@ -211,24 +232,11 @@ if NUMBA_AVAILABLE:
                 Db = _row(Dv, k * d + lo, cnt)
                 bb = _row(bias, k * d + lo, cnt)
                 for t in range(length):
-                    tt = t if k < 2 else length - 1 - t
-                    if k % 2 == 0:
-                        p = tt
-                    else:
-                        p = (tt % height) * width + tt // height
-                    row = b * length + p
+                    row = b * length + _token(k, t, length, height, width)
                     ut = _row(x, row * d + lo, cnt)
                     ot = _row(out, row * d + lo, cnt)
                     pr = _row(proj, row * (n_dir * wp) + base, wp)
-                    for i in range(cnt):
-                        dtb[i] = bb[i]
-                    for r in range(rank):
-                        s = pr[r]
-                        wr = _row(Wdt, (k * rank + r) * d + lo, cnt)
-                        for i in range(cnt):
-                            dtb[i] += wr[i] * s
-                    for i in range(cnt):
-                        dtb[i] = _softplus(dtb[i])
+                    _delta_into(dtb, pr, Wdt, bb, k, rank, d, lo, cnt)
                     if n_state == 1:
                         av = _row(At, k * d + lo, cnt)
                         h0 = _row(h, 0, cnt)

@@ -29,37 +29,16 @@ from torch import Tensor
 from scmpr_ros.model import scan_numba as _sn
 
 if _sn.NUMBA_AVAILABLE:
-    from scmpr_ros.model.scan_numba import _fexp, _row, _softplus
+    from scmpr_ros.model.scan_numba import _delta_into, _fexp, _row, _token
 
     # the backward's channel reductions (∂B, ∂C) vectorise only with reassociation
     _FASTMATH_BWD = set(_sn._FASTMATH) | {"reassoc"}
-
-    @_sn.njit(**_sn._JIT_INLINE)
-    def _token(k, t, length, height, width):
-        """Row-major token index of scan step t in direction k (0 rows, 1 columns, 2 / 3 reversed)."""
-        tt = t if k < 2 else length - 1 - t
-        if k % 2 == 0:
-            return tt
-        return (tt % height) * width + tt // height
 
     @_sn.njit(**_sn._JIT_INLINE)
     def _one_minus_exp_neg(x):
         """1 - e^-x for x >= 0 without cancellation near 0 (= σ(raw) when x = softplus(raw))."""
         small = x * (np.float32(1.0) - x * (np.float32(0.5) - x * np.float32(1.0 / 6.0)))
         return small if x < np.float32(0.01) else np.float32(1.0) - _fexp(-x)
-
-    @_sn.njit(**_sn._JIT_INLINE)
-    def _delta_into(dtb, pr, Wdt, bb, k, rank, d, lo, cnt):
-        """dtb = softplus(b_Δ + W_Δ δ) over the channel block (as the inference kernel)."""
-        for i in range(cnt):
-            dtb[i] = bb[i]
-        for r in range(rank):
-            s = pr[r]
-            wr = _row(Wdt, (k * rank + r) * d + lo, cnt)
-            for i in range(cnt):
-                dtb[i] += wr[i] * s
-        for i in range(cnt):
-            dtb[i] = _softplus(dtb[i])
 
     def _ss2d_fwd_save_py(x, proj, Wdt, At, Dv, bias, out, hsave, height, width, nsub, task_lo, task_hi):
         """x, out (Bn, L, d); proj (Bn, L, K wp) = [δ (R) | B (N) | C (N)] per direction; Wdt (K, R, d);
