@@ -18,17 +18,11 @@ import math
 import os
 from typing import Any
 
+from scmpr_ros.benchmarks.common import set_omp_wait_policy
+
 REFERENCE_SIZE = (64, 224)
 CANDIDATES = ("numba", "torch", "resnet18_netvlad")
 LABELS = {"numba": "SCM-PR (numba scan)", "torch": "SCM-PR (torch scan)", "resnet18_netvlad": "ResNet18+NetVLAD"}
-
-
-def _omp_passive() -> str:
-    import sys
-
-    if "torch" not in sys.modules and "numba" not in sys.modules:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return os.environ.get("OMP_WAIT_POLICY", "unset")
 
 
 def _range_width(cfg: Any) -> int:
@@ -181,7 +175,7 @@ def train_step_benchmark(
 ) -> dict[str, Any]:
     """Pairs/s of a full training step (see the module docstring) per image size, numba vs torch scan vs
     ResNet18+NetVLAD, interleaved.  ``config``: a training YAML (default config/train_nano.yaml)."""
-    policy = _omp_passive()
+    policy = set_omp_wait_policy("passive")
     import torch
 
     from scmpr_ros.config import default_config_dir, load_config

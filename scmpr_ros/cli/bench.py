@@ -190,9 +190,7 @@ def filter_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="write the figures as JSON here"),
 ) -> None:
     """One localization-filter step (odometry motion + measurement + estimate) at each map size."""
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_omp_wait_policy("passive")
     from scmpr_ros.benchmarks.filter import filter_step_benchmark, format_filter_table
     from scmpr_ros.errors import InputError
     from scmpr_ros.io_utils import atomic_write_text
