@@ -384,15 +384,9 @@ def drift_odometry_poses(poses: np.ndarray, valid: np.ndarray, seed: int = ODOME
     """(N,3) x, y, yaw of simulated odometry in its own frame (NaN rows where the pose is invalid)."""
     out = np.full((len(poses), 3), np.nan)
     rows = np.flatnonzero(valid)
-    if rows.size == 0:
-        return out
-    truth = np.column_stack([poses[rows, 0, 3], poses[rows, 1, 3], heading_of(poses[rows], 0)])
-    deltas = DriftOdometry(seed=seed).deltas(truth)
-    x = y = yaw = 0.0
-    for j, (dx, dy, dyaw) in zip(rows, deltas, strict=True):
-        x, y = x + dx * np.cos(yaw) - dy * np.sin(yaw), y + dx * np.sin(yaw) + dy * np.cos(yaw)
-        yaw = float(np.arctan2(np.sin(yaw + dyaw), np.cos(yaw + dyaw)))
-        out[j] = (x, y, yaw)
+    if rows.size:
+        truth = np.column_stack([poses[rows, 0, 3], poses[rows, 1, 3], heading_of(poses[rows], 0)])
+        out[rows] = DriftOdometry(seed=seed).path(truth)
     return out
 
 

@@ -130,9 +130,10 @@ def evaluate(
     plan = []
     for seq_name, condition in query_sequences(queries_dir, sequences, map_meta):
         seq = open_sequence(queries_dir, seq_name)
-        plan.append((seq_name, condition, seq, _query_frames(seq, queries_dir, seq_name, frame_stride, max_queries)))
+        frames = _query_frames(seq, queries_dir, seq_name, frame_stride, max_queries)
+        plan.append((seq_name, condition, seq, frames, np.stack([_query_pose(seq, i) for i in frames])))
     coverage = _check_coverage(map_data, map_sequence, queries_dir, plan, threshold_m, force)
-    for seq_name, condition, seq, frames in plan:
+    for seq_name, condition, seq, frames, q_T in plan:
         if exclude_recent_s is not None and map_sequence is None:
             _check_same_sequence(map_meta, seq_name)
         report = (
@@ -140,7 +141,6 @@ def evaluate(
         )
         ranking = rank_sequence(recognizer, seq, frames, k, betas, batch_size, report)
         timings += ranking.timings_ms
-        q_T = np.stack([_query_pose(seq, i) for i in frames])
         q_times = np.asarray(seq.times, dtype=np.float64)[frames]
         result = scorer.score(ranking.ranked, q_T, q_times)
         key = condition if condition not in per else f"{condition}:{seq_name}"
@@ -297,9 +297,9 @@ def _check_coverage(map_data, map_sequence, queries_dir, plan, threshold_m: floa
     """Refuse a map of another place than the queries (mapping/coverage.py) unless ``force``."""
     from scmpr_ros.mapping.coverage import check_map_covers_queries, dataset_identity
 
-    query_xyz = np.concatenate([positions_of(np.stack([_query_pose(s, i) for i in f])) for _, _, s, f in plan])
+    query_xyz = np.concatenate([positions_of(q_T) for *_, q_T in plan])
     meta = dict(map_data.metadata or {}) | ({"sequence": map_sequence} if map_sequence else {})
-    identity = dataset_identity(queries_dir, [name for name, _, _, _ in plan])
+    identity = dataset_identity(queries_dir, [name for name, *_ in plan])
     return check_map_covers_queries(map_data.poses, query_xyz, meta, identity, max_gap_m=threshold_m, force=force)
 
 

@@ -151,6 +151,16 @@ class DriftOdometry:
         )
         return out
 
+    def path(self, poses_xyyaw) -> np.ndarray:
+        """(T,3) x, y, yaw of the drifting odometry in its own frame: ``deltas`` integrated from the origin."""
+        out = np.zeros((len(np.asarray(poses_xyyaw)), 3))
+        x = y = yaw = 0.0
+        for i, (dx, dy, dyaw) in enumerate(self.deltas(poses_xyyaw)):
+            x, y = x + dx * np.cos(yaw) - dy * np.sin(yaw), y + dx * np.sin(yaw) + dy * np.cos(yaw)
+            yaw = float(wrap_angle(yaw + dyaw))
+            out[i] = (x, y, yaw)
+        return out
+
 
 def _grid_keys(xy: np.ndarray, cell_m: float) -> np.ndarray:
     """(M,) int64 key of the grid cell (side ``cell_m``) of each (M,2) point; neighbours differ by _key_offsets."""
