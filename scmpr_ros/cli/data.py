@@ -29,6 +29,11 @@ def synth(
     ),
     image_size: str = typer.Option("1241x376", help="camera image WIDTHxHEIGHT (KITTI image_2 intrinsics, scaled)"),
     azimuth_steps: int = typer.Option(2000, min=16, help="LiDAR columns per revolution (64 beams, HDL-64 FOV)"),
+    lidar: str = typer.Option(
+        "hdl64e",
+        help="LiDAR sensor model: hdl64e (KITTI's Velodyne HDL-64E: beam table, link budget, glass, ego car, "
+        "motion during the sweep, de-skewed) | uniform (idealised: 64 even beams, the output before hdl64e)",
+    ),
     class_images: bool = typer.Option(
         False, "--class-images", help="also write semantic_2/NNNNNN.png (common class per pixel)"
     ),
@@ -47,9 +52,13 @@ def synth(
     )
 
     from scmpr_ros.datasets.synthetic import generate_town, parse_conditions
+    from scmpr_ros.datasets.synthetic.lidar_model import LIDAR_MODELS
+    from scmpr_ros.errors import InputError
 
     size = _parse_size(image_size)
     conds = parse_conditions(conditions)
+    if lidar not in LIDAR_MODELS:
+        raise InputError(f"--lidar: expected one of {', '.join(LIDAR_MODELS)}, got {lidar!r}")
     console = Console(stderr=True)
     start = time.perf_counter()
     first_frame_t: list[float] = []
@@ -82,6 +91,7 @@ def synth(
             class_images=class_images,
             overwrite=overwrite,
             progress=progress,
+            lidar=lidar,
         )
     elapsed = time.perf_counter() - start
     seqs = manifest["sequences"]
@@ -92,8 +102,8 @@ def synth(
     typer.echo(f"wrote {out}: sequences {listing}")
     typer.echo(
         f"{n_frames} frames ({len(conds)} condition(s) per query frame, {size[0]}x{size[1]} images, "
-        f"{azimuth_steps} LiDAR columns) in {elapsed:.1f} s: {n_frames / max(render_s, 1e-9):.2f} frames/s "
-        f"after {elapsed - render_s:.1f} s of scene building"
+        f"{azimuth_steps} LiDAR columns, {lidar} sensor) in {elapsed:.1f} s: "
+        f"{n_frames / max(render_s, 1e-9):.2f} frames/s after {elapsed - render_s:.1f} s of scene building"
     )
 
 

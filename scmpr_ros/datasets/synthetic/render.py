@@ -5,8 +5,18 @@ P2); radiance = albedo * (ambient(n) + sun * max(0, n.l) * visibility) + emissio
 fog ``f = exp(-t / D)`` and the tone curve ``1 - exp(-k x)`` with gamma 2.2.  Conditions change only
 this shading: day (sun + shadow rays), night (headlight cone, street lamps ~ 1/d^2, lit windows,
 lamp glow, sensor noise), winter (overcast, snow on up-facing surfaces, low contrast, dense fog).
-LiDAR: 64 beams evenly spaced over +2..-24.8 deg, ``azimuth_steps`` columns, 0.9-120 m, range noise
-1.2 cm, reflectance = material * (0.45 + 0.55 |cos incidence|) + noise, label = SemanticKITTI id.
+
+LiDAR (``lidar_model.py`` holds the sensor descriptions and their sources), ``azimuth_steps`` columns:
+  * ``hdl64e`` (default): KITTI's Velodyne HDL-64E S2: its two laser blocks' beam elevations; each column
+    cast from the sensor pose at its own time within the 0.1 s sweep (constant velocity from the drive's
+    neighbouring poses) and the points de-skewed into the frame-time sensor frame, as KITTI odometry's
+    scans; rays into the ego car's body return nothing; window glass answers only near normal incidence,
+    else the pulse passes through; a return is reported with the probability of the link budget
+    (reflectivity- and range-dependent, 50 m at 10 %, 120 m at 80 %), less at glancing incidence;
+    range noise 2 cm, 0.9-120 m; reflectance = material * (0.45 + 0.55 |cos incidence|) + noise.
+  * ``uniform``: the idealised sensor (64 beams evenly over +2..-24.8 deg, one pose per scan, 0.9-120 m,
+    0.4 % dropouts, range noise 1.2 cm, the same reflectance): the output of the code before ``hdl64e``.
+Labels are SemanticKITTI ids (instance in the upper 16 bits).
 """
 
 from __future__ import annotations
@@ -16,15 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from scmpr_ros.datasets.synthetic import _kernels as kern
+from scmpr_ros.datasets.synthetic import lidar_model as lm
 from scmpr_ros.semantics import IGNORE_ID, semantic_kitti_to_common
 
 CONDITIONS = ("day", "night", "winter")
-LIDAR_FOV_UP_DEG = 2.0
-LIDAR_FOV_DOWN_DEG = -24.8
-LIDAR_BEAMS = 64
-LIDAR_MIN_RANGE_M = 0.9
-LIDAR_MAX_RANGE_M = 120.0
-LIDAR_RANGE_NOISE_M = 0.012
+GLASS_FACTOR = 0.5  # kern.lidar_reflectance_factor is 1 except on window glass (0.15 / 0.2)
+GLASS_STEP_M = 0.01  # a pulse through glass continues from this far behind the pane
 
 
 class _Noise:
@@ -56,6 +63,7 @@ class TownRenderer:
         azimuth_steps: int,
         sun_dir: np.ndarray,
         seed: int,
+        lidar: str | lm.LidarModel = "hdl64e",
     ):
         import open3d as o3d
 
@@ -76,13 +84,11 @@ class TownRenderer:
         if azimuth_steps < 16:
             raise ValueError(f"azimuth_steps must be >= 16, got {azimuth_steps}")
         self.azimuth_steps = int(azimuth_steps)
-        elev = np.deg2rad(np.linspace(LIDAR_FOV_UP_DEG, LIDAR_FOV_DOWN_DEG, LIDAR_BEAMS))
-        az = np.pi - 2 * np.pi * np.arange(self.azimuth_steps) / self.azimuth_steps
-        el, a = np.meshgrid(elev, az)  # azimuth-major: one column of 64 beams after another
-        self.lidar_dirs = (
-            np.stack([np.cos(el) * np.cos(a), np.cos(el) * np.sin(a), np.sin(el)], -1).reshape(-1, 3).astype(np.float32)
-        )
+        self.lidar = lm.lidar_model(lidar)
+        self.lidar_dirs = lm.beam_directions(self.lidar.elevations_deg, self.azimuth_steps)  # azimuth-major
         self.lidar_dirs_T = np.ascontiguousarray(self.lidar_dirs.T, dtype=np.float32)
+        self.column_times = lm.column_times(self.azimuth_steps, self.lidar.sweep_period_s)
+        self.ego_blocked = lm.ego_occlusion(self.lidar_dirs, self.lidar.ego_boxes)
 
     # --- ray casting ----------------------------------------------------------------------------
     def _cast(self, T_town_sensor: np.ndarray, dirs_T: np.ndarray) -> dict:
@@ -90,11 +96,16 @@ class TownRenderer:
         R = np.ascontiguousarray(T_town_sensor[:3, :3], dtype=np.float32)
         origin = np.ascontiguousarray(T_town_sensor[:3, 3], dtype=np.float32)
         rays = kern.make_rays(origin, R, dirs_T)
+        res = self._cast_rays(rays)
+        return res | {"dirs": rays[:, 3:], "origin": origin, "R": R}
+
+    def _cast_rays(self, rays: np.ndarray) -> dict:
+        """Cast (N,6) float32 world rays: t (inf = miss), tri (-1 = miss), normals facing the rays."""
         out = self.scene.cast_rays(self.o3d.core.Tensor.from_numpy(rays))
         t = out["t_hit"].numpy()
         normals = out["primitive_normals"].numpy()
         tri = kern.post_cast(out["primitive_ids"].numpy(), normals, rays)
-        return {"t": t, "tri": tri, "normal": normals, "dirs": rays[:, 3:], "origin": origin, "R": R}
+        return {"t": t, "tri": tri, "normal": normals}
 
     def cast_camera(self, T_town_cam: np.ndarray) -> CameraHits:
         res = self._cast(T_town_cam, self.cam_dirs_T)
@@ -109,29 +120,128 @@ class TownRenderer:
         out[hit] = self.common[hits.tri[hit]]
         return out.reshape(hits.height, hits.width)
 
-    def scan(self, T_town_velo: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """LiDAR scan in the velo frame: points (M,4) float32 x,y,z,reflectance and uint32 labels."""
+    # --- LiDAR ----------------------------------------------------------------------------------
+    def scan(
+        self, T_town_velo: np.ndarray, rng: np.random.Generator, motion: tuple | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """LiDAR scan in the velo frame: points (M,4) float32 x,y,z,reflectance and uint32 labels.
+
+        ``motion = (v, w)``: the vehicle's linear (m/s) and angular (rad/s) velocity in the town frame during
+        the sweep, ``T_town_velo`` its pose at the frame time; None = at rest.  The uniform sensor ignores it.
+        """
+        if self.lidar.ideal:
+            return self._scan_ideal(T_town_velo, rng)
+        m = self.lidar
+        rays, offsets = self._sweep_rays(T_town_velo, motion)
+        hits = self._cast_rays(rays)
+        t = hits["t"]
+        cand = np.nonzero((hits["tri"] >= 0) & ~self.ego_blocked & (t > m.min_range_m) & (t < m.max_range_m))[0]
+        rays_c = rays[cand]
+        t, tri, n = t[cand], hits["tri"][cand], hits["normal"][cand]
+        factor = self._reflectance_factor(tri, rays_c[:, :3] + rays_c[:, 3:] * t[:, None], n)
+        t, tri, n, factor, ok = self._through_glass(rays_c, t, tri, n, factor, rng)
+        cos_inc = np.abs(np.einsum("ij,ij->i", n, rays_c[:, 3:]))
+        refl = self.mesh["refl"][tri] * factor * (0.45 + 0.55 * cos_inc)
+        ok &= (t > m.min_range_m) & (t < m.max_range_m)
+        ok &= rng.random(len(t)) < lm.detection_probability(m, t, refl, cos_inc)
+        sel = np.nonzero(ok)[0]
+        r = t[sel].astype(np.float64) + rng.normal(0.0, m.range_noise_m, len(sel))
+        pts = np.empty((len(sel), 4), dtype=np.float32)
+        pts[:, :3] = self._sensor_points(cand[sel], r, rays, offsets, T_town_velo)
+        pts[:, 3] = np.clip(refl[sel] + rng.normal(0.0, m.reflectance_noise, len(sel)), 0.0, 0.99)
+        tri = tri[sel]
+        labels = self.mesh["sk"][tri].astype(np.uint32) | (self.mesh["inst"][tri].astype(np.uint32) << 16)
+        return pts, labels
+
+    def _sweep_rays(self, T_town_velo: np.ndarray, motion: tuple | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N*B, 6) float32 world rays of one sweep, each column from the sensor pose at its time, and each
+        column's origin offset from the frame-time origin (None at rest: one pose for the whole sweep)."""
+        if motion is None or not (np.any(motion[0]) or np.any(motion[1])):
+            R = np.ascontiguousarray(T_town_velo[:3, :3], dtype=np.float32)
+            origin = np.ascontiguousarray(T_town_velo[:3, 3], dtype=np.float32)
+            return kern.make_rays(origin, R, self.lidar_dirs_T), None
+        R_cols, offsets = lm.sweep_poses(T_town_velo, motion, self.column_times)
+        beams = self.lidar.beams
+        dirs = np.matmul(self.lidar_dirs.reshape(-1, beams, 3), R_cols.astype(np.float32).transpose(0, 2, 1))
+        rays = np.empty((dirs.shape[0] * beams, 6), dtype=np.float32)
+        rays[:, :3] = np.repeat(np.asarray(T_town_velo, dtype=np.float64)[:3, 3] + offsets, beams, axis=0)
+        rays[:, 3:] = dirs.reshape(-1, 3)
+        return rays, offsets
+
+    def _sensor_points(
+        self, idx: np.ndarray, r: np.ndarray, rays: np.ndarray, offsets: np.ndarray | None, T_town_velo: np.ndarray
+    ) -> np.ndarray:
+        """Points of rays ``idx`` at ranges ``r``: de-skewed into the frame-time sensor frame (KITTI odometry),
+        or, for a raw sensor, each in the sensor frame of its own column's time."""
+        if offsets is None or not self.lidar.deskewed:
+            return self.lidar_dirs[idx] * r[:, None]
+        rel = offsets[idx // self.lidar.beams] + rays[idx, 3:].astype(np.float64) * r[:, None]
+        return np.einsum("ij,jk->ik", rel, np.asarray(T_town_velo, dtype=np.float64)[:3, :3])  # R^T rel per row
+
+    def _reflectance_factor(self, tri: np.ndarray, p_w: np.ndarray, n: np.ndarray) -> np.ndarray:
+        m = self.mesh
+        return kern.lidar_reflectance_factor(
+            tri,
+            np.ascontiguousarray(p_w, dtype=np.float32),
+            m["tex"],
+            m["param"],
+            m["color"],
+            np.ascontiguousarray(n, dtype=np.float32),
+            self.noise.tables[0],
+            self.noise.tables[1],
+        )
+
+    def _through_glass(self, rays: np.ndarray, t, tri, n, factor, rng: np.random.Generator) -> tuple:
+        """Window glass answers only near normal incidence; otherwise the pulse goes on and the next surface
+        answers, or nothing does (a miss, or a second pane).  Returns (t, tri, n, factor, ok)."""
+        ok = np.ones(len(t), dtype=bool)
+        glass = np.nonzero(factor < GLASS_FACTOR)[0]
+        if not len(glass):
+            return t, tri, n, factor, ok
+        cos_g = np.abs(np.einsum("ij,ij->i", n[glass], rays[glass, 3:]))
+        through = glass[rng.random(len(glass)) >= lm.glass_return_probability(self.lidar, cos_g)]
+        if not len(through):
+            return t, tri, n, factor, ok
+        t, tri, n, factor = t.copy(), tri.copy(), n.copy(), factor.copy()
+        start = t[through] + GLASS_STEP_M
+        behind = np.empty((len(through), 6), dtype=np.float32)
+        behind[:, :3] = rays[through, :3] + rays[through, 3:] * start[:, None]
+        behind[:, 3:] = rays[through, 3:]
+        res = self._cast_rays(behind)
+        hit = res["tri"] >= 0
+        ok[through] = hit
+        go = through[hit]
+        t[go] = start[hit] + res["t"][hit]
+        tri[go] = res["tri"][hit]
+        n[go] = res["normal"][hit]
+        factor[go] = self._reflectance_factor(tri[go], behind[hit, :3] + behind[hit, 3:] * res["t"][hit, None], n[go])
+        ok[go] &= factor[go] >= GLASS_FACTOR
+        return t, tri, n, factor, ok
+
+    def _scan_ideal(self, T_town_velo: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The idealised (uniform) sensor: one pose per sweep, no link budget, glass, ego car or motion."""
+        m = self.lidar
         res = self._cast(T_town_velo, self.lidar_dirs_T)
         t = res["t"]
-        keep = (res["tri"] >= 0) & (t > LIDAR_MIN_RANGE_M) & (t < LIDAR_MAX_RANGE_M)
-        keep &= rng.random(len(t)) > 0.004  # dropped returns
+        keep = (res["tri"] >= 0) & (t > m.min_range_m) & (t < m.max_range_m)
+        keep &= rng.random(len(t)) > m.random_dropout  # dropped returns
         idx = np.nonzero(keep)[0]
         tri = res["tri"][idx]
-        rng_m = t[idx] + rng.normal(0.0, LIDAR_RANGE_NOISE_M, len(idx)).astype(np.float32)
+        rng_m = t[idx] + rng.normal(0.0, m.range_noise_m, len(idx)).astype(np.float32)
         d_w = res["dirs"][idx]
         n = res["normal"][idx]
         cos_inc = np.abs(np.einsum("ij,ij->i", n, d_w))
         p_w = res["origin"] + d_w * t[idx, None]
-        m = self.mesh
+        mesh = self.mesh
         factor = kern.lidar_reflectance_factor(
-            tri, p_w, m["tex"], m["param"], m["color"], n, self.noise.tables[0], self.noise.tables[1]
+            tri, p_w, mesh["tex"], mesh["param"], mesh["color"], n, self.noise.tables[0], self.noise.tables[1]
         )
-        refl = m["refl"][tri] * factor * (0.45 + 0.55 * cos_inc)
-        refl = np.clip(refl + rng.normal(0.0, 0.02, len(idx)), 0.0, 0.99).astype(np.float32)
+        refl = mesh["refl"][tri] * factor * (0.45 + 0.55 * cos_inc)
+        refl = np.clip(refl + rng.normal(0.0, m.reflectance_noise, len(idx)), 0.0, 0.99).astype(np.float32)
         pts = np.empty((len(idx), 4), dtype=np.float32)
         pts[:, :3] = self.lidar_dirs[idx] * rng_m[:, None]
         pts[:, 3] = refl
-        labels = self.mesh["sk"][tri].astype(np.uint32) | (self.mesh["inst"][tri].astype(np.uint32) << 16)
+        labels = mesh["sk"][tri].astype(np.uint32) | (mesh["inst"][tri].astype(np.uint32) << 16)
         return pts, labels
 
     # --- shading --------------------------------------------------------------------------------

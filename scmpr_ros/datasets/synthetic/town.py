@@ -3,7 +3,9 @@
 KITTI geometry: the camera is KITTI's image_2 (P2 of odometry sequences 00-02, scaled to the image
 size) and the LiDAR -> camera-0 transform is their Tr (rotation re-orthonormalised); the LiDAR is
 1.73 m above flat ground.  Poses are ``T_town_velo``; the dataset's world frame (``map``) is the
-LiDAR frame of the first mapping-pass pose: ``T_map_town = T_town_velo[0]^-1``.
+LiDAR frame of the first mapping-pass pose: ``T_map_town = T_town_velo[0]^-1``.  The LiDAR is the
+``lidar`` sensor model (``lidar_model.py``: ``hdl64e`` by default, ``uniform`` the idealised one); the
+HDL-64E sweeps while the car moves, with the velocity of the drive at that frame (``lidar_model.ego_motion``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scmpr_ros.datasets.base import Calibration
+from scmpr_ros.datasets.synthetic import lidar_model as lm
 from scmpr_ros.datasets.synthetic.layout import MAP_LANE_C, VELO_HEIGHT_M, RoutePath, TownBuilder, plan_layout
 from scmpr_ros.datasets.synthetic.render import CameraHits, TownRenderer
 from scmpr_ros.geometry import invert_pose
@@ -197,6 +200,7 @@ class SyntheticTown:
         frames: int = 200,
         image_size: tuple[int, int] = KITTI_IMAGE_SIZE,
         azimuth_steps: int = 2000,
+        lidar: str | lm.LidarModel = "hdl64e",
     ):
         if frames < 2:
             raise ValueError(f"frames must be >= 2, got {frames}")
@@ -205,6 +209,7 @@ class SyntheticTown:
         self.calib = kitti_calib(image_size)
         self.image_size = self.calib.image_size
         self.azimuth_steps = int(azimuth_steps)
+        self.lidar = lm.lidar_model(lidar)
         rng_pass = np.random.default_rng([self.seed, 1])
         spacing = _spacings(rng_pass, self.frames - 1)
         s0 = 6.0
@@ -243,7 +248,14 @@ class SyntheticTown:
         az = np.random.default_rng([self.seed, 6]).uniform(0, 2 * np.pi)
         self.sun_dir = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
         self.renderer = TownRenderer(
-            self.mesh, self.lamps, self.calib.K, self.image_size, self.azimuth_steps, self.sun_dir, self.seed
+            self.mesh,
+            self.lamps,
+            self.calib.K,
+            self.image_size,
+            self.azimuth_steps,
+            self.sun_dir,
+            self.seed,
+            lidar=self.lidar,
         )
 
     # --- per-frame sensors -------------------------------------------------------------------------
@@ -277,6 +289,12 @@ class SyntheticTown:
         hits = hits if hits is not None else self.cast_camera(name, i)
         return self.renderer.class_image(hits)
 
+    def ego_motion(self, name: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(v, w): linear and angular velocity (town frame) of frame ``i``, from the neighbouring poses."""
+        drive = self.drive(name)
+        return lm.ego_motion(drive.T_town_velo, drive.times, i)
+
     def scan(self, name: str, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(points (M,4) float32 in the velo frame, uint32 SemanticKITTI labels)."""
-        return self.renderer.scan(self.drive(name).T_town_velo[i], self.frame_rng(name, i, 1))
+        motion = None if self.lidar.ideal else self.ego_motion(name, i)
+        return self.renderer.scan(self.drive(name).T_town_velo[i], self.frame_rng(name, i, 1), motion)

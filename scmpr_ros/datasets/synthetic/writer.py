@@ -4,7 +4,8 @@ Sequences: 00 = mapping pass (day); 01/02/03 = query pass in day/night/winter (o
 for).  The query sequences share geometry and poses: their velodyne/labels files are hard links
 to one copy (plain copies where the file system refuses links).  poses.txt holds camera-0 poses
 ``Tr T_map_velo Tr^-1`` so that the KITTI loader returns ``T_map_velo`` with map = the LiDAR frame
-of the first mapping frame.  Every file is written atomically; the manifest is written last.
+of the first mapping frame.  Every file is written atomically; the manifest is written last; it records
+the LiDAR sensor model (``lidar``: hdl64e | uniform; a manifest without the key predates the choice: uniform).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import yaml
 
 from scmpr_ros.datasets.kitti import format_calib, format_poses, format_times
+from scmpr_ros.datasets.synthetic.lidar_model import LIDAR_MODELS
 from scmpr_ros.datasets.synthetic.render import CONDITIONS
 from scmpr_ros.datasets.synthetic.town import KITTI_IMAGE_SIZE, SyntheticTown
 from scmpr_ros.errors import DatasetError
@@ -123,19 +125,23 @@ def generate_town(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     town: SyntheticTown | None = None,
+    lidar: str = "hdl64e",
 ) -> dict:
     """Generate and write a town; returns the manifest dict (also in ``out_dir/synth_manifest.yaml``).
 
     ``frames`` is the length of the mapping pass; the query pass has a similar length.
     ``class_images`` also writes ``semantic_2/NNNNNN.png`` (common class id per pixel, 255 = none).
+    ``lidar`` is the LiDAR sensor model (hdl64e | uniform; ignored when ``town`` is given).
     """
     out = Path(out_dir)
     conds = parse_conditions(conditions)
+    if town is None and lidar not in LIDAR_MODELS:
+        raise DatasetError(f"unknown LiDAR model {lidar!r}; expected one of {', '.join(LIDAR_MODELS)}")
     seqs = {"00": ("map", "day")} | {QUERY_SEQUENCE[c]: ("query", c) for c in conds}
     _prepare(out, seqs, overwrite)
     t_start = time.perf_counter()
     if town is None:
-        town = SyntheticTown(seed=seed, frames=frames, image_size=image_size, azimuth_steps=azimuth_steps)
+        town = SyntheticTown(seed=seed, frames=frames, image_size=image_size, azimuth_steps=azimuth_steps, lidar=lidar)
     calib = town.calib
     Tr_inv = invert_pose(calib.Tr)
     n_map, n_query = len(town.map_pass), len(town.query_pass)
@@ -187,6 +193,7 @@ def generate_town(
         "conditions": conds,
         "image_size": [int(v) for v in town.image_size],
         "azimuth_steps": int(town.azimuth_steps),
+        "lidar": town.lidar.name,
         "class_images": bool(class_images),
         "world_frame": "map = LiDAR frame of sequence 00 frame 0 (z up); ground at z = -1.73",
         "T_town_map": invert_pose(town.T_map_town).round(9).tolist(),
@@ -265,4 +272,7 @@ def read_manifest(root: str | Path) -> dict:
             )
         if not (root / "sequences" / str(name)).is_dir():
             raise DatasetError(f"{path}: lists sequence {name} but {root / 'sequences' / str(name)} does not exist")
+    data.setdefault("lidar", "uniform")  # towns written before the sensor model was recorded
+    if data["lidar"] not in LIDAR_MODELS:
+        raise DatasetError(f"{path}: unknown lidar {data['lidar']!r}; expected one of {', '.join(LIDAR_MODELS)}")
     return data
