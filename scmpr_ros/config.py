@@ -192,17 +192,20 @@ class NodesConfig:
 class FilterConfig:
     """The localization filter along the drive (scmpr_ros/localization/filter.py); units in each name or comment.
 
-    temperature, likelihood_floor, the recovery shares and converge_* were chosen on validation towns 302
-    and 303 with the shipped model (``scmpr evaluate --filter mcl``; docs/PROTOCOL.md), never on a test town."""
+    temperature, the likelihood floors, the recovery shares and converge_* were chosen on validation towns
+    302, 303 and 306-309 with the shipped model (``scmpr evaluate --filter mcl``; docs/PROTOCOL.md), never on
+    a test town."""
 
     num_particles: int = 2000  # particles P
     temperature: float = 0.5  # T: score -> relative likelihood exp((score - best score) / T)
     match_radius_m: float = 6.0  # a particle is near a candidate viewpoint within this distance (m)
     match_sigma_m: float = 3.0  # Gaussian fall-off of a candidate's likelihood with distance (m)
     heading_gate_deg: float = 45.0  # ... and with heading within this many degrees of the viewpoint's
-    likelihood_floor: float = 0.3  # relative likelihood of a particle near no candidate
-    recovery_share: float = 0.01  # share of particles redrawn around the top hypotheses each frame
-    recovery_share_unconverged: float = 0.02  # ... while the filter has not converged
+    likelihood_floor: float = 0.5  # relative likelihood of a particle near no candidate (after an odometry update)
+    likelihood_floor_image_only: float = 0.3  # ... after an image-only (road-graph) motion update
+    recovery_share: float = 0.003  # share of particles redrawn around the top hypotheses each frame
+    recovery_share_image_only: float = 0.01  # ... when converged with image-only motion
+    recovery_share_unconverged: float = 0.01  # ... while the filter has not converged
     recovery_share_unconverged_image_only: float = 0.15  # ... while unconverged with image-only motion
     recovery_top_k: int = 5  # number of top hypotheses the recovery particles are drawn around
     recovery_pos_std_m: float = 2.0  # position std-dev of drawn particles around a viewpoint (m)
@@ -226,7 +229,7 @@ class FilterConfig:
     converge_radius_m: float = 3.0  # converged needs the mode's weighted RMS radius within this (m)
     converge_mode_weight: float = 0.95  # ... and at least this share of the weight in the mode
     converge_frames: int = 8  # ... for this many consecutive frames, on the same cluster
-    converge_support_frames: int = 5  # ... and a hypothesis near the mode within the last this many frames
+    converge_support_frames: int = 3  # ... and a hypothesis near the mode within the last this many frames
     cluster_radius_m: float = 5.0  # the mode is the heaviest cluster of this radius (m)
     seed: int = 0  # seed of the filter's random generator
 
@@ -241,8 +244,16 @@ class FilterConfig:
                 f"got {self.num_particles}, {self.temperature}, {self.match_sigma_m}"
             )
         if (
-            not 0 < self.likelihood_floor <= 1
-            or max(self.recovery_share, self.recovery_share_unconverged, self.recovery_share_unconverged_image_only)
+            not 0
+            < min(self.likelihood_floor, self.likelihood_floor_image_only)
+            <= max(self.likelihood_floor, self.likelihood_floor_image_only)
+            <= 1
+            or max(
+                self.recovery_share,
+                self.recovery_share_image_only,
+                self.recovery_share_unconverged,
+                self.recovery_share_unconverged_image_only,
+            )
             >= 1
         ):
             raise ConfigError(

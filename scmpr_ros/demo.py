@@ -22,6 +22,7 @@ from scmpr_ros.config import default_models_dir, load_config
 from scmpr_ros.io_utils import atomic_write_text
 
 Echo = Callable[[str], None]
+DEMO_LIDAR = "hdl64e"  # the synthetic town's LiDAR sensor model (datasets/synthetic/lidar_model.py)
 
 
 def _fmt(x: float, unit: str = "") -> str:
@@ -115,7 +116,13 @@ def ensure_town(
     from scmpr_ros.datasets.synthetic.writer import MANIFEST, generate_town, read_manifest
 
     town = work / "town"
-    wanted = {"seed": seed, "frames": frames, "image_size": list(image_size), "azimuth_steps": azimuth_steps}
+    wanted = {
+        "seed": seed,
+        "frames": frames,
+        "image_size": list(image_size),
+        "azimuth_steps": azimuth_steps,
+        "lidar": DEMO_LIDAR,
+    }
     stamp = work / "town_params.yaml"
     stale = not (town / MANIFEST).is_file() or not stamp.is_file() or yaml.safe_load(stamp.read_text()) != wanted
     if regenerate or stale:
@@ -128,6 +135,7 @@ def ensure_town(
             image_size=image_size,
             azimuth_steps=azimuth_steps,
             overwrite=True,
+            lidar=DEMO_LIDAR,
         )
         atomic_write_text(stamp, yaml.safe_dump(wanted))
         for old in work.glob("*.scmpr-map"):

@@ -37,7 +37,9 @@ SETTLE_FRAMES = 5  # frames the filter is given before accuracy counts
 SIM_SETTINGS = {
     "temperature": 0.1,
     "likelihood_floor": 0.05,
+    "likelihood_floor_image_only": 0.05,
     "recovery_share": 0.03,
+    "recovery_share_image_only": 0.03,
     "recovery_share_unconverged": 0.15,
     "converge_frames": 3,
     "converge_mode_weight": 0.6,

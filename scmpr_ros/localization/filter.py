@@ -38,9 +38,13 @@ viewpoint density, not on N, and particles sharing a 1 m cell and a 15 deg headi
 Resampling and recovery.  When the effective sample size ``1 / sum w_i^2`` drops below P/2, low-variance
 (systematic) resampling.  Then, every frame, a share ``rho`` of the particles (the lightest) is redrawn
 around the top-k hypothesis poses with weight 1/P each, the others keeping ``1 - rho`` of the weight
-(augmented MCL; ``rho`` = recovery_share when converged, otherwise recovery_share_unconverged after an
-odometry update and recovery_share_unconverged_image_only after a road-graph one): a wrong
-lock or a kidnapped vehicle recovers once the recognizer agrees with itself over a few frames.
+(augmented MCL; ``rho`` = recovery_share / recovery_share_image_only when converged, otherwise
+recovery_share_unconverged / recovery_share_unconverged_image_only, after an odometry / a road-graph
+update): a wrong lock or a kidnapped vehicle recovers once the recognizer agrees with itself over a
+few frames.  The floor ``f`` and the shares trade the two failure modes against each other: a high
+floor and small shares hold a lock through a run of frames that all match one wrong place (a street
+seen from its other end, a mirror-image block), and slow the recovery after a kidnapping; odometry
+holds a lock well, so with it the floor is higher (likelihood_floor vs likelihood_floor_image_only).
 
 Estimate.  Particles are binned on a grid of cell ``R`` (cluster_radius_m); around the weighted means of
 the few heaviest cells the weight within ``R`` is summed, and the heaviest is the mode.  The pose is the
@@ -414,6 +418,14 @@ class MapLocalizationFilter:
         xy[:, 0] += shift * normal_x
         xy[:, 1] += shift * normal_y
 
+    def _floor(self) -> float:
+        """Odometry keeps a lock through frames that support nothing near it, so its particles may lose less."""
+        return self.cfg.likelihood_floor_image_only if self._image_only else self.cfg.likelihood_floor
+
+    def _converged_share(self) -> float:
+        cfg = self.cfg
+        return cfg.recovery_share_image_only if self._image_only else cfg.recovery_share
+
     def _unconverged_share(self) -> float:
         """Odometry holds a lock through bad frames, so a small share suffices; image-only motion needs more."""
         cfg = self.cfg
@@ -443,7 +455,7 @@ class MapLocalizationFilter:
         estimate = self._estimate(cell_of, supported)
         self._resample_if_degenerate()
         if ids.size:
-            share = self.cfg.recovery_share if estimate.converged else self._unconverged_share()
+            share = self._converged_share() if estimate.converged else self._unconverged_share()
             self._inject_recovery(ids, share)
         return estimate
 
@@ -479,7 +491,7 @@ class MapLocalizationFilter:
         """
         cfg = self.cfg
         log_lik = (scores - scores.max()) / cfg.temperature
-        useful = np.flatnonzero(log_lik > np.log(cfg.likelihood_floor))
+        useful = np.flatnonzero(log_lik > np.log(self._floor()))
         offsets = _key_offsets(int(np.ceil(cfg.match_radius_m / cfg.cluster_radius_m)))
         around = (_grid_keys(self.index.xy[ids[useful]], cfg.cluster_radius_m)[:, None] + offsets).ravel()
         found = np.minimum(np.searchsorted(occupied_cells, around), len(occupied_cells) - 1)
@@ -502,9 +514,10 @@ class MapLocalizationFilter:
         near = (dist2 <= cfg.match_radius_m**2) & (aligned >= self._cos_match_gate)
         score = np.where(near, log_lik - dist2 / (2.0 * cfg.match_sigma_m**2), -np.inf)
         likelihood = np.exp(score.max(axis=1))
-        weight = self._weight * np.maximum(likelihood, cfg.likelihood_floor)
+        floor = self._floor()
+        weight = self._weight * np.maximum(likelihood, floor)
         self._weight = weight / weight.sum()
-        return likelihood > cfg.likelihood_floor
+        return likelihood > floor
 
     def _resample_if_degenerate(self) -> None:
         """Low-variance (systematic) resampling when the effective sample size is below half the particles."""

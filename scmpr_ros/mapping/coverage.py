@@ -10,7 +10,8 @@ the map is of another place.
 Identity, compared only where both sides record it:
 
 * ``dataset_kind`` (kitti | kitti360): a map of one kind never covers queries of the other;
-* ``town``: the synthetic town's seed (``synth_manifest.yaml``), ``"synthetic seed 3"``;
+* ``town``: the synthetic town's seed and LiDAR model (``synth_manifest.yaml``), ``"synthetic seed 3, hdl64e
+  LiDAR"`` (``"synthetic seed 3"`` for the uniform sensor, as maps written before the choice record it);
 * ``sequence``: when the queries' info lists ``same_place`` (the sequences known to drive through
   one place: every pass of a synthetic town), the map's sequence must be one of them.  Without that
   list (real KITTI / KITTI-360, where sequences may or may not overlap) only the geometry decides.
@@ -54,7 +55,8 @@ def dataset_identity(root: str | Path, sequences: Iterable[str] | None = None) -
         info["sequences"] = [str(s) for s in sequences]
     if (root / "synth_manifest.yaml").is_file():
         manifest = read_manifest(root)
-        info["town"] = f"synthetic seed {int(manifest['seed'])}"
+        sensor = "" if manifest["lidar"] == "uniform" else f", {manifest['lidar']} LiDAR"  # uniform: as before
+        info["town"] = f"synthetic seed {int(manifest['seed'])}{sensor}"
         info["same_place"] = sorted(str(k) for k in manifest["sequences"])
     return info
 
