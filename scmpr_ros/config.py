@@ -157,6 +157,35 @@ class TrainingConfig:
     log_every: int = 10  # steps between JSONL metric lines
     prototype_momentum: float = 0.9  # EMA of the LiDAR class prototypes fed to CSA while training
     time_budget_s: float = 0.0  # > 0: shorten the schedule to end within this wall time (shared machines)
+    # Near negatives (training/pairs.py place_batches): this share of each batch's places comes in
+    # groups of near_negative_group places near_negative_min_m..near_negative_max_m from the group's
+    # first place (any pass of the same town) and > near_negative_min_m from each other; the rest of
+    # the batch stays > negative_radius_m apart.  0 = every place > negative_radius_m (before v4).
+    near_negative_share: float = 0.0
+    near_negative_min_m: float = 6.0  # > positive_radius_m and the 5 m evaluation threshold: true negatives
+    near_negative_max_m: float = 15.0
+    near_negative_group: int = 2  # places per near group (>= 2)
+    # Positives from map renders: probability that an item's LiDAR side is the range image rendered
+    # from its town's accumulated mapping-pass map at the frame's pose (``build-map``'s renderer in
+    # "map" mode, cropped to the camera FOV) instead of its own scan; > 0 builds the renders into the
+    # pair cache (once).  0 = the scan only (before v4).
+    map_render_positives: float = 0.0
+
+    def __post_init__(self):
+        if not (0.0 <= self.near_negative_share <= 1.0 and 0.0 <= self.map_render_positives <= 1.0):
+            raise ConfigError(
+                "training.near_negative_share and training.map_render_positives must lie in [0, 1], got "
+                f"{self.near_negative_share} and {self.map_render_positives}"
+            )
+        if self.near_negative_share > 0 and not (
+            self.positive_radius_m < self.near_negative_min_m < self.near_negative_max_m
+            and self.near_negative_group >= 2
+        ):
+            raise ConfigError(
+                "training: near negatives need positive_radius_m < near_negative_min_m < near_negative_max_m "
+                f"and near_negative_group >= 2; got {self.positive_radius_m}, {self.near_negative_min_m}, "
+                f"{self.near_negative_max_m}, {self.near_negative_group}"
+            )
 
 
 @dataclass
@@ -206,7 +235,7 @@ class FilterConfig:
     recovery_share: float = 0.003  # share of particles redrawn around the top hypotheses each frame
     recovery_share_image_only: float = 0.01  # ... when converged with image-only motion
     recovery_share_unconverged: float = 0.01  # ... while the filter has not converged
-    recovery_share_unconverged_image_only: float = 0.15  # ... while unconverged with image-only motion
+    recovery_share_unconverged_image_only: float = 0.05  # ... while unconverged with image-only motion
     recovery_top_k: int = 5  # number of top hypotheses the recovery particles are drawn around
     recovery_pos_std_m: float = 2.0  # position std-dev of drawn particles around a viewpoint (m)
     recovery_yaw_std_deg: float = 8.0  # heading std-dev of drawn particles (degrees)
@@ -224,6 +253,7 @@ class FilterConfig:
     graph_lateral_gain: float = 0.5  # image-only: share of the lateral offset to the viewpoint's line removed
     graph_lateral_m: float = 2.5  # image-only: bound on the lateral offset from the viewpoint's line (m)
     graph_yaw_noise_deg: float = 20.0  # image-only: heading noise per sqrt(second) (deg); picks branches at junctions
+    graph_uturn_rate_hz: float = 0.5  # image-only: chance per second that a particle turns around on the spot
     graph_lost_pos_std_m: float = 2.0  # image-only: random walk of particles off the graph, per sqrt(s) (m)
     graph_lost_yaw_std_deg: float = 20.0  # image-only: ... and of their heading, per sqrt(s) (deg)
     converge_radius_m: float = 3.0  # converged needs the mode's weighted RMS radius within this (m)

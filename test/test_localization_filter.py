@@ -417,7 +417,7 @@ def test_graph_motion_keeps_particles_on_the_road_in_their_direction(town, lane_
     start = int(
         np.argmin(np.hypot(index.xy[:, 0] - 100.0, index.xy[:, 1] - lane_y) + 10.0 * (np.cos(index.yaw - heading) < 0))
     )
-    filt = MapLocalizationFilter(town, sim_config(num_particles=1000, seed=6))
+    filt = MapLocalizationFilter(town, sim_config(num_particles=1000, seed=6, graph_uturn_rate_hz=0.0))
     filt.reset([start], [1.0])
     before = filt.particles
     for _ in range(4):
@@ -440,3 +440,21 @@ def test_graph_motion_keeps_particles_on_the_road_in_their_direction(town, lane_
     # nobody drives against its lane: headings lie between the lane's and north (the turns on the way)
     between = np.abs(wrap_angle(after[:, 2] - (heading + np.pi / 2) / 2)) <= np.pi / 4 + np.radians(10)
     assert between.mean() > 0.99
+
+
+def test_graph_motion_turns_the_expected_share_around_onto_the_other_lane(town):
+    """U-turns: each step a particle turns around with probability rate * dt, so after n steps the share
+    heading against its start is (1 - (1 - 2 p)^n) / 2; turned particles drive on in the other lane."""
+    index = ViewpointIndex(town)
+    start = int(np.argmin(np.hypot(index.xy[:, 0] - 100.0, index.xy[:, 1] + 1.5) + 10.0 * (np.cos(index.yaw) < 0)))
+    rate_hz, steps, dt = 0.4, 3, 0.25
+    filt = MapLocalizationFilter(town, sim_config(num_particles=4000, seed=8, graph_uturn_rate_hz=rate_hz))
+    filt.reset([start], [1.0])
+    for _ in range(steps):
+        filt.predict_graph(dt)
+    after = filt.particles
+    against = np.cos(after[:, 2]) < 0
+    expected = (1 - (1 - 2 * rate_hz * dt) ** steps) / 2
+    assert abs(against.mean() - expected) < 4 * np.sqrt(expected * (1 - expected) / len(after))
+    # the turned ones were put onto the westbound lane (y = +1.5), the others stay eastbound (y = -1.5)
+    assert np.median(after[against, 1]) > 0.5 and np.median(after[~against, 1]) < -0.5

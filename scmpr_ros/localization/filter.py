@@ -22,6 +22,10 @@ driven roads, so a particle drives on in its own direction and is put back onto 
     yaw <- yaw' + g_h wrap(yaw_j - yaw'),   l = n_j . ((x, y) - p_j),   n_j = (-sin yaw_j, cos yaw_j)
     (x, y) += (clip((1 - g_l) l, -l_max, l_max) - l) n_j        (lateral offset from j's line, bounded)
 The heading noise makes particles take every branch at a junction; the measurements then pick one.
+Before driving, a particle turns around on the spot with probability ``u dt`` (graph_uturn_rate_hz):
+vehicles turn at dead ends and after missed turns, and the particles that did so are already in place
+when the images show the other direction, so the filter needs fewer particles redrawn from the
+hypotheses (which also pull it toward the same street seen from its other end).
 A particle with no such viewpoint random-walks: ``(x, y) += N(0, s_lost^2 h I)``, ``yaw += N(0, s_ly^2 h)``.
 
 Measurement (:meth:`MapLocalizationFilter.update`).  A frame's hypotheses are viewpoint ids ``c_j`` with
@@ -389,6 +393,8 @@ class MapLocalizationFilter:
             0.0,
             cfg.graph_max_speed_mps,
         )
+        turning = np.flatnonzero(self._rng.random(len(self._x)) < cfg.graph_uturn_rate_hz * dt)
+        self._yaw[turning] = wrap_angle(self._yaw[turning] + np.pi)  # a U-turn (dead end, missed turn)
         substeps = np.maximum(1, np.ceil(self._speed * dt / cfg.graph_step_m)).astype(np.int64)
         for step in range(int(substeps.max())):
             rows = np.flatnonzero(substeps > step)
