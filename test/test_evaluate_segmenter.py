@@ -10,7 +10,7 @@ import pytest
 from scmpr_ros.cli import main
 from scmpr_ros.config import LidarConfig
 from scmpr_ros.errors import DatasetError
-from scmpr_ros.lidar.segmentation import RangeImageSegmenter, evaluate_segmenter, segmentation_miou
+from scmpr_ros.lidar.segmentation import evaluate_segmenter, segmentation_miou
 from scmpr_ros.semantics import CLASS_NAMES
 
 
@@ -22,8 +22,13 @@ def test_cli_scores_the_shipped_segmenter_like_a_direct_computation(scene_kitti_
     last = re.fullmatch(r"mIoU (\d\.\d{3}) over (\d+) points", lines[-1])
     assert last, lines[-1]
     # the same figure from all predictions concatenated (what segmentation_miou computes)
+    from scmpr_ros.cli.maps import _default_segmenter_weights
+    from scmpr_ros.mapping.segmenters import load_segmenter
+
     seq = open_sequence(scene_kitti_dir, "00")
-    seg = RangeImageSegmenter.load(repo_root / "models" / "range_segmenter.npz", LidarConfig())
+    weights = _default_segmenter_weights()  # the shipped CNN (models/range_segnet.pt), else the MLP
+    assert weights.parent == repo_root / "models"
+    seg = load_segmenter(weights, LidarConfig())
     frames = range(0, seq.num_frames, 2)
     pred = np.concatenate([seg.segment_points(seq.load_scan(i)) for i in frames])
     truth = np.concatenate([seq.load_labels(i) for i in frames])

@@ -248,7 +248,8 @@ def test_make_segmenter_choices(tmp_path):
     from types import SimpleNamespace
 
     from scmpr_ros.errors import DatasetError
-    from scmpr_ros.lidar.segmentation import GroundTruthSegmenter, make_segmenter
+    from scmpr_ros.lidar.segmentation import GroundTruthSegmenter
+    from scmpr_ros.mapping.segmenters import make_segmenter
 
     labelled = SimpleNamespace(
         root="r", name="00", has_labels=True, load_labels=lambda i: np.array([1, 2, 3], np.uint8)

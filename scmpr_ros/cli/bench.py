@@ -1,6 +1,7 @@
 """CLI group ``scmpr benchmark``: ``encoder`` (SCM-PR image encoder vs a ResNet-18 + NetVLAD baseline),
-``scan`` (compiled CPU kernel vs its memory-traffic limit vs the pure-torch scan vs the reference loop)
-and ``all`` (encoder, scan, search, ROS loop into one JSON + markdown report with machine info).
+``scan`` (compiled CPU kernel vs its memory-traffic limit vs the pure-torch scan vs the reference loop),
+``segmenter`` (the LiDAR range-image CNN and the full per-point segmentation) and ``all`` (encoder, scan,
+search, ROS loop into one JSON + markdown report with machine info).
 
 Candidates are timed interleaved (A, B, A, B, ...) in one process so machine noise hits them alike;
 the ratio of medians is the headline, absolute ms belong to the machine (and its load) they came from.
@@ -223,6 +224,30 @@ def train_cmd(
         atomic_write_text(json_out, json.dumps(result, indent=2, default=float))
 
 
+def segmenter_cmd(
+    weights: Path | None = typer.Option(
+        None, "--weights", help="RangeSegNet file (default: models/range_segnet.pt, else an untrained default net)"
+    ),
+    data: Path | None = typer.Option(None, "--data", help="KITTI-layout root to take scans from (default: analytic)"),
+    sequence: str = typer.Option("00", "--sequence", help="sequence of --data"),
+    scans: int = typer.Option(10, "--scans", help="scans cycled through by segment_points"),
+    threads: int = typer.Option(2, "--threads", help="torch CPU threads"),
+    iters: int = typer.Option(30, "--iters", help="timed rounds"),
+    warmup: int = typer.Option(5, "--warmup", help="untimed rounds first"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+) -> None:
+    """Median ms of the LiDAR segmenter: the network alone and the full segment_points (64x1024 range image)."""
+    set_omp_wait_policy("passive")
+    from scmpr_ros.benchmarks.segmenter import format_segmenter_table, load_scans, segmenter_benchmark, street_scan
+    from scmpr_ros.io_utils import atomic_write_text
+
+    clouds = load_scans(data, sequence, scans) if data is not None else [street_scan(seed=i) for i in range(3)]
+    res = segmenter_benchmark(clouds, weights, threads, iters, warmup)
+    typer.echo(format_segmenter_table(res))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(res, indent=2, default=float))
+
+
 def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
     """Add this group's commands to the ``scmpr`` app (and its ``benchmark`` sub-app)."""
     benchmark_app.command("encoder")(encoder_cmd)
@@ -230,3 +255,4 @@ def register(app: typer.Typer, benchmark_app: typer.Typer) -> None:
     benchmark_app.command("all")(all_cmd)
     benchmark_app.command("filter")(filter_cmd)
     benchmark_app.command("train")(train_cmd)
+    benchmark_app.command("segmenter")(segmenter_cmd)

@@ -57,6 +57,13 @@ def build_map_cmd(
     kind: str = typer.Option("auto", "--kind", help="dataset kind: auto | kitti | kitti360"),
 ) -> None:
     """Render the mapping pass's LiDAR viewpoints, encode them and write a validated .scmpr-map."""
+    from scmpr_ros.benchmarks.common import set_omp_wait_policy
+
+    cfg = _load_cfg(config)
+    if cfg.lidar.segmentation == "learned" or cfg.lidar.segmenter_weights:
+        # the segmenter CNN alternates with numpy work scan by scan: spinning OpenMP threads starve that
+        # work (town 200 map accumulation 120 s -> 23 s with passive threads)
+        set_omp_wait_policy("passive")
     import torch
 
     from scmpr_ros.datasets import open_sequence
@@ -68,7 +75,6 @@ def build_map_cmd(
         torch.set_num_threads(threads)
     if not str(out).endswith(MAP_SUFFIX):
         typer.echo(f"note: map files are conventionally named *{MAP_SUFFIX}", err=True)
-    cfg = _load_cfg(config)
     net, model_cfg, _meta = load_checkpoint(model, device)
     seq = open_sequence(dataset_dir, sequence, kind=kind)
     cb, prog = _progress_callback()
@@ -125,65 +131,158 @@ def map_info_cmd(
     typer.echo("\n".join(lines))
 
 
-def train_segmenter_cmd(
-    dataset_dir: Path = typer.Argument(..., help="labelled dataset root (synthetic town / SemanticKITTI)"),
-    sequence: list[str] = typer.Option(["00"], "--sequence", "-s", help="training sequence(s)"),
-    out: Path = typer.Option(Path("models/range_segmenter.npz"), "--out", "-o", help="weights file"),
-    val_sequence: str | None = typer.Option(None, "--val-sequence", help="held-out sequence for the mIoU"),
-    val_dir: Path | None = typer.Option(None, "--val-dir", help="held-out dataset root (default: DATASET_DIR)"),
-    stride: int = typer.Option(2, "--stride", help="use every N-th scan"),
-    steps: int = typer.Option(1500, "--steps", help="optimizer steps"),
-    config: list[Path] = typer.Option([], "--config", "-c", help="YAML over config/scmpr.yaml (lidar: section)"),
-) -> None:
-    """Train the range-image point segmenter (numpy MLP) and report its mIoU on held-out scans."""
-    import numpy as np
-
+def _train_mlp(sources, val, stride: int, steps: int, out: Path, cfg) -> None:
+    """The per-pixel MLP (numpy), as before the CNN; reports the held-out point mIoU."""
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.lidar.range_image import RangeProjector
-    from scmpr_ros.lidar.segmentation import segmentation_miou, train_range_segmenter
+    from scmpr_ros.lidar.segmentation import evaluate_segmenter, train_range_segmenter
 
-    cfg = _load_cfg(config)
     proj = RangeProjector(cfg.lidar)
     ris = []
-    for name in sequence:
-        seq = open_sequence(dataset_dir, name)
+    for root, name in sources:
+        seq = open_sequence(root, name)
         for i in range(0, seq.num_frames, max(1, stride)):
             ris.append(proj.project(seq.load_scan(i), seq.load_labels(i)))
-    typer.echo(f"training on {len(ris)} scans")
+    typer.echo(f"training the MLP on {len(ris)} scans")
     seg = train_range_segmenter(ris, cfg.lidar, steps=steps)
     seg.save(out)
     typer.echo(f"wrote {out}")
-    if val_sequence:
-        vseq = open_sequence(val_dir or dataset_dir, val_sequence)
-        preds, truths = [], []
-        for i in range(0, vseq.num_frames, max(1, stride)):
-            pts = vseq.load_scan(i)
-            preds.append(seg.segment_points(pts))
-            truths.append(vseq.load_labels(i))
-        miou, per = segmentation_miou(np.concatenate(preds), np.concatenate(truths))
-        typer.echo(
-            f"held-out mIoU {miou:.3f} ({val_dir or dataset_dir} sequence {val_sequence}): "
-            + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
-        )
+    if val:
+        score = evaluate_segmenter(seg, open_sequence(*val[0]), stride)
+        typer.echo(f"held-out mIoU {score.miou:.3f} ({val[0][0]} sequence {val[0][1]}): "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in score.per_class.items()))  # fmt: skip
+
+
+def _train_cnn(sources, val, opts: dict, out: Path, cfg) -> None:
+    """RangeSegNet (torch): cached range images, the training loop, the held-out point mIoU of the best."""
+    from scmpr_ros.datasets import open_sequence
+    from scmpr_ros.lidar.segmentation import evaluate_segmenter
+    from scmpr_ros.mapping.segmenters import RangeSegNetSegmenter
+    from scmpr_ros.training.segmenter import SegTrainConfig, load_scan_set, train_segnet
+
+    tcfg = SegTrainConfig(**opts["train"])
+    log = lambda s: typer.echo(s, err=True)  # noqa: E731
+    train = load_scan_set(sources, cfg.lidar, opts["stride"], opts["cache_dir"], log)
+    vset = load_scan_set(val, cfg.lidar, opts["val_stride"], opts["cache_dir"], log) if val else None
+    typer.echo(f"training RangeSegNet on {len(train)} scans of {len(sources)} sequence(s)"
+               + (f", validating on {len(vset)}" if vset else ""))  # fmt: skip
+    ckpt = opts["checkpoint"] or out.with_name(out.name + ".ckpt")
+    meta = {"command": opts["command"]}
+    st = train_segnet(train, vset, tcfg, out, ckpt, opts["resume"], meta, log)
+    typer.echo(f"step {st.step}/{tcfg.steps}, {st.elapsed_s / 60:.1f} min of training in all; "
+               f"wrote {out} (best val pixel mIoU {st.best:.3f}), checkpoint {ckpt}")  # fmt: skip
+    if val:
+        seg = RangeSegNetSegmenter.load(out, cfg.lidar)
+        score = evaluate_segmenter(seg, open_sequence(*val[0]), opts["val_stride"])
+        typer.echo(f"held-out point mIoU {score.miou:.3f} ({val[0][0]} sequence {val[0][1]}): "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in score.per_class.items()))  # fmt: skip
+
+
+def train_segmenter_cmd(
+    dataset_dir: list[Path] = typer.Argument(..., help="labelled dataset root(s) (synthetic towns / SemanticKITTI)"),
+    sequence: list[str] = typer.Option(["00"], "--sequence", "-s", help="training sequence(s) of every root"),
+    arch: str = typer.Option("cnn", "--arch", help="cnn (RangeSegNet, torch) | mlp (per-pixel numpy MLP)"),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="weights file [models/range_segnet.pt | models/range_segmenter.npz]"
+    ),
+    val_sequence: str | None = typer.Option(None, "--val-sequence", help="held-out sequence for the mIoU"),
+    val_dir: Path | None = typer.Option(None, "--val-dir", help="held-out dataset root (default: the first root)"),
+    stride: int = typer.Option(2, "--stride", help="use every N-th training scan"),
+    val_stride: int = typer.Option(4, "--val-stride", help="use every N-th validation scan"),
+    steps: int | None = typer.Option(None, "--steps", help="optimizer steps [cnn 3000: the LR schedule | mlp 1500]"),
+    batch: int = typer.Option(4, "--batch", help="cnn: scans per step"),
+    crop_width: int = typer.Option(512, "--crop-width", help="cnn: columns of each training crop"),
+    lr: float = typer.Option(4e-3, "--lr", help="cnn: AdamW peak learning rate"),
+    lovasz_weight: float = typer.Option(1.0, "--lovasz-weight", help="cnn: weight of the Lovasz-softmax term"),
+    threads: int = typer.Option(2, "--threads", help="cnn: torch CPU threads (0 = torch default)"),
+    time_budget: float = typer.Option(0.0, "--time-budget", help="cnn: stop after this many minutes (0 = none)"),
+    val_every: int = typer.Option(250, "--val-every", help="cnn: validate (and export the best) every N steps"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="cnn: training checkpoint [OUT.ckpt]"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="cnn: continue from the checkpoint if present"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="cnn: keep projected range images here"),
+    seed: int = typer.Option(0, "--seed", help="cnn: initialisation and sampling seed"),
+    config: list[Path] = typer.Option([], "--config", "-c", help="YAML over config/scmpr.yaml (lidar: section)"),
+) -> None:
+    """Train the range-image point segmenter and report its mIoU on held-out scans."""
+    import sys
+
+    from scmpr_ros.benchmarks.common import set_omp_wait_policy
+    from scmpr_ros.errors import InputError
+
+    if arch not in ("cnn", "mlp"):
+        raise InputError(f"--arch must be cnn or mlp, got {arch!r}")
+    set_omp_wait_policy("passive")  # spinning OpenMP threads crawl on a shared, oversubscribed CPU
+    cfg = _load_cfg(config)
+    sources = [(root, name) for root in dataset_dir for name in sequence]
+    val = [(val_dir or dataset_dir[0], val_sequence)] if val_sequence else []
+    if arch == "mlp":
+        _train_mlp(sources, val, stride, steps or 1500, out or Path("models/range_segmenter.npz"), cfg)
+        return
+    train = {
+        "steps": steps or 3000,
+        "batch": batch,
+        "crop_width": crop_width,
+        "lr": lr,
+        "lovasz_weight": lovasz_weight,
+        "threads": threads,
+        "time_budget_s": time_budget * 60.0,
+        "val_every": val_every,
+        "ckpt_every": val_every,
+        "seed": seed,
+    }
+    opts = {
+        "train": train,
+        "stride": stride,
+        "val_stride": val_stride,
+        "cache_dir": cache_dir,
+        "checkpoint": checkpoint,
+        "resume": resume,
+        "command": " ".join(["scmpr", *sys.argv[1:]]),
+    }
+    _train_cnn(sources, val, opts, out or Path("models/range_segnet.pt"), cfg)
+
+
+def _default_segmenter_weights() -> Path:
+    from scmpr_ros.config import default_models_dir
+
+    models = default_models_dir()
+    cnn = models / "range_segnet.pt"
+    return cnn if cnn.is_file() else models / "range_segmenter.npz"
 
 
 def evaluate_segmenter_cmd(
     dataset_dir: Path = typer.Argument(..., help="KITTI-layout root with labels (SemanticKITTI, KITTI-360, synthetic)"),
     sequence: str = typer.Option(..., "--sequence", "-s", help="labelled sequence to score, e.g. 08"),
     model: Path | None = typer.Option(
-        None, "--model", "-m", help="segmenter weights (default: the shipped models/range_segmenter.npz)"
+        None,
+        "--model",
+        "-m",
+        help="segmenter weights: .pt RangeSegNet or .npz MLP (default: the shipped models/range_segnet.pt, "
+        "else models/range_segmenter.npz)",
     ),
     stride: int = typer.Option(1, "--stride", help="score every N-th scan"),
+    knn: int = typer.Option(-1, "--knn", help="CNN: k of the k-NN clean-up (0 = off, -1 = the default)"),
+    threads: int = typer.Option(0, "--threads", help="CNN: torch CPU threads (0 = torch default)"),
     config: list[Path] = typer.Option([], "--config", "-c", help="YAML overrides (lidar: section)"),
 ) -> None:
     """Per-class IoU of a point segmenter against a sequence's labels; last line: mIoU over all points."""
-    from scmpr_ros.config import default_models_dir
-    from scmpr_ros.datasets import open_sequence
-    from scmpr_ros.lidar.segmentation import RangeImageSegmenter, evaluate_segmenter
+    import dataclasses
 
+    from scmpr_ros.benchmarks.common import set_omp_wait_policy
+    from scmpr_ros.datasets import open_sequence
+    from scmpr_ros.lidar.segmentation import evaluate_segmenter
+    from scmpr_ros.mapping.segmenters import load_segmenter
+
+    set_omp_wait_policy("passive")
     cfg = _load_cfg(config)
-    weights = model or default_models_dir() / "range_segmenter.npz"
-    segmenter = RangeImageSegmenter.load(weights, cfg.lidar)
+    weights = model or _default_segmenter_weights()
+    segmenter = load_segmenter(weights, cfg.lidar)
+    if knn >= 0 and hasattr(segmenter, "knn"):
+        segmenter.knn = dataclasses.replace(segmenter.knn, k=knn)
+    if threads > 0 and hasattr(segmenter, "net"):
+        import torch
+
+        torch.set_num_threads(threads)
     score = evaluate_segmenter(segmenter, open_sequence(dataset_dir, sequence), stride)
     typer.echo(f"{weights} on {dataset_dir} sequence {sequence}: {score.scans} scans")
     for name, iou in score.per_class.items():

@@ -2,9 +2,14 @@
 
 * ``ground_truth``: the dataset's per-point labels (SemanticKITTI / KITTI-360 / synthetic), already
   mapped to the common classes by the dataset loader (scmpr_ros.semantics).
-* ``learned``: a range-image segmenter trained by the project: a per-pixel MLP over the encoder
-  channels plus local height context (numpy inference; weights in a ``.npz``); each point takes the
-  class predicted for its pixel.
+* ``learned``: a range-image segmenter trained by the project, chosen by ``make_segmenter``
+  (scmpr_ros/mapping/segmenters.py): the RangeSegNet CNN (scmpr_ros/model/range_segnet.py, a ``.pt``
+  file) or the older per-pixel MLP over the encoder channels plus local height context (numpy, a
+  ``.npz`` file, kept as a fallback).
+
+This module holds the numpy parts: the scan projection with every point's pixel (``project_scan``),
+the CNN's raw input channels (``segnet_input``), the per-point look-up with RangeNet++'s k-nearest-
+neighbour clean-up (``point_labels``), the MLP, and the metrics (``evaluate_segmenter``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 
 from scmpr_ros.config import LidarConfig
 from scmpr_ros.errors import DatasetError, InputError
-from scmpr_ros.lidar.range_image import RangeImage, RangeProjector, encoder_input
+from scmpr_ros.lidar.range_image import RangeImage, RangeProjector, encoder_input, estimate_normals
 from scmpr_ros.semantics import CLASS_NAMES, IGNORE_ID, NUM_CLASSES
 
 SEGMENTATION_MODES = ("ground_truth", "learned")
@@ -46,6 +51,192 @@ class GroundTruthSegmenter:
                 "files do not belong together"
             )
         return labels.astype(np.uint8, copy=False)
+
+
+# -- projection, network inputs and the k-NN clean-up shared by the learned segmenters ---------------
+SEGNET_CHANNELS: tuple[str, ...] = (
+    "range",
+    "x",
+    "y",
+    "z",
+    "reflectance",
+    "normal_x",
+    "normal_y",
+    "normal_z",
+    "valid",
+)
+
+
+@dataclass
+class ScanProjection:
+    """A scan's range image and every point's pixel.  Points outside the image (above / below the vertical
+    field of view, beyond max_range) get the nearest row of their column (``in_view`` False); points with
+    no direction (not finite, at the origin, nearer than min_range) get row -1."""
+
+    image: RangeImage
+    rows: np.ndarray  # (M,) int64, -1 where the point has no pixel
+    cols: np.ndarray  # (M,) int64
+    ranges: np.ndarray  # (M,) float32 metres
+    in_view: np.ndarray  # (M,) bool: the point took part in the projection
+
+
+def _nearest_pixels(projector: RangeProjector, xyz: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of points outside the image: their column, the row clamped into the image; -1 rows where
+    the point has no direction or is nearer than min_range."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        yaw = np.arctan2(xyz[:, 1], xyz[:, 0])
+        pitch = np.arcsin(np.clip(xyz[:, 2] / r, -1.0, 1.0))
+    rowf = (projector.fov_up - pitch) / projector.fov * projector.H
+    ok = np.isfinite(r) & np.isfinite(rowf) & (r >= projector.cfg.min_range_m) & (r > 0)
+    rows = np.where(ok, np.clip(np.floor(np.where(ok, rowf, 0)), 0, projector.H - 1), -1).astype(np.int64)
+    cols = np.floor(np.where(ok, 0.5 * (1.0 - yaw / np.pi) * projector.W, 0)).astype(np.int64) % projector.W
+    return rows, cols
+
+
+def project_scan(projector: RangeProjector, points: np.ndarray, labels: np.ndarray | None = None) -> ScanProjection:
+    """``projector.project`` plus the per-point pixels, with one ``pixel_coords`` pass and the nearest point
+    per pixel found by a per-pixel minimum instead of a sort (same image up to equal-range ties)."""
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] not in (3, 4):
+        raise InputError(f"points must be (M, 3) or (M, 4) x,y,z[,reflectance], got shape {pts.shape}")
+    H, W = projector.H, projector.W
+    xyz_all = pts[:, :3].astype(np.float32, copy=False)
+    rows, cols, r, ok = projector.pixel_coords(xyz_all)
+    r = r.astype(np.float32, copy=False)
+    idx = np.flatnonzero(ok)
+    lin = rows[idx] * W + cols[idx]
+    best = np.full(H * W, np.inf, np.float32)
+    np.minimum.at(best, lin, r[idx])
+    win = r[idx] <= best[lin]
+    point_index = np.full(H * W, -1, np.int64)
+    point_index[lin[win]] = idx[win]
+    valid = point_index >= 0
+    src = point_index[valid]
+    rng = np.zeros(H * W, np.float32)
+    rng[valid] = r[src]
+    xyz = np.zeros((H * W, 3), np.float32)
+    xyz[valid] = xyz_all[src]
+    refl = np.zeros(H * W, np.float32)
+    if pts.shape[1] == 4:
+        refl[valid] = pts[src, 3]
+    lab = np.full(H * W, IGNORE_ID, np.uint8)
+    if labels is not None:
+        lab[valid] = np.asarray(labels)[src]
+    rng, xyz, valid = rng.reshape(H, W), xyz.reshape(H, W, 3), valid.reshape(H, W)
+    image = RangeImage(
+        range=rng,
+        xyz=xyz,
+        reflectance=refl.reshape(H, W),
+        normals=estimate_normals(xyz, rng, valid, wrap=True),
+        labels=lab.reshape(H, W),
+        valid=valid,
+        point_index=point_index.reshape(H, W),
+        col_offset=0,
+        full_width=W,
+    )
+    out = np.flatnonzero(~ok)
+    if len(out):
+        rows[out], cols[out] = _nearest_pixels(projector, xyz_all[out], r[out])
+    return ScanProjection(image, rows, cols, r, ok)
+
+
+def segnet_input(ri: RangeImage) -> np.ndarray:
+    """(len(SEGNET_CHANNELS), H, W) float32 raw network inputs: range and x, y, z in metres, reflectance,
+    the unit normal, the validity mask; 0 on empty pixels (normalisation is the network file's)."""
+    out = np.empty((len(SEGNET_CHANNELS), ri.height, ri.width), np.float32)
+    out[0] = ri.range
+    out[1:4] = np.moveaxis(ri.xyz, -1, 0)
+    out[4] = ri.reflectance
+    out[5:8] = np.moveaxis(ri.normals, -1, 0)
+    out[8] = ri.valid
+    out[:8] *= ri.valid
+    return out
+
+
+@dataclass(frozen=True)
+class KnnCleanup:
+    """RangeNet++'s post-processing: each point votes among the ``k`` pixels of a ``rows`` x ``cols``
+    neighbourhood of its pixel whose range is nearest to its own, ignoring those more than ``cutoff_m``
+    away in range; a point with no vote keeps its pixel's class.  k = 0 disables it.  The window is wider
+    than high: a 2000-column scan puts two points in each of the 1024 columns, and thin upright objects
+    (poles, signs, people) hide what is behind them within a column or two."""
+
+    k: int = 5
+    rows: int = 3
+    cols: int = 5
+    cutoff_m: float = 1.0
+
+
+def _padded(a: np.ndarray, hr: int, hc: int, fill) -> np.ndarray:
+    """``a`` padded by hr rows of ``fill`` above and below and hc wrapped columns left and right."""
+    p = np.pad(a, ((hr, hr), (0, 0)), constant_values=fill)
+    return np.concatenate([p[:, p.shape[1] - hc :], p, p[:, :hc]], 1) if hc else p
+
+
+def _foreign_range_bounds(pred: np.ndarray, rng: np.ndarray, valid: np.ndarray, knn: KnnCleanup):
+    """(lo, hi) per pixel: the least and greatest range of the window's valid pixels whose class differs from
+    the pixel's (inf / -inf where there is none).  A point whose range is more than cutoff_m outside
+    [lo, hi] has only its own pixel's class among the votes it could get, so the vote can be skipped."""
+    H, W = pred.shape
+    hr, hc = knn.rows // 2, knn.cols // 2
+    rp = _padded(np.where(valid, rng, np.nan).astype(np.float32), hr, hc, np.nan)
+    lp = _padded(pred, hr, hc, IGNORE_ID)
+    lo = np.full((H, W), np.inf, np.float32)
+    hi = np.full((H, W), -np.inf, np.float32)
+    for dr in range(-hr, hr + 1):
+        for dc in range(-hc, hc + 1):
+            r = rp[hr + dr : hr + dr + H, hc + dc : hc + dc + W]
+            foreign = lp[hr + dr : hr + dr + H, hc + dc : hc + dc + W] != pred
+            np.fmin(lo, np.where(foreign, r, np.nan), out=lo)  # fmin / fmax skip the NaN of empty pixels
+            np.fmax(hi, np.where(foreign, r, np.nan), out=hi)
+    return lo, hi
+
+
+def point_labels(pred: np.ndarray, proj: ScanProjection, knn: KnnCleanup | None = None) -> np.ndarray:
+    """Per-point classes from the (H, W) predicted image: each point's pixel (IGNORE_ID for a point without
+    one), then (``knn``) the k-NN vote for the points that have a pixel of another class within cutoff_m of
+    their range in their window (for the others every vote would be their pixel's class: same result)."""
+    labels = np.full(len(proj.rows), IGNORE_ID, np.uint8)
+    has = np.flatnonzero(proj.rows >= 0)
+    rows, cols = proj.rows[has], proj.cols[has]
+    labels[has] = pred[rows, cols]
+    if knn is None or knn.k <= 0 or not len(has):
+        return labels
+    ri = proj.image
+    lo, hi = _foreign_range_bounds(pred, ri.range, ri.valid, knn)
+    r = proj.ranges[has]
+    sel = has[(r >= lo[rows, cols] - knn.cutoff_m) & (r <= hi[rows, cols] + knn.cutoff_m)]
+    if len(sel):
+        labels[sel] = _knn_vote(pred, ri.range, ri.valid, proj.rows[sel], proj.cols[sel], proj.ranges[sel], knn)
+    return labels
+
+
+def _knn_vote(pred, rng, valid, rows, cols, ranges, knn: KnnCleanup) -> np.ndarray:
+    """Vectorised k-NN vote of ``len(rows)`` points (see KnnCleanup).  The image is padded (rows: empty,
+    columns: wrapped) so that every window offset is one gather from the flat image; the k nearest are those
+    at or below the k-th smallest range distance (np.partition; distances made distinct by a small
+    tie-break towards the window centre)."""
+    H, W = pred.shape
+    hr, hc = knn.rows // 2, knn.cols // 2
+    Wp = W + 2 * hc
+    rp = _padded(np.where(valid, rng, np.inf).astype(np.float32), hr, hc, np.inf).ravel()
+    lp = _padded(pred, hr, hc, IGNORE_ID).ravel()
+    offsets = [(dr * Wp + dc, 1e-4 * (abs(dr) + abs(dc))) for dr in range(-hr, hr + 1) for dc in range(-hc, hc + 1)]
+    base = ((rows + hr) * Wp + cols + hc).astype(np.int32)
+    dist = np.empty((len(rows), len(offsets)), np.float32)
+    for j, (off, tie) in enumerate(offsets):
+        np.abs(rp[base + off] - ranges, out=dist[:, j])
+        dist[:, j] += tie
+    k = min(knn.k, len(offsets))
+    thr = np.minimum(np.partition(dist, k - 1, axis=1)[:, k - 1], knn.cutoff_m)
+    votes = np.zeros(len(rows) * NUM_CLASSES, np.float32)
+    for j, (off, _) in enumerate(offsets):  # one point appears once per offset: plain fancy-index adds
+        hit = np.flatnonzero(dist[:, j] <= thr)
+        lab = np.minimum(lp[base[hit] + off], NUM_CLASSES - 1)
+        votes[hit * NUM_CLASSES + lab] += 1.0 + 1e-3 / (1.0 + dist[hit, j])  # equal counts: the nearer wins
+    votes = votes.reshape(len(rows), NUM_CLASSES)
+    own = pred[rows, cols]
+    return np.where(votes.max(1) > 0, votes.argmax(1), own).astype(np.uint8)
 
 
 # -- learned range-image segmenter ----------------------------------------------------------------
@@ -175,35 +366,9 @@ class RangeImageSegmenter:
         return self.segment_points(points)
 
     def segment_points(self, points: np.ndarray) -> np.ndarray:
-        ri = self.projector.project(points)
-        pred = self.predict_image(ri)
-        rows, cols, _, ok = self.projector.pixel_coords(np.asarray(points)[:, :3].astype(np.float32))
-        labels = np.full(len(points), IGNORE_ID, np.uint8)
-        labels[ok] = pred[rows[ok], cols[ok]]
-        return labels
-
-
-def make_segmenter(cfg: LidarConfig, sequence: Any) -> PointSegmenter:
-    """The segmenter ``lidar.segmentation`` asks for, or a DatasetError saying what is missing."""
-    if cfg.segmentation not in SEGMENTATION_MODES:
-        raise InputError(f"lidar.segmentation '{cfg.segmentation}' unknown (use {' | '.join(SEGMENTATION_MODES)})")
-    where = f"{getattr(sequence, 'root', '?')} sequence {getattr(sequence, 'name', '?')}"
-    if cfg.segmentation == "ground_truth":
-        if getattr(sequence, "has_labels", False):
-            return GroundTruthSegmenter()
-        if cfg.segmenter_weights:
-            return RangeImageSegmenter.load(cfg.segmenter_weights, cfg)
-        raise DatasetError(
-            f"{where} has no per-point labels (labels/*.label) and no segmenter weights are set: "
-            "set lidar.segmentation: learned and lidar.segmenter_weights: <file.npz> "
-            "(train one with `scmpr train-segmenter` on a labelled dataset), or use a labelled sequence"
-        )
-    if not cfg.segmenter_weights:
-        raise DatasetError(
-            "lidar.segmentation is 'learned' but lidar.segmenter_weights is empty: "
-            "point it at weights from `scmpr train-segmenter`"
-        )
-    return RangeImageSegmenter.load(cfg.segmenter_weights, cfg)
+        """Each point takes its pixel's class (no k-NN clean-up: the MLP as it was measured)."""
+        proj = project_scan(self.projector, points)
+        return point_labels(self.predict_image(proj.image), proj, knn=None)
 
 
 def train_range_segmenter(

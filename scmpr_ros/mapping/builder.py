@@ -25,10 +25,10 @@ from scmpr_ros.errors import DatasetError, InputError
 from scmpr_ros.geometry import matrices_to_poses
 from scmpr_ros.io_utils import remove_stale_temp_files
 from scmpr_ros.lidar.range_image import RangeProjector, camera_fov, crop_to_fov, encoder_input
-from scmpr_ros.lidar.segmentation import make_segmenter
 from scmpr_ros.lidar.viewpoints import MapAccumulator, ViewpointRenderer, frustum_grid, plan_viewpoints
 from scmpr_ros.mapping.coverage import dataset_identity
 from scmpr_ros.mapping.map_file import MapData, camera_dict, write_map
+from scmpr_ros.mapping.segmenters import make_segmenter
 
 Progress = Callable[[str, int, int], None]
 

@@ -10,6 +10,17 @@ as extra images of the same place: each draw picks one condition at random, so e
 a place is a positive for its LiDAR view.  Batches hold places mutually farther apart than
 ``training.negative_radius_m`` (25 m), so every other item of a batch is a valid negative.
 Everything is precomputed once into a :class:`PairCache` (one ``.npz``) so that epochs are cheap.
+
+Two options bring training closer to what the map holds at test time (both off by default):
+
+* near negatives (``training.near_negative_share``): a share of each batch comes in small groups of
+  places ``near_negative_min_m``..``near_negative_max_m`` (6-15 m) apart, beyond the positive radius
+  and the 5 m evaluation threshold, so the model learns to tell a place from the one 10 m further on;
+* map-render positives (``training.map_render_positives``): the cache also holds, per frame, the range
+  image rendered from the town's accumulated mapping-pass map at the frame's pose (the ``build-map``
+  renderer in "map" mode, cropped to the camera FOV), and each draw takes it instead of the scan with
+  that probability: query passes are driven 1-2 m off the mapping lane, and at test time the image
+  meets such renders (lateral offset viewpoints), not the scan.
 """
 
 from __future__ import annotations
@@ -128,6 +139,15 @@ class PairCache:
     frame: np.ndarray  # (F,) int32 frame index in its sequence
     sequence: np.ndarray  # (F,) '<U16' sequence name (of the scan pass)
     meta: dict = field(default_factory=dict)
+    # map-render positives (None when the cache was built without them): the LiDAR side rendered from
+    # the town's mapping-pass map at the frame's pose, same layout as range_input / range_labels
+    render_input: np.ndarray | None = None  # (F, C, Hr, Wr) float16
+    render_labels: np.ndarray | None = None  # (F, Hr, Wr) uint8
+    render_present: np.ndarray | None = None  # (F,) bool: a render covering the view exists
+
+    @property
+    def has_renders(self) -> bool:
+        return self.render_present is not None and bool(self.render_present.any())
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -158,6 +178,7 @@ class PairCache:
             frame=self.frame[idx],
             sequence=self.sequence[idx],
             meta=dict(self.meta),
+            **{k: None if getattr(self, k) is None else getattr(self, k)[idx] for k in _RENDER_FIELDS},
         )
 
     def save(self, path: str | Path, compress: bool = True, compact: bool = False) -> Path:
@@ -165,6 +186,7 @@ class PairCache:
         max_range, z 1/3000 of 10 m, reflectance 1/255, normals 1/127): ~4x smaller, for moving a
         cache to another machine; everything else is stored exactly."""
         arrays = {k: getattr(self, k) for k in _ARRAY_FIELDS}
+        arrays.update({k: getattr(self, k) for k in _RENDER_FIELDS if getattr(self, k) is not None})
         if compact:
             arrays.update(_compact_arrays(self))
         arrays["conditions"] = np.array(self.conditions)
@@ -189,6 +211,9 @@ class PairCache:
                     arrays.update(_expand_arrays(z, len(conditions)))
                 else:
                     arrays = {k: z[k] for k in _ARRAY_FIELDS}
+                for k in _RENDER_FIELDS:  # optional (caches without map renders lack them)
+                    if k in z.files and k not in arrays:
+                        arrays[k] = z[k]
         except (KeyError, ValueError, OSError) as exc:
             raise PairsError(f"{path}: not a pair cache or corrupt ({exc}); delete it and rebuild") from exc
         if meta.get("version") != CACHE_VERSION:
@@ -212,8 +237,16 @@ class PairCache:
                 f"caches disagree on image / range-image shapes: {sorted(shapes)}; rebuild with one config"
             )
         parts: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAY_FIELDS}
+        with_renders = any(c.render_present is not None for c in caches)
+        if with_renders:
+            parts.update({k: [] for k in _RENDER_FIELDS})
         offset = 0
         for c in caches:
+            if with_renders:  # a cache without renders joins with none present
+                none = c.render_present is None
+                parts["render_input"].append(np.zeros_like(c.range_input) if none else c.render_input)
+                parts["render_labels"].append(np.zeros_like(c.range_labels) if none else c.render_labels)
+                parts["render_present"].append(np.zeros(len(c), bool) if none else c.render_present)
             F = len(c)
             imgs = np.zeros((F, len(conds)) + c.images.shape[2:], dtype=np.uint8)
             pres = np.zeros((F, len(conds)), dtype=bool)
@@ -248,7 +281,31 @@ _ARRAY_FIELDS = (
 )
 
 
+_RENDER_FIELDS = ("render_input", "render_labels", "render_present")
+
+
 _Q_RANGE, _Q_Z, _Q_REFL, _Q_NORMAL = 65535.0, 3000.0, 255.0, 127.0
+
+
+def _quantise_range(x: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
+    r = x.astype(np.float32)
+    return {
+        prefix + "q_range": np.clip(np.round(r[:, 0] * _Q_RANGE), 0, 65535).astype(np.uint16),
+        prefix + "q_z": np.clip(np.round(r[:, 1] * _Q_Z), -32767, 32767).astype(np.int16),
+        prefix + "q_refl": np.clip(np.round(r[:, 2] * _Q_REFL), 0, 255).astype(np.uint8),
+        prefix + "q_normals": np.clip(np.round(r[:, 3:6] * _Q_NORMAL), -127, 127).astype(np.int8),
+    }
+
+
+def _dequantise_range(z: Any, prefix: str = "") -> np.ndarray:
+    q_range = z[prefix + "q_range"]
+    rng = np.empty((q_range.shape[0], 7) + q_range.shape[1:], np.float16)
+    rng[:, 0] = q_range.astype(np.float32) / _Q_RANGE
+    rng[:, 1] = z[prefix + "q_z"].astype(np.float32) / _Q_Z
+    rng[:, 2] = z[prefix + "q_refl"].astype(np.float32) / _Q_REFL
+    rng[:, 3:6] = z[prefix + "q_normals"].astype(np.float32) / _Q_NORMAL
+    rng[:, 6] = q_range > 0
+    return rng
 
 
 def _compact_arrays(c: PairCache) -> dict[str, np.ndarray]:
@@ -267,17 +324,17 @@ def _compact_arrays(c: PairCache) -> dict[str, np.ndarray]:
             else:
                 chunks.append(np.zeros(0, np.uint8))
             offsets.append(offsets[-1] + len(chunks[-1]))
-    r = c.range_input.astype(np.float32)
-    return {
+    out = {
         "images": np.concatenate(chunks) if chunks else np.zeros(0, np.uint8),
         "image_offsets": np.asarray(offsets, np.int64),
         "image_shape": np.asarray(c.images.shape, np.int64),
         "range_input": np.zeros(0, np.float16),
-        "q_range": np.clip(np.round(r[:, 0] * _Q_RANGE), 0, 65535).astype(np.uint16),
-        "q_z": np.clip(np.round(r[:, 1] * _Q_Z), -32767, 32767).astype(np.int16),
-        "q_refl": np.clip(np.round(r[:, 2] * _Q_REFL), 0, 255).astype(np.uint8),
-        "q_normals": np.clip(np.round(r[:, 3:6] * _Q_NORMAL), -127, 127).astype(np.int8),
+        **_quantise_range(c.range_input),
     }
+    if c.render_input is not None:
+        out["render_input"] = np.zeros(0, np.float16)
+        out.update(_quantise_range(c.render_input, "render_"))
+    return out
 
 
 def _expand_arrays(z: Any, num_conditions: int) -> dict[str, np.ndarray]:
@@ -290,14 +347,10 @@ def _expand_arrays(z: Any, num_conditions: int) -> dict[str, np.ndarray]:
         a, b = int(offsets[j]), int(offsets[j + 1])
         if b > a:
             images[j // num_conditions, j % num_conditions] = cv2.imdecode(data[a:b], cv2.IMREAD_COLOR)[:, :, ::-1]
-    q_range = z["q_range"]
-    rng = np.empty((q_range.shape[0], 7) + q_range.shape[1:], np.float16)
-    rng[:, 0] = q_range.astype(np.float32) / _Q_RANGE
-    rng[:, 1] = z["q_z"].astype(np.float32) / _Q_Z
-    rng[:, 2] = z["q_refl"].astype(np.float32) / _Q_REFL
-    rng[:, 3:6] = z["q_normals"].astype(np.float32) / _Q_NORMAL
-    rng[:, 6] = q_range > 0
-    return {"images": images, "range_input": rng}
+    out = {"images": images, "range_input": _dequantise_range(z)}
+    if "render_q_range" in z.files:
+        out["render_input"] = _dequantise_range(z, "render_")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,6 +439,64 @@ def plan_passes(root: Path, sequences: Sequence[str] | None = None, need_labels:
     return plans
 
 
+MIN_RENDER_FILL = 0.5  # a map render counts when it has >= this share of the scan's valid pixels
+
+
+class MapRenders:
+    """Map-render positives of one dataset root: the range image that ``build-map`` renders from the
+    accumulated map of the mapping pass, at any LiDAR pose of the town.
+
+    The map pass is the plan with role 0 (synthetic manifest); a root without roles renders each
+    pass from its own map.  The map, its segmenter labels and the renderer come from
+    ``mapping.builder`` (``_plan_map`` / ``_accumulate_map`` / ``_render_batch``), with
+    ``map.render_mode`` forced to "map": the scan at the pose is the other positive already.
+    """
+
+    def __init__(self, root: Path, cfg: ScmprConfig, plans: Sequence[dict]):
+        import dataclasses
+
+        self.root, self.plans = root, list(plans)
+        self.cfg = dataclasses.replace(cfg, map=dataclasses.replace(cfg.map, render_mode="map"))
+        self._maps: dict[str, Any] = {}
+        self.seconds_accumulate = 0.0
+        self.seconds_render = 0.0
+
+    def map_sequence(self, scan_sequence: str) -> str:
+        mapping = [p["scan"] for p in self.plans if p["role"] == 0]
+        return mapping[0] if mapping else scan_sequence
+
+    def plan_for(self, scan_sequence: str) -> Any:
+        """The builder's map plan of the map that serves ``scan_sequence`` (accumulated on first use)."""
+        from scmpr_ros.datasets import open_sequence
+        from scmpr_ros.mapping.builder import _accumulate_map, _plan_map
+
+        name = self.map_sequence(scan_sequence)
+        if name not in self._maps:
+            import time
+
+            t0 = time.perf_counter()
+            plan = _plan_map(open_sequence(self.root, name), self.cfg)
+            _accumulate_map(plan, None)
+            self._maps[name] = plan
+            self.seconds_accumulate += time.perf_counter() - t0
+        return self._maps[name]
+
+    def render(self, scan_sequence: str, T_world_velo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(encoder input (C, Hr, Wr) float32, labels (Hr, Wr) uint8) of the map seen from ``T_world_velo``,
+        cropped to the camera FOV when ``lidar.crop_to_camera_fov`` (as build-map does)."""
+        import time
+
+        from scmpr_ros.lidar.viewpoints import Viewpoint
+        from scmpr_ros.mapping.builder import _render_batch
+
+        plan = self.plan_for(scan_sequence)
+        t0 = time.perf_counter()
+        vp = Viewpoint(0, -1, -1, 0.0, 0.0, np.asarray(T_world_velo, dtype=np.float64))
+        x, labels, _grids = _render_batch(plan, [vp])
+        self.seconds_render += time.perf_counter() - t0
+        return x[0], labels[0]
+
+
 def build_pair_cache(
     root: str | Path,
     cfg: ScmprConfig,
@@ -393,8 +504,10 @@ def build_pair_cache(
     frame_stride: int = 1,
     group: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    map_renders: bool | None = None,
 ) -> PairCache:
-    """Pairs of one dataset root (see module docstring)."""
+    """Pairs of one dataset root (see module docstring); ``map_renders`` (default: when
+    ``training.map_render_positives`` > 0) adds the map-render positive of every frame."""
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.datasets.base import camera_from_calibration
     from scmpr_ros.lidar.range_image import RangeProjector, camera_fov, crop_to_fov, encoder_input
@@ -402,7 +515,7 @@ def build_pair_cache(
     root = Path(root)
     if frame_stride < 1:
         raise PairsError(f"training.frame_stride must be >= 1, got {frame_stride}")
-    from scmpr_ros.lidar.segmentation import make_segmenter
+    from scmpr_ros.mapping.segmenters import make_segmenter
 
     plans = plan_passes(
         root, sequences, need_labels=cfg.lidar.segmentation == "ground_truth" and not cfg.lidar.segmenter_weights
@@ -414,6 +527,11 @@ def build_pair_cache(
     for plan in plans:
         conditions += [c for c in plan["images"] if c not in conditions]
     rows: dict[str, list] = {k: [] for k in _ARRAY_FIELDS}
+    if map_renders is None:
+        map_renders = cfg.training.map_render_positives > 0
+    renders = MapRenders(root, cfg, plans) if map_renders else None
+    if renders is not None:
+        rows.update({k: [] for k in _RENDER_FIELDS})
     todo = [(plan, i) for plan in plans for i in range(0, open_sequence(root, plan["scan"]).num_frames, frame_stride)]
     opened: dict[str, Any] = {}
 
@@ -454,6 +572,13 @@ def build_pair_cache(
         rows["range_input"].append(encoder_input(ri, cfg.lidar).astype(np.float16))
         rows["range_labels"].append(ri.labels.astype(np.uint8))
         T = s.poses_velo[i]
+        if renders is not None:
+            x, lab = renders.render(plan["scan"], T)
+            if x.shape != rows["range_input"][-1].shape:
+                raise PairsError(f"{root}: map render {x.shape} and scan {rows['range_input'][-1].shape} differ")
+            rows["render_input"].append(x.astype(np.float16))
+            rows["render_labels"].append(lab.astype(np.uint8))
+            rows["render_present"].append(bool(x[6].sum() >= MIN_RENDER_FILL * max(int(ri.valid.sum()), 1)))
         rows["positions"].append(T[:3, 3])
         rows["yaw"].append(math.atan2(T[1, 0], T[0, 0]))
         rows["group"].append(group)
@@ -471,6 +596,7 @@ def build_pair_cache(
         "sequence": "<U16",
         "positions": np.float64,
         "yaw": np.float64,
+        "render_present": bool,
     }
     arrays = {k: np.asarray(v, dtype=dtypes.get(k)) if k in dtypes else np.stack(v) for k, v in rows.items()}
     meta = {
@@ -479,6 +605,12 @@ def build_pair_cache(
         "lidar": _lidar_meta(cfg),
         "frame_stride": frame_stride,
     }
+    if renders is not None:
+        meta["map_render"] = _render_meta(cfg)
+        meta["map_render_seconds"] = {
+            "accumulate": round(renders.seconds_accumulate, 2),
+            "render": round(renders.seconds_render, 2),
+        }
     return PairCache(conditions=tuple(conditions), meta=meta, **arrays)
 
 
@@ -497,6 +629,18 @@ def _lidar_meta(cfg: ScmprConfig) -> dict:
     return {k: getattr(cfg.lidar, k) for k in keys}
 
 
+def _render_meta(cfg: ScmprConfig) -> dict:
+    """The map settings a map-render positive depends on (a cache built with others is rebuilt)."""
+    keys = ("voxel_size_m", "render_radius_m", "splat_radius_m", "max_splat_px")
+    return {k: getattr(cfg.map, k) for k in keys}
+
+
+def _cache_fits(cache: PairCache, cfg: ScmprConfig, map_renders: bool) -> bool:
+    if cache.meta.get("lidar") != _lidar_meta(cfg):  # images are resized to the model at batch time
+        return False
+    return not map_renders or (cache.render_present is not None and cache.meta.get("map_render") == _render_meta(cfg))
+
+
 def load_or_build_cache(
     data_dir: str | Path,
     cfg: ScmprConfig,
@@ -504,23 +648,39 @@ def load_or_build_cache(
     sequences: Sequence[str] | None = None,
     frame_stride: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
+    map_renders: bool | None = None,
 ) -> PairCache:
     """A cache file if given and present (or a .npz / a folder of .npz passed as data_dir), else built
-    from the datasets (and saved to ``cache_path`` when given)."""
+    from the datasets (and saved to ``cache_path`` when given).  ``map_renders`` (default: when
+    ``training.map_render_positives`` > 0): the cache must hold map-render positives; a prebuilt
+    cache without them is refused, a ``cache_path`` without them is rebuilt."""
     data_dir = Path(data_dir)
+    if map_renders is None:
+        map_renders = cfg.training.map_render_positives > 0
+
+    def checked(cache: PairCache, where: Path) -> PairCache:
+        if map_renders and cache.render_present is None:
+            raise PairsError(
+                f"{where}: pair cache without map renders but training.map_render_positives > 0; "
+                "rebuild it from the datasets (or set training.map_render_positives: 0)"
+            )
+        return cache
+
     if data_dir.is_file() and data_dir.suffix == ".npz":
-        return PairCache.load(data_dir)
+        return checked(PairCache.load(data_dir), data_dir)
     caches_here = sorted(data_dir.glob("*.npz")) if data_dir.is_dir() else []
     if caches_here and not (data_dir / "sequences").is_dir():  # a folder of pair caches (one per town)
-        return PairCache.concatenate([PairCache.load(p) for p in caches_here])
+        return checked(PairCache.concatenate([PairCache.load(p) for p in caches_here]), data_dir)
     if cache_path is not None and Path(cache_path).is_file():
         cache = PairCache.load(cache_path)
-        if cache.meta.get("lidar") == _lidar_meta(cfg):  # images are resized to the model at batch time
+        if _cache_fits(cache, cfg, map_renders):
             return cache
     caches: list[PairCache] = []
     for g, root in enumerate(find_datasets(data_dir)):
         cb = (lambda i, n, r=root: progress(r.name, i, n)) if progress else None
-        caches.append(build_pair_cache(root, cfg, sequences, frame_stride, group=g, progress=cb))
+        caches.append(
+            build_pair_cache(root, cfg, sequences, frame_stride, group=g, progress=cb, map_renders=map_renders)
+        )
     cache = PairCache.concatenate(caches)
     if cache_path is not None:
         cache.save(cache_path)
@@ -530,6 +690,26 @@ def load_or_build_cache(
 # --------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NearNegatives:
+    """How a batch takes near negatives (``training.near_negative_*``, see TrainingConfig)."""
+
+    share: float = 0.0
+    min_m: float = 6.0
+    max_m: float = 15.0
+    group: int = 2
+
+    @classmethod
+    def from_config(cls, t: Any) -> NearNegatives:
+        return cls(t.near_negative_share, t.near_negative_min_m, t.near_negative_max_m, t.near_negative_group)
+
+    def groups_per_batch(self, batch_size: int) -> int:
+        """Near groups per batch: ``share`` of the batch's places, at least one when share > 0."""
+        if self.share <= 0:
+            return 0
+        return max(1, min(int(round(self.share * batch_size / self.group)), batch_size // self.group))
+
+
 def place_batches(
     positions: np.ndarray,
     batch_size: int,
@@ -537,16 +717,20 @@ def place_batches(
     rng: np.random.Generator,
     candidates: np.ndarray | None = None,
     open_batches: int = 16,
+    near: NearNegatives | None = None,
 ) -> list[np.ndarray]:
     """Shuffle and group indices into batches whose places are mutually > ``min_separation_m`` apart.
 
     Greedy over a random permutation with a few batches open at a time; indices that fit nowhere
-    wait for a later batch, and the remainder that cannot form a full batch is dropped.
+    wait for a later batch, and the remainder that cannot form a full batch is dropped.  With
+    ``near`` (share > 0) see :func:`near_place_batches`.
     """
     pos = np.asarray(positions, dtype=np.float64)[:, :3]
     idx = np.arange(len(pos)) if candidates is None else np.asarray(candidates)
     if batch_size < 2:
         raise PairsError(f"training.batch_size must be >= 2 for in-batch negatives, got {batch_size}")
+    if near is not None and near.share > 0:
+        return near_place_batches(pos, idx, batch_size, min_separation_m, rng, near, open_batches)
     remaining = [int(i) for i in idx[rng.permutation(len(idx))]]
     batches: list[np.ndarray] = []
     while len(remaining) >= batch_size:
@@ -573,6 +757,93 @@ def place_batches(
     return batches
 
 
+def near_groups(
+    pos: np.ndarray, idx: np.ndarray, rng: np.random.Generator, near: NearNegatives, want: int
+) -> tuple[list[list[int]], np.ndarray]:
+    """Up to ``want`` groups of ``near.group`` places: an anchor (in random order) and others drawn at
+    random ``near.min_m`` < d <= ``near.max_m`` from it and > ``near.min_m`` from each other; each
+    place in at most one group.  Returns the groups and the places in none (in random order)."""
+    order = idx[rng.permutation(len(idx))]
+    cand_pos = pos[idx]
+    used = np.zeros(len(pos), dtype=bool)
+    groups: list[list[int]] = []
+    for a in order:
+        if len(groups) >= want:
+            break
+        if used[a]:
+            continue
+        d = np.linalg.norm(cand_pos - pos[a], axis=1)
+        close = idx[(d > near.min_m) & (d <= near.max_m)]
+        close = close[~used[close]]
+        members = [int(a)]
+        for j in close[rng.permutation(len(close))]:
+            if np.all(np.linalg.norm(pos[members] - pos[j], axis=1) > near.min_m):
+                members.append(int(j))
+                if len(members) == near.group:
+                    break
+        if len(members) == near.group:
+            groups.append(members)
+            used[members] = True
+    return groups, order[~used[order]]
+
+
+def near_place_batches(
+    pos: np.ndarray,
+    idx: np.ndarray,
+    batch_size: int,
+    min_separation_m: float,
+    rng: np.random.Generator,
+    near: NearNegatives,
+    open_batches: int = 16,
+) -> list[np.ndarray]:
+    """Batches of ``batch_size`` places: ``near.groups_per_batch`` groups of near places
+    (:func:`near_groups`, all pairs inside a group > ``near.min_m`` apart, the anchor's others within
+    ``near.max_m``), the rest single places; across groups and singles every pair is >
+    ``min_separation_m`` apart.  Greedy over a random order of the groups and singles, as
+    :func:`place_batches`; a batch is made only with its full count of groups (data without any near
+    pair gets the batches of :func:`place_batches`)."""
+    if near.group < 2 or not (0 < near.min_m < near.max_m):
+        raise PairsError(f"near negatives need group >= 2 and 0 < min_m < max_m, got {near}")
+    gpb = near.groups_per_batch(batch_size)
+    singles_per_batch = batch_size - gpb * near.group
+    groups, singles = near_groups(pos, idx, rng, near, want=gpb * max(len(idx) // batch_size, 1))
+    if not groups:  # no two places of the data lie min_m..max_m apart: the batches of before
+        return place_batches(pos, batch_size, min_separation_m, rng, singles, open_batches)
+    units = [np.asarray(g, dtype=np.int64) for g in groups] + [np.array([int(i)]) for i in singles]
+    remaining = [units[k] for k in rng.permutation(len(units))]
+    batches: list[np.ndarray] = []
+
+    def room(b: dict, u: np.ndarray) -> bool:
+        return b["groups"] < gpb if len(u) > 1 else b["singles"] < singles_per_batch
+
+    while remaining:
+        open_: list[dict] = []
+        left: list[np.ndarray] = []
+        made = 0
+        for u in remaining:
+            for k, b in enumerate(open_):
+                if room(b, u) and np.all(
+                    np.linalg.norm(pos[b["ids"]][:, None] - pos[u][None], axis=-1) > min_separation_m
+                ):
+                    b["ids"] = np.concatenate([b["ids"], u])
+                    b["units"].append(u)
+                    b["groups" if len(u) > 1 else "singles"] += 1
+                    if len(b["ids"]) == batch_size:
+                        batches.append(b["ids"])
+                        del open_[k]
+                        made += 1
+                    break
+            else:
+                if len(open_) < open_batches:
+                    open_.append({"ids": u, "units": [u], "groups": int(len(u) > 1), "singles": int(len(u) == 1)})
+                else:
+                    left.append(u)
+        if made == 0:
+            break
+        remaining = left + [u for b in open_ for u in b["units"]]
+    return batches
+
+
 def epoch_batches(
     cache: PairCache,
     batch_size: int,
@@ -580,10 +851,11 @@ def epoch_batches(
     seed: int,
     epoch: int,
     candidates: np.ndarray | None = None,
+    near: NearNegatives | None = None,
 ) -> list[np.ndarray]:
     """Deterministic batch list of one epoch (same on every rank and after a resume)."""
     rng = np.random.default_rng([seed, epoch, 17])
-    return place_batches(cache.separated_positions(), batch_size, min_separation_m, rng, candidates)
+    return place_batches(cache.separated_positions(), batch_size, min_separation_m, rng, candidates, near=near)
 
 
 def choose_conditions(cache: PairCache, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -603,10 +875,12 @@ def make_batch(
     augment: bool,
     conditions: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Tensors for one batch: images (B,3,H,W), image_labels (B,H,W), range (B,C,Hr,Wr), range_labels.
+    """Tensors for one batch: images (B,3,H,W), image_labels (B,H,W), range (B,C,Hr,Wr), range_labels,
+    and ``from_render`` (B,) bool: the LiDAR side is the map render (``training.map_render_positives``:
+    the probability of that, for items whose render exists; the image labels stay the scan's).
 
-    Randomness (condition choice, augmentation) comes from ``seed`` alone, so a batch is the same
-    whenever it is rebuilt (resume, other ranks).
+    Randomness (condition choice, augmentation, render choice) comes from ``seed`` alone, so a batch
+    is the same whenever it is rebuilt (resume, other ranks).
     """
     import torch
 
@@ -624,11 +898,29 @@ def make_batch(
         import cv2
 
         labels = np.stack([cv2.resize(lab, hw[::-1], interpolation=cv2.INTER_NEAREST) for lab in labels])
+    rng_in, rng_lab = cache.range_input[ids].astype(np.float32), cache.range_labels[ids].astype(np.int64)
+    from_render = choose_renders(cache, ids, cfg.training.map_render_positives, seed)
+    if from_render.any():
+        sel = ids[from_render]
+        rng_in[from_render] = cache.render_input[sel].astype(np.float32)
+        rng_lab[from_render] = cache.render_labels[sel].astype(np.int64)
     return {
         "images": preprocess_images(rgb, cfg.model),
         "image_labels": torch.from_numpy(labels.astype(np.int64)),
-        "range": torch.from_numpy(cache.range_input[ids].astype(np.float32)),
-        "range_labels": torch.from_numpy(cache.range_labels[ids].astype(np.int64)),
+        "range": torch.from_numpy(rng_in),
+        "range_labels": torch.from_numpy(rng_lab),
         "ids": torch.from_numpy(ids),
         "conditions": torch.from_numpy(cond),
+        "from_render": torch.from_numpy(from_render),
     }
+
+
+def choose_renders(cache: PairCache, ids: np.ndarray, probability: float, seed: int) -> np.ndarray:
+    """(B,) bool: which items take the map render as their LiDAR side, each with ``probability`` where
+    the cache holds a render of it.  Its own generator (from ``seed``), so the condition and
+    augmentation draws of a batch are those of a run without renders."""
+    out = np.zeros(len(ids), dtype=bool)
+    if probability <= 0 or cache.render_present is None:
+        return out
+    draw = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, 29]).random(len(ids))
+    return (draw < probability) & cache.render_present[np.asarray(ids, dtype=np.int64)]

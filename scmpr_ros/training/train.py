@@ -1,6 +1,8 @@
 """``scmpr train``: cross-modal contrastive training of the SCM-PR model (paper eq. 12).
 
-L = L_con(D_RGB, D_LiDAR) + λ·L_sem + μ·L_seg with in-batch negatives (places > 25 m apart);
+L = L_con(D_RGB, D_LiDAR) + λ·L_sem + μ·L_seg with in-batch negatives (places > 25 m apart, and
+with ``training.near_negative_share`` > 0 small groups 6-15 m apart; with ``map_render_positives`` > 0
+the LiDAR side is sometimes the mapping-pass map rendered at the frame's pose: training/pairs.py);
 AdamW, linear warm-up then cosine decay to lr·min_lr_ratio; NetVLAD centroids from k-means over
 features before the first step; autocast (bf16/fp16) on CUDA only; CSA is fed an EMA of the LiDAR
 class prototypes (map-wide statistics, never the answer's).  One entry point for one process or
@@ -26,7 +28,7 @@ import numpy as np
 from scmpr_ros.config import ScmprConfig
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.io_utils import atomic_write_bytes, atomic_write_text
-from scmpr_ros.training.pairs import PairCache, epoch_batches, load_or_build_cache, make_batch
+from scmpr_ros.training.pairs import NearNegatives, PairCache, epoch_batches, load_or_build_cache, make_batch
 
 STATE_FILE = "train_state.pt"
 LAST_MODEL = "last.pt"
@@ -230,7 +232,8 @@ def kmeans_init(model: Any, cache: PairCache, train_ids: np.ndarray, cfg: ScmprC
     import torch
 
     t = cfg.training
-    batches = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, KMEANS_EPOCH, train_ids)[
+    near = NearNegatives.from_config(t)
+    batches = epoch_batches(cache, t.batch_size, t.negative_radius_m, t.seed, KMEANS_EPOCH, train_ids, near)[
         : max(1, t.kmeans_batches)
     ]
     if not batches:
@@ -428,8 +431,15 @@ class Trainer:
     def _load_data(self, cache_path: str | Path | None) -> None:
         t = self.cfg.training
         self.cache = load_or_build_cache(self.data_dir, self.cfg, cache_path, t.sequences or None, t.frame_stride)
-        if t.val_data:
-            self.val_cache = load_or_build_cache(t.val_data, self.cfg, None, t.sequences or None, t.frame_stride)
+        if t.map_render_positives > 0 and not self.cache.has_renders:
+            raise TrainingError(
+                f"training.map_render_positives {t.map_render_positives} but no frame of {self.data_dir} has a "
+                "map render (a town needs a mapping pass that covers its frames)"
+            )
+        if t.val_data:  # validation pairs the scans, as before (no renders: they cost render time)
+            self.val_cache = load_or_build_cache(
+                t.val_data, self.cfg, None, t.sequences or None, t.frame_stride, map_renders=False
+            )
             self.train_ids, self.val_ids = np.arange(len(self.cache)), np.arange(len(self.val_cache))
         else:
             self.train_ids, self.val_ids = split_train_val(self.cache, t.val_fraction, t.negative_radius_m)
@@ -532,11 +542,12 @@ class Trainer:
     def batches_of(self, epoch: int) -> list[np.ndarray]:
         """The epoch's batches of place ids (fixed by the data; topped up to steps_per_epoch)."""
         t, world = self.cfg.training, self.dist.world
-        bl = epoch_batches(self.cache, t.batch_size, t.negative_radius_m, t.seed, epoch, self.train_ids)
+        near = NearNegatives.from_config(t)
+        bl = epoch_batches(self.cache, t.batch_size, t.negative_radius_m, t.seed, epoch, self.train_ids, near)
         k = 1
         while t.steps_per_epoch > 0 and len(bl) < t.steps_per_epoch * world:
             more = epoch_batches(
-                self.cache, t.batch_size, t.negative_radius_m, t.seed, epoch + 100_000 * k, self.train_ids
+                self.cache, t.batch_size, t.negative_radius_m, t.seed, epoch + 100_000 * k, self.train_ids, near
             )
             if not more:
                 break
