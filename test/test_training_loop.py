@@ -11,27 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY_IMAGE_HW, tiny_model_config
 
 from scmpr_ros.config import ScmprConfig
 from scmpr_ros.lidar.range_image import RANGE_CHANNELS
 from scmpr_ros.training.pairs import PairCache, make_batch
 from scmpr_ros.training.train import LAST_MODEL, METRICS_LOG, STATE_FILE, compute_losses, lr_factor, read_metrics, train
 
-H, W, HR, WR = 32, 64, 16, 48
+(H, W), HR, WR = TINY_IMAGE_HW, 16, 48
 
 
 def small_cfg(**training) -> ScmprConfig:
     cfg = ScmprConfig()
-    model = dataclasses.replace(
-        cfg.model,
-        image_height=H,
-        image_width=W,
-        feature_dim=32,
-        netvlad_clusters=4,
-        descriptor_dim=32,
-        lidar_dims=[8, 16, 32],
-        attention_dim=16,
-    )
+    model = tiny_model_config(cfg.model)
     t = {
         "epochs": 2,
         "batch_size": 4,

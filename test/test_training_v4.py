@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import TINY_IMAGE_HW, tiny_model_config
 
 from scmpr_ros.config import ConfigError, ScmprConfig, TrainingConfig
 from scmpr_ros.training.pairs import (
@@ -108,21 +109,12 @@ def test_training_config_checks_the_new_settings() -> None:
 # --------------------------------------------------------------------------------------------
 # A tiny generated town
 # --------------------------------------------------------------------------------------------
-H, W = 32, 64
+H, W = TINY_IMAGE_HW
 
 
 def tiny_cfg(**training) -> ScmprConfig:
     cfg = ScmprConfig()
-    model = dataclasses.replace(
-        cfg.model,
-        image_height=H,
-        image_width=W,
-        feature_dim=32,
-        netvlad_clusters=4,
-        descriptor_dim=32,
-        lidar_dims=[8, 16, 32],
-        attention_dim=16,
-    )
+    model = tiny_model_config(cfg.model)
     t = {
         "epochs": 1,
         "batch_size": 4,
