@@ -505,8 +505,14 @@ def test_filter_with_odometry_publishes_filtered_pose_and_initialpose_once(world
             odom = sink.node.create_publisher(Odometry, "odom", OUTPUT_QOS)
             spin.add(sink.node)
             # a 12-viewpoint map puts every viewpoint among each frame's hypotheses, so the filter's mode
-            # gains weight slowly: converge on a shorter streak here (the filter.* parameters at work)
-            filter_params = {"filter.converge_frames": 3, "filter.converge_mode_weight": 0.6}
+            # gains weight slowly: converge on a shorter streak, with a lower floor for the particles away
+            # from the hypotheses, here (the filter.* parameters at work)
+            filter_params = {
+                "filter.converge_frames": 3,
+                "filter.converge_mode_weight": 0.6,
+                "filter.likelihood_floor": 0.3,
+                "filter.recovery_share_unconverged": 0.02,
+            }
             loc = spin.add(
                 _start_localizer(ctx, ns, ckpt, publish_initialpose=True, odom_topic="odom", **filter_params)
             )
