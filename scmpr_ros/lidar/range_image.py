@@ -59,6 +59,47 @@ class RangeImage:
         return self.xyz[self.valid]
 
 
+def range_image_from_pixels(
+    height: int,
+    width: int,
+    pixels: np.ndarray,
+    ranges: np.ndarray,
+    xyz: np.ndarray,
+    reflectance: np.ndarray | None,
+    labels: np.ndarray | None,
+    sources: np.ndarray,
+) -> RangeImage:
+    """A full-width range image from the points kept per pixel: ``pixels`` (K,) distinct flat pixel ids
+    (row * width + col), each one's range, xyz (K, 3), reflectance and label (or None: 0 / IGNORE_ID)
+    and source point index; normals are estimated from the assembled image."""
+    size = height * width
+    rng = np.zeros(size, dtype=np.float32)
+    rng[pixels] = ranges
+    xyz_flat = np.zeros((size, 3), dtype=np.float32)
+    xyz_flat[pixels] = xyz
+    refl = np.zeros(size, dtype=np.float32)
+    if reflectance is not None:
+        refl[pixels] = reflectance
+    lab = np.full(size, IGNORE_ID, dtype=np.uint8)
+    if labels is not None:
+        lab[pixels] = labels
+    point_index = np.full(size, -1, dtype=np.int64)
+    point_index[pixels] = sources
+    rng2, xyz2, valid = rng.reshape(height, width), xyz_flat.reshape(height, width, 3), (point_index >= 0)
+    valid2 = valid.reshape(height, width)
+    return RangeImage(
+        range=rng2,
+        xyz=xyz2,
+        reflectance=refl.reshape(height, width),
+        normals=estimate_normals(xyz2, rng2, valid2, wrap=True),
+        labels=lab.reshape(height, width),
+        valid=valid2,
+        point_index=point_index.reshape(height, width),
+        col_offset=0,
+        full_width=width,
+    )
+
+
 class RangeProjector:
     """Projects scans with the geometry of ``LidarConfig``."""
 
@@ -133,33 +174,15 @@ class RangeProjector:
         win = idx[order[first]]
         pix = lin_s[first]
 
-        point_index = np.full(H * W, -1, dtype=np.int64)
-        point_index[pix] = win
-        rng = np.zeros(H * W, dtype=np.float32)
-        rng[pix] = r[win]
-        xyz = np.zeros((H * W, 3), dtype=np.float32)
-        xyz[pix] = xyz_all[win]
-        refl = np.zeros(H * W, dtype=np.float32)
-        if pts.shape[1] == 4:
-            refl[pix] = pts[win, 3]
-        lab = np.full(H * W, IGNORE_ID, dtype=np.uint8)
-        if labels is not None:
-            lab[pix] = labels[win]
-        valid = point_index >= 0
-        rng2 = rng.reshape(H, W)
-        xyz2 = xyz.reshape(H, W, 3)
-        valid2 = valid.reshape(H, W)
-        normals = estimate_normals(xyz2, rng2, valid2, wrap=True)
-        return RangeImage(
-            range=rng2,
-            xyz=xyz2,
-            reflectance=refl.reshape(H, W),
-            normals=normals,
-            labels=lab.reshape(H, W),
-            valid=valid2,
-            point_index=point_index.reshape(H, W),
-            col_offset=0,
-            full_width=W,
+        return range_image_from_pixels(
+            H,
+            W,
+            pix,
+            r[win],
+            xyz_all[win],
+            pts[win, 3] if pts.shape[1] == 4 else None,
+            labels[win] if labels is not None else None,
+            win,
         )
 
     def crop_columns(self, yaw_rad: float, hfov_rad: float) -> np.ndarray:

@@ -23,7 +23,12 @@ import numpy as np
 
 from scmpr_ros.config import LidarConfig
 from scmpr_ros.errors import DatasetError, InputError
-from scmpr_ros.lidar.range_image import RangeImage, RangeProjector, encoder_input, estimate_normals
+from scmpr_ros.lidar.range_image import (
+    RangeImage,
+    RangeProjector,
+    encoder_input,
+    range_image_from_pixels,
+)
 from scmpr_ros.semantics import CLASS_NAMES, IGNORE_ID, NUM_CLASSES
 
 SEGMENTATION_MODES = ("ground_truth", "learned")
@@ -110,29 +115,17 @@ def project_scan(projector: RangeProjector, points: np.ndarray, labels: np.ndarr
     win = r[idx] <= best[lin]
     point_index = np.full(H * W, -1, np.int64)
     point_index[lin[win]] = idx[win]
-    valid = point_index >= 0
-    src = point_index[valid]
-    rng = np.zeros(H * W, np.float32)
-    rng[valid] = r[src]
-    xyz = np.zeros((H * W, 3), np.float32)
-    xyz[valid] = xyz_all[src]
-    refl = np.zeros(H * W, np.float32)
-    if pts.shape[1] == 4:
-        refl[valid] = pts[src, 3]
-    lab = np.full(H * W, IGNORE_ID, np.uint8)
-    if labels is not None:
-        lab[valid] = np.asarray(labels)[src]
-    rng, xyz, valid = rng.reshape(H, W), xyz.reshape(H, W, 3), valid.reshape(H, W)
-    image = RangeImage(
-        range=rng,
-        xyz=xyz,
-        reflectance=refl.reshape(H, W),
-        normals=estimate_normals(xyz, rng, valid, wrap=True),
-        labels=lab.reshape(H, W),
-        valid=valid,
-        point_index=point_index.reshape(H, W),
-        col_offset=0,
-        full_width=W,
+    pixels = np.flatnonzero(point_index >= 0)
+    src = point_index[pixels]
+    image = range_image_from_pixels(
+        H,
+        W,
+        pixels,
+        r[src],
+        xyz_all[src],
+        pts[src, 3] if pts.shape[1] == 4 else None,
+        np.asarray(labels)[src] if labels is not None else None,
+        src,
     )
     out = np.flatnonzero(~ok)
     if len(out):

@@ -21,7 +21,7 @@ import numpy as np
 
 from scmpr_ros.config import CameraConfig, MapConfig
 from scmpr_ros.errors import InputError
-from scmpr_ros.lidar.range_image import RangeImage, RangeProjector, estimate_normals
+from scmpr_ros.lidar.range_image import RangeImage, RangeProjector, range_image_from_pixels
 from scmpr_ros.semantics import IGNORE_ID, NUM_CLASSES
 from scmpr_ros.semantics.grid import grid_from_points
 
@@ -370,30 +370,8 @@ class ViewpointRenderer:
             ],
             1,
         )
-        rng = np.zeros(H * W, np.float32)
-        xyz = np.zeros((H * W, 3), np.float32)
-        refl = np.zeros(H * W, np.float32)
-        lab = np.full(H * W, IGNORE_ID, np.uint8)
-        point_index = np.full(H * W, -1, np.int64)
         src = idx[pt[win]]
-        rng[pixw] = t[win]
-        xyz[pixw] = hit
-        refl[pixw] = m.reflectance[src]
-        lab[pixw] = m.labels[src]
-        point_index[pixw] = src
-        valid = (point_index >= 0).reshape(H, W)
-        rng2, xyz2 = rng.reshape(H, W), xyz.reshape(H, W, 3)
-        return RangeImage(
-            range=rng2,
-            xyz=xyz2,
-            reflectance=refl.reshape(H, W),
-            normals=estimate_normals(xyz2, rng2, valid, wrap=True),
-            labels=lab.reshape(H, W),
-            valid=valid,
-            point_index=point_index.reshape(H, W),
-            col_offset=0,
-            full_width=W,
-        )
+        return range_image_from_pixels(H, W, pixw, t[win], hit, m.reflectance[src], m.labels[src], src)
 
 
 def _in_yaw_window(p: np.ndarray, yaw: float, hfov: float, margin: float) -> np.ndarray:
