@@ -46,7 +46,7 @@ class _LabelledScans:
 
 
 @dataclass
-class _MapPlan:
+class MapPlan:
     """What the build renders: the viewpoints, how, and the camera their semantic grids are seen from."""
 
     lidar: Any  # LidarConfig
@@ -93,7 +93,7 @@ def _check_map_config(sequence: Any, mcfg: Any) -> None:
         raise InputError(f"map.batch_size must be >= 1, got {mcfg.batch_size}")
 
 
-def _plan_map(sequence: Any, cfg: ScmprConfig) -> _MapPlan:
+def plan_map(sequence: Any, cfg: ScmprConfig) -> MapPlan:
     lidar, mcfg = cfg.lidar, cfg.map
     segmenter = make_segmenter(lidar, sequence)
     projector = RangeProjector(lidar)
@@ -108,7 +108,7 @@ def _plan_map(sequence: Any, cfg: ScmprConfig) -> _MapPlan:
     scans = _LabelledScans(sequence, segmenter)
     renderer = ViewpointRenderer(projector, mcfg, None, scans, poses)
     modes = [renderer.mode_for(v) for v in viewpoints]
-    return _MapPlan(
+    return MapPlan(
         lidar,
         mcfg,
         segmenter,
@@ -125,7 +125,7 @@ def _plan_map(sequence: Any, cfg: ScmprConfig) -> _MapPlan:
     )
 
 
-def _accumulate_map(plan: _MapPlan, progress: Progress | None) -> float:
+def accumulate_map(plan: MapPlan, progress: Progress | None) -> float:
     """Fuse all valid scans into the renderer's labelled voxel map (for "map" viewpoints); returns seconds."""
     t0 = time.perf_counter()
     acc = MapAccumulator(plan.mcfg.voxel_size_m)
@@ -139,7 +139,7 @@ def _accumulate_map(plan: _MapPlan, progress: Progress | None) -> float:
     return time.perf_counter() - t0
 
 
-def _render_batch(plan: _MapPlan, batch: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_batch(plan: MapPlan, batch: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encoder inputs, labels and semantic frustum grids of a batch of viewpoints."""
     mcfg = plan.mcfg
     xs, labs, grids = [], [], []
@@ -168,7 +168,7 @@ def _encode_batch(model: Any, device: Any, x: np.ndarray, lab: np.ndarray, acc: 
     return d
 
 
-def _encode_viewpoints(plan: _MapPlan, model: Any, device: Any, progress: Progress | None) -> _Encoded:
+def _encode_viewpoints(plan: MapPlan, model: Any, device: Any, progress: Progress | None) -> _Encoded:
     """Render batch b + 1 on a background thread while the encoder runs on batch b."""
     import torch
 
@@ -184,14 +184,14 @@ def _encode_viewpoints(plan: _MapPlan, model: Any, device: Any, progress: Progre
     out = _Encoded(np.empty((n, 0), np.float32), None)
     t_loop = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(_render_batch, plan, batches[0])
+        fut = pool.submit(render_batch, plan, batches[0])
         done = 0
         for b, batch in enumerate(batches):
             t0 = time.perf_counter()
             x, lab, grids = fut.result()
             out.t_render += time.perf_counter() - t0
             if b + 1 < len(batches):
-                fut = pool.submit(_render_batch, plan, batches[b + 1])
+                fut = pool.submit(render_batch, plan, batches[b + 1])
             t0 = time.perf_counter()
             d = _encode_batch(model, device, x, lab, out)
             out.t_encode += time.perf_counter() - t0
@@ -222,7 +222,7 @@ def _prototypes(model: Any, device: Any, enc: _Encoded) -> np.ndarray:
         return protos.float().cpu().numpy()
 
 
-def _map_metadata(sequence: Any, plan: _MapPlan, metadata: dict | None) -> dict:
+def _map_metadata(sequence: Any, plan: MapPlan, metadata: dict | None) -> dict:
     town = _town_of(sequence.root)
     modes, yaw_hfov = plan.modes, plan.yaw_hfov
     return {
@@ -242,7 +242,7 @@ def _map_metadata(sequence: Any, plan: _MapPlan, metadata: dict | None) -> dict:
 
 
 def _map_data(
-    plan: _MapPlan, enc: _Encoded, prototypes: np.ndarray, model: Any, model_checksum: str, meta: dict
+    plan: MapPlan, enc: _Encoded, prototypes: np.ndarray, model: Any, model_checksum: str, meta: dict
 ) -> MapData:
     viewpoints = plan.viewpoints
     T = np.stack([v.T_world_velo for v in viewpoints])
@@ -275,8 +275,8 @@ def build_map(
     # a build killed while writing leaves its temporary file (.NAME.pidPID.XXXXXXXX.tmp) next to ``out``
     stale = [p.name for p in remove_stale_temp_files(out)]
     _check_map_config(sequence, cfg.map)
-    plan = _plan_map(sequence, cfg)
-    t_acc = _accumulate_map(plan, progress) if "map" in plan.modes else 0.0
+    plan = plan_map(sequence, cfg)
+    t_acc = accumulate_map(plan, progress) if "map" in plan.modes else 0.0
     device = next(model.parameters()).device
     enc = _encode_viewpoints(plan, model, device, progress)
     if not np.isfinite(enc.descriptors).all():

@@ -448,7 +448,7 @@ class MapRenders:
 
     The map pass is the plan with role 0 (synthetic manifest); a root without roles renders each
     pass from its own map.  The map, its segmenter labels and the renderer come from
-    ``mapping.builder`` (``_plan_map`` / ``_accumulate_map`` / ``_render_batch``), with
+    ``mapping.builder`` (``plan_map`` / ``accumulate_map`` / ``render_batch``), with
     ``map.render_mode`` forced to "map": the scan at the pose is the other positive already.
     """
 
@@ -468,15 +468,15 @@ class MapRenders:
     def plan_for(self, scan_sequence: str) -> Any:
         """The builder's map plan of the map that serves ``scan_sequence`` (accumulated on first use)."""
         from scmpr_ros.datasets import open_sequence
-        from scmpr_ros.mapping.builder import _accumulate_map, _plan_map
+        from scmpr_ros.mapping.builder import accumulate_map, plan_map
 
         name = self.map_sequence(scan_sequence)
         if name not in self._maps:
             import time
 
             t0 = time.perf_counter()
-            plan = _plan_map(open_sequence(self.root, name), self.cfg)
-            _accumulate_map(plan, None)
+            plan = plan_map(open_sequence(self.root, name), self.cfg)
+            accumulate_map(plan, None)
             self._maps[name] = plan
             self.seconds_accumulate += time.perf_counter() - t0
         return self._maps[name]
@@ -487,12 +487,12 @@ class MapRenders:
         import time
 
         from scmpr_ros.lidar.viewpoints import Viewpoint
-        from scmpr_ros.mapping.builder import _render_batch
+        from scmpr_ros.mapping.builder import render_batch
 
         plan = self.plan_for(scan_sequence)
         t0 = time.perf_counter()
         vp = Viewpoint(0, -1, -1, 0.0, 0.0, np.asarray(T_world_velo, dtype=np.float64))
-        x, labels, _grids = _render_batch(plan, [vp])
+        x, labels, _grids = render_batch(plan, [vp])
         self.seconds_render += time.perf_counter() - t0
         return x[0], labels[0]
 
