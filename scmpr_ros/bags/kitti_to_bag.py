@@ -349,34 +349,42 @@ def _write_cloud(w: _TopicWriter, fr: _Frames, i: int, t_ns: int) -> None:
     )
 
 
-def _write_ground_truth(w: _TopicWriter, fr: _Frames, i: int, t_ns: int) -> None:
-    """Frame i's ground-truth Odometry (pose and child-frame twist) and its map->velodyne /tf."""
+def _write_odometry_msg(
+    w: _TopicWriter, topic: str, t_ns: int, frame: str, xyz, q, linear=(0.0, 0.0, 0.0), angular=(0.0, 0.0, 0.0)
+) -> None:
+    """One nav_msgs/Odometry of ``VELO_FRAME`` in ``frame``: position ``xyz``, quaternion ``q`` (x y z w) and
+    child-frame twist ``linear`` / ``angular``; covariances zero."""
     T = w.types
-    Tw = fr.poses[i]
-    q = quat_from_matrix(Tw)
-    v, tw = _twist(fr.poses, fr.times, fr.valid, i)
+    vector = T["geometry_msgs/msg/Vector3"]
     pose = T["geometry_msgs/msg/Pose"](
-        position=T["geometry_msgs/msg/Point"](x=float(Tw[0, 3]), y=float(Tw[1, 3]), z=float(Tw[2, 3])),
+        position=T["geometry_msgs/msg/Point"](x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2])),
         orientation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
     )
     twist = T["geometry_msgs/msg/Twist"](
-        linear=T["geometry_msgs/msg/Vector3"](x=float(v[0]), y=float(v[1]), z=float(v[2])),
-        angular=T["geometry_msgs/msg/Vector3"](x=float(tw[0]), y=float(tw[1]), z=float(tw[2])),
+        linear=vector(x=float(linear[0]), y=float(linear[1]), z=float(linear[2])),
+        angular=vector(x=float(angular[0]), y=float(angular[1]), z=float(angular[2])),
     )
     w.write(
-        GROUND_TRUTH_TOPIC,
+        topic,
         t_ns,
         T["nav_msgs/msg/Odometry"](
-            header=_header(w.ts, t_ns, MAP_FRAME),
+            header=_header(w.ts, t_ns, frame),
             child_frame_id=VELO_FRAME,
             pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
             twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36)),
         ),
     )
+
+
+def _write_ground_truth(w: _TopicWriter, fr: _Frames, i: int, t_ns: int) -> None:
+    """Frame i's ground-truth Odometry (pose and child-frame twist) and its map->velodyne /tf."""
+    Tw = fr.poses[i]
+    v, tw = _twist(fr.poses, fr.times, fr.valid, i)
+    _write_odometry_msg(w, GROUND_TRUTH_TOPIC, t_ns, MAP_FRAME, Tw[:3, 3], quat_from_matrix(Tw), v, tw)
     w.write(
         TF_TOPIC,
         t_ns,
-        T["tf2_msgs/msg/TFMessage"](transforms=[_transform_msg(w.ts, Tw, t_ns, MAP_FRAME, VELO_FRAME)]),
+        w.types["tf2_msgs/msg/TFMessage"](transforms=[_transform_msg(w.ts, Tw, t_ns, MAP_FRAME, VELO_FRAME)]),
     )
 
 
@@ -391,25 +399,7 @@ def drift_odometry_poses(poses: np.ndarray, valid: np.ndarray, seed: int = ODOME
 
 
 def _write_odometry(w: _TopicWriter, xyyaw: np.ndarray, t_ns: int) -> None:
-    T = w.types
-    q = quat_from_yaw(float(xyyaw[2]))
-    pose = T["geometry_msgs/msg/Pose"](
-        position=T["geometry_msgs/msg/Point"](x=float(xyyaw[0]), y=float(xyyaw[1]), z=0.0),
-        orientation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
-    )
-    zero = T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0)
-    w.write(
-        ODOM_TOPIC,
-        t_ns,
-        T["nav_msgs/msg/Odometry"](
-            header=_header(w.ts, t_ns, ODOM_FRAME),
-            child_frame_id=VELO_FRAME,
-            pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
-            twist=T["geometry_msgs/msg/TwistWithCovariance"](
-                twist=T["geometry_msgs/msg/Twist"](linear=zero, angular=zero), covariance=np.zeros(36)
-            ),
-        ),
-    )
+    _write_odometry_msg(w, ODOM_TOPIC, t_ns, ODOM_FRAME, (xyyaw[0], xyyaw[1], 0.0), quat_from_yaw(float(xyyaw[2])))
 
 
 def _write_frames(
