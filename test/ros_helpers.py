@@ -13,11 +13,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
 
 _counter = itertools.count()
 
@@ -66,6 +68,34 @@ class Spinner:
         self.executor.shutdown(timeout_sec=5.0)  # waits for callbacks still running in the pool
         for n in nodes:
             n.destroy_node()
+
+
+@contextlib.contextmanager
+def spinning(threads: int = 4) -> Iterator[tuple[Context, Spinner]]:
+    """A fresh Context with a Spinner on it; the Spinner (and its nodes) is closed before the context shuts down."""
+    with ros_context() as ctx:
+        spin = Spinner(ctx, threads)
+        try:
+            yield ctx, spin
+        finally:
+            spin.close()
+
+
+def start_map_server(spin: Spinner, ctx: Context, ns: str, map_file: Path | None = None, **params):
+    """A map_server in ``ns`` serving ``map_file`` (none: waits for a reload), spun by ``spin``."""
+    from scmpr_ros.nodes.map_server import MapServer
+
+    over = [] if map_file is None else [Parameter("map_file", value=str(map_file))]
+    over += [Parameter(k, value=v) for k, v in params.items()]
+    return spin.add(MapServer(context=ctx, namespace=ns, parameter_overrides=over))
+
+
+def corrupt_copy(src: Path, dst: Path, offset: int, mask: int) -> Path:
+    """``src`` copied to ``dst`` with the byte at ``offset`` XOR-ed with ``mask``."""
+    data = bytearray(src.read_bytes())
+    data[offset] ^= mask
+    dst.write_bytes(bytes(data))
+    return dst
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, period: float = 0.02) -> bool:

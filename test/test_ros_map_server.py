@@ -13,7 +13,7 @@ from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from ros_helpers import Spinner, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
+from ros_helpers import call_service, corrupt_copy, spinning, start_map_server, unique_namespace, wait_for  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
@@ -77,26 +77,13 @@ class Listener:
 def test_late_joiner_gets_latched_map_and_poses(tmp_path):
     path = small_map(tmp_path / "a.scmpr-map")
     ns = unique_namespace()
-    with ros_context() as ctx:
-        spin = Spinner(ctx)
-        try:
-            server = spin.add(
-                MapServer(
-                    context=ctx,
-                    namespace=ns,
-                    parameter_overrides=[
-                        Parameter("map_file", value=str(path)),
-                        Parameter("max_published_poses", value=100),
-                    ],
-                )
-            )
-            assert server.announcement is not None and server.version == 1
-            wait_for(lambda: False, 0.5)  # the listener joins after the map was published
-            late = Listener(ctx, ns)
-            spin.add(late.node)
-            assert wait_for(lambda: late.ann and late.poses and late.markers, 10.0)
-        finally:
-            spin.close()
+    with spinning() as (ctx, spin):
+        server = start_map_server(spin, ctx, ns, path, max_published_poses=100)
+        assert server.announcement is not None and server.version == 1
+        wait_for(lambda: False, 0.5)  # the listener joins after the map was published
+        late = Listener(ctx, ns)
+        spin.add(late.node)
+        assert wait_for(lambda: late.ann and late.poses and late.markers, 10.0)
     ann = late.ann[-1]
     assert ann.version == 1 and ann.path == str(path.resolve()) and ann.num_viewpoints == 300
     assert ann.descriptor_dim == 32 and ann.model_checksum == "model-a" and ann.frame_id == "map"
@@ -112,76 +99,63 @@ def test_late_joiner_gets_latched_map_and_poses(tmp_path):
 def test_reload_with_corrupt_map_keeps_the_old_one(tmp_path):
     good = small_map(tmp_path / "good.scmpr-map")
     other = small_map(tmp_path / "other.scmpr-map", n=50, seed=1, checksum="model-b")
-    corrupt = tmp_path / "corrupt.scmpr-map"
-    data = bytearray(good.read_bytes())
-    data[-10] ^= 0xFF
-    corrupt.write_bytes(bytes(data))
+    corrupt = corrupt_copy(good, tmp_path / "corrupt.scmpr-map", -10, 0xFF)
     ns = unique_namespace()
-    with ros_context() as ctx:
-        spin = Spinner(ctx)
-        try:
-            server = spin.add(
-                MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value=str(good))])
-            )
-            client = spin.add(Node("client", context=ctx, namespace=ns))
+    with spinning() as (ctx, spin):
+        server = start_map_server(spin, ctx, ns, good)
+        client = spin.add(Node("client", context=ctx, namespace=ns))
 
-            def set_map_file(p):  # as `ros2 param set` does, through the parameter service
-                req = SetParameters.Request()
-                req.parameters = [
-                    ParameterMsg(name="map_file", value=Parameter("map_file", value=str(p)).get_parameter_value())
-                ]
-                res = call_service(client, SetParameters, f"{ns}/map_server/set_parameters", req)
-                assert res.results[0].successful
-
-            set_map_file(corrupt)
-            res = call_service(client, Trigger, f"{ns}/map_server/reload_map")
-            assert not res.success and "checksum" in res.message and "keeping map v1" in res.message
-            assert server.version == 1 and server.announcement.path == str(good.resolve())
-            late = Listener(ctx, ns)
-            spin.add(late.node)
-            assert wait_for(lambda: late.ann, 10.0)
-            assert late.ann[-1].version == 1 and late.ann[-1].path == str(good.resolve())
-
-            req = SetParameters.Request()  # a bad value is refused with the config's reason, the old one stays
+        def set_map_file(p):  # as `ros2 param set` does, through the parameter service
+            req = SetParameters.Request()
             req.parameters = [
-                ParameterMsg(
-                    name="max_published_poses", value=Parameter("max_published_poses", value=0).get_parameter_value()
-                )
+                ParameterMsg(name="map_file", value=Parameter("map_file", value=str(p)).get_parameter_value())
             ]
             res = call_service(client, SetParameters, f"{ns}/map_server/set_parameters", req)
-            assert not res.results[0].successful and "max_published_poses: 0 must be >= 1" in res.results[0].reason
-            assert server.get_parameter("max_published_poses").value == 20000
+            assert res.results[0].successful
 
-            set_map_file(tmp_path / "missing.scmpr-map")
-            res = call_service(client, Trigger, f"{ns}/map_server/reload_map")
-            assert not res.success and "does not exist" in res.message
+        set_map_file(corrupt)
+        res = call_service(client, Trigger, f"{ns}/map_server/reload_map")
+        assert not res.success and "checksum" in res.message and "keeping map v1" in res.message
+        assert server.version == 1 and server.announcement.path == str(good.resolve())
+        late = Listener(ctx, ns)
+        spin.add(late.node)
+        assert wait_for(lambda: late.ann, 10.0)
+        assert late.ann[-1].version == 1 and late.ann[-1].path == str(good.resolve())
 
-            set_map_file(other)
-            res = call_service(client, Trigger, f"{ns}/map_server/reload_map")
-            assert res.success, res.message
-            assert wait_for(lambda: late.ann[-1].version == 2, 10.0)
-            assert late.ann[-1].path == str(other.resolve()) and late.ann[-1].num_viewpoints == 50
-            assert wait_for(lambda: len(late.poses[-1].poses) == 50, 10.0)
-        finally:
-            spin.close()
+        req = SetParameters.Request()  # a bad value is refused with the config's reason, the old one stays
+        req.parameters = [
+            ParameterMsg(
+                name="max_published_poses", value=Parameter("max_published_poses", value=0).get_parameter_value()
+            )
+        ]
+        res = call_service(client, SetParameters, f"{ns}/map_server/set_parameters", req)
+        assert not res.results[0].successful and "max_published_poses: 0 must be >= 1" in res.results[0].reason
+        assert server.get_parameter("max_published_poses").value == 20000
+
+        set_map_file(tmp_path / "missing.scmpr-map")
+        res = call_service(client, Trigger, f"{ns}/map_server/reload_map")
+        assert not res.success and "does not exist" in res.message
+
+        set_map_file(other)
+        res = call_service(client, Trigger, f"{ns}/map_server/reload_map")
+        assert res.success, res.message
+        assert wait_for(lambda: late.ann[-1].version == 2, 10.0)
+        assert late.ann[-1].path == str(other.resolve()) and late.ann[-1].num_viewpoints == 50
+        assert wait_for(lambda: len(late.poses[-1].poses) == 50, 10.0)
 
 
 def test_server_without_map_waits_for_reload(tmp_path):
     path = small_map(tmp_path / "a.scmpr-map", n=10)
     ns = unique_namespace()
-    with ros_context() as ctx:
-        spin = Spinner(ctx)
-        try:
-            server = spin.add(MapServer(context=ctx, namespace=ns))
-            late = Listener(ctx, ns)
-            spin.add(late.node)
-            assert not wait_for(lambda: late.ann, 1.0)
-            server.set_parameters([Parameter("map_file", value=str(path))])
-            res = call_service(late.node, Trigger, f"{ns}/map_server/reload_map")
-            assert res.success and "10 viewpoints" in res.message
-            assert wait_for(lambda: late.ann and late.ann[-1].version == 1, 10.0)
-        finally:
-            spin.close()
+    with spinning() as (ctx, spin):
+        server = start_map_server(spin, ctx, ns)
+        late = Listener(ctx, ns)
+        spin.add(late.node)
+        assert not wait_for(lambda: late.ann, 1.0)
+        server.set_parameters([Parameter("map_file", value=str(path))])
+        res = call_service(late.node, Trigger, f"{ns}/map_server/reload_map")
+        assert res.success and "10 viewpoints" in res.message
+        assert wait_for(lambda: late.ann and late.ann[-1].version == 1, 10.0)
 
 
 def test_params_file_reaches_the_nodes_by_name(tmp_path):
