@@ -5,6 +5,7 @@ The shipped model must clear a floor set from its measured figure (models/README
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,42 @@ def test_protocol_same_sequence_and_exclude_recent(fresh_town: Path, small_model
     )
     ex = json.loads((out2 / "protocol.json").read_text())["sequences"]["00"]["overall"]
     assert same["num_evaluated"] > 0 and ex["num_evaluated"] == 0
+
+
+def test_protocol_compares_ground_truth_and_learned_map_semantics(
+    fresh_town: Path, small_model_file: Path, tmp_path: Path, capsys
+) -> None:
+    """--map-semantics ground_truth,learned: one map per source (the learned one with the shipped
+    segmenter weights, no config needed), both queried with the same frames, R@N side by side."""
+    from scmpr_ros.mapping.map_file import read_map
+
+    out = tmp_path / "proto_sem"
+    args = ["protocol", "--data", str(fresh_town), "--sequences", "00", "--model", str(small_model_file)]
+    assert main([*args, "--out", str(out), "--map-semantics", "ground_truth,learned"]) == 0
+    table = (out / "protocol.md").read_text()
+    assert "| 00 | ground_truth |" in table and "| 00 | learned |" in table
+    assert "| mean | ground_truth |" in table and "| mean | learned |" in table
+    assert re.search(r"^learned vs ground_truth: R@1 [+-]\d+\.\d+ points \(mean over sequences\)$", table, re.M)
+    report = json.loads((out / "protocol.json").read_text())
+    assert set(report["map_semantics"]) == {"ground_truth", "learned"}
+    for source in ("ground_truth", "learned"):
+        assert report["map_semantics"][source]["sequences"]["00"]["overall"]["num_evaluated"] > 0
+    assert report["sequences"] == report["map_semantics"]["ground_truth"]["sequences"]
+    maps = {
+        s: read_map(out / "seq_00" / s / "map_00.scmpr-map", mmap_arrays=False) for s in ("ground_truth", "learned")
+    }
+    assert {s: m.metadata["segmentation"] for s, m in maps.items()} == {
+        "ground_truth": "ground_truth",
+        "learned": "learned",
+    }
+    grids = {s: np.asarray(m.semantic_grids[:]) for s, m in maps.items()}
+    assert grids["ground_truth"].shape == grids["learned"].shape
+    assert not np.array_equal(grids["ground_truth"], grids["learned"])  # the learned segmenter is not perfect
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--map-semantics", "ground_truth,bogus"]) != 0
+    err = capsys.readouterr().err
+    assert "bogus" in err and "ground_truth, learned" in err and "Traceback" not in err, err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_evaluate_refuses_a_map_of_another_model(

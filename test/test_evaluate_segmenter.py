@@ -22,11 +22,10 @@ def test_cli_scores_the_shipped_segmenter_like_a_direct_computation(scene_kitti_
     last = re.fullmatch(r"mIoU (\d\.\d{3}) over (\d+) points", lines[-1])
     assert last, lines[-1]
     # the same figure from all predictions concatenated (what segmentation_miou computes)
-    from scmpr_ros.cli.maps import _default_segmenter_weights
-    from scmpr_ros.mapping.segmenters import load_segmenter
+    from scmpr_ros.mapping.segmenters import default_segmenter_weights, load_segmenter
 
     seq = open_sequence(scene_kitti_dir, "00")
-    weights = _default_segmenter_weights()  # the shipped CNN (models/range_segnet.pt), else the MLP
+    weights = default_segmenter_weights()  # the shipped CNN (models/range_segnet.pt), else the MLP
     assert weights.parent == repo_root / "models"
     seg = load_segmenter(weights, LidarConfig())
     frames = range(0, seq.num_frames, 2)

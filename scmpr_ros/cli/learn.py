@@ -206,11 +206,21 @@ def protocol_cmd(
         [], "--config", "-c", help="YAML over config/scmpr.yaml (map, lidar, retrieval sections)"
     ),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    map_semantics: str | None = typer.Option(
+        None,
+        "--map-semantics",
+        help="map semantics to compare, e.g. ground_truth,learned: one map per source and sequence, "
+        "R@N side by side (default: the config's lidar.segmentation)",
+    ),
 ) -> None:
     """Per sequence: build its map, query it with its own camera frames; a paper-style R@N table."""
-    from scmpr_ros.evaluation.evaluate import run_protocol
+    from scmpr_ros.benchmarks.common import set_omp_wait_policy
 
     cfg = _load_cfg(config)
+    if "learned" in (map_semantics or cfg.lidar.segmentation).split(","):
+        set_omp_wait_policy("passive")  # as in build-map: spinning OpenMP threads starve the segmenter's numpy work
+    from scmpr_ros.evaluation.evaluate import run_protocol
+
     table = run_protocol(
         model,
         data,
@@ -220,6 +230,7 @@ def protocol_cmd(
         threshold_m=threshold,
         exclude_recent_s=exclude_recent,
         device=device,
+        map_semantics=None if map_semantics is None else map_semantics.split(","),
     )
     typer.echo(table)
 

@@ -242,14 +242,6 @@ def train_segmenter_cmd(
     _train_cnn(sources, val, opts, out or Path("models/range_segnet.pt"), cfg)
 
 
-def _default_segmenter_weights() -> Path:
-    from scmpr_ros.config import default_models_dir
-
-    models = default_models_dir()
-    cnn = models / "range_segnet.pt"
-    return cnn if cnn.is_file() else models / "range_segmenter.npz"
-
-
 def evaluate_segmenter_cmd(
     dataset_dir: Path = typer.Argument(..., help="KITTI-layout root with labels (SemanticKITTI, KITTI-360, synthetic)"),
     sequence: str = typer.Option(..., "--sequence", "-s", help="labelled sequence to score, e.g. 08"),
@@ -271,11 +263,11 @@ def evaluate_segmenter_cmd(
     from scmpr_ros.benchmarks.common import set_omp_wait_policy
     from scmpr_ros.datasets import open_sequence
     from scmpr_ros.lidar.segmentation import evaluate_segmenter
-    from scmpr_ros.mapping.segmenters import load_segmenter
+    from scmpr_ros.mapping.segmenters import default_segmenter_weights, load_segmenter
 
     set_omp_wait_policy("passive")
     cfg = _load_cfg(config)
-    weights = model or _default_segmenter_weights()
+    weights = model or default_segmenter_weights()
     segmenter = load_segmenter(weights, cfg.lidar)
     if knn >= 0 and hasattr(segmenter, "knn"):
         segmenter.knn = dataclasses.replace(segmenter.knn, k=knn)

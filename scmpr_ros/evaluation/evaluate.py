@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scmpr_ros.config import LIMITS
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.evaluation.filtering import check_modes, filter_sequence, filtered_figures
 from scmpr_ros.geometry import heading_of, positions_of
@@ -450,6 +451,43 @@ def build_and_evaluate(
     return summary
 
 
+def map_semantics_sources(items: Sequence[str] | None, configured: str) -> list[str]:
+    """The ``--map-semantics`` sources to compare, in order: ``items`` checked (each an allowed value of
+    ``lidar.segmentation``, none empty or repeated), or ``[configured]`` when ``items`` is None."""
+    if items is None:
+        return [configured]
+    allowed = LIMITS[("lidar", "segmentation")]
+    sources = [str(v).strip() for v in items]
+    for v in sources:
+        if v not in allowed:
+            what = "an empty item" if not v else f"{v!r}"
+            raise EvaluationError(
+                f"--map-semantics {','.join(sources)!r}: {what} is not a map-semantics source; "
+                f"give a comma-separated list of {', '.join(allowed)}"
+            )
+    if len(set(sources)) != len(sources):
+        raise EvaluationError(
+            f"--map-semantics {','.join(sources)!r} repeats a source; give each of {', '.join(allowed)} at most once"
+        )
+    return sources
+
+
+def semantics_config(cfg: ScmprConfig, source: str, comparing: bool = False) -> ScmprConfig:
+    """``cfg`` with ``lidar.segmentation = source``.  ``learned`` without ``lidar.segmenter_weights`` gets
+    the shipped weights; when ``comparing`` sources, ``ground_truth`` drops the weights so that a sequence
+    without labels fails instead of being segmented by the network under the ground-truth name."""
+    from scmpr_ros.mapping.segmenters import default_segmenter_weights
+
+    weights = cfg.lidar.segmenter_weights
+    if source == "learned" and not weights:
+        weights = str(default_segmenter_weights())
+    elif source == "ground_truth" and comparing:
+        weights = ""
+    return dataclasses.replace(
+        cfg, lidar=dataclasses.replace(cfg.lidar, segmentation=source, segmenter_weights=weights)
+    )
+
+
 def run_protocol(
     model_path: str | Path,
     data: str | Path,
@@ -461,45 +499,79 @@ def run_protocol(
     exclude_recent_s: float | None = None,
     device: str = "cpu",
     progress: Callable[[str, int, int], None] | None = None,
+    map_semantics: Sequence[str] | None = None,
 ) -> str:
     """KITTI-style protocol: per sequence, map and queries from that sequence; a markdown table of
-    R@1/5/10 per sequence and their mean (``protocol.md`` / ``protocol.json`` in ``out``)."""
+    R@1/5/10 per sequence and their mean (``protocol.md`` / ``protocol.json`` in ``out``).
+
+    ``map_semantics``: the ``lidar.segmentation`` sources to build the maps with (default: the config's
+    own).  With several, each sequence gets one map per source (``out/seq_NN/<source>/``), queried with
+    the same frames; the table has a row per (sequence, source), a mean row per source and each later
+    source's mean R@1 difference against the first; ``protocol.json`` adds ``map_semantics``."""
     out = Path(out)
-    rows = {}
+    sources = map_semantics_sources(map_semantics, cfg.lidar.segmentation)
+    comparing = len(sources) > 1
+    runs: dict[str, dict[str, dict]] = {source: {} for source in sources}
     for s in sequences:
-        summary = build_and_evaluate(
-            Path(model_path),
-            Path(data),
-            s,
-            [s],
-            cfg,
-            out / f"seq_{s}",
-            device=device,
-            threshold_m=threshold_m,
-            exclude_recent_s=exclude_recent_s,
-            progress=progress,
-        )
-        rows[s] = summary
-    ns = [k for k in next(iter(rows.values()))["overall"] if k.startswith("R@")]
+        for source in sources:
+            runs[source][s] = build_and_evaluate(
+                Path(model_path),
+                Path(data),
+                s,
+                [s],
+                semantics_config(cfg, source, comparing),
+                out / f"seq_{s}" / source if comparing else out / f"seq_{s}",
+                device=device,
+                threshold_m=threshold_m,
+                exclude_recent_s=exclude_recent_s,
+                progress=progress,
+            )
+    first = runs[sources[0]]
+    ns = [k for k in next(iter(first.values()))["overall"] if k.startswith("R@")]
+    means = {
+        source: {n: sum(r["overall"][n] for r in rows.values()) / len(rows) for n in ns}
+        for source, rows in runs.items()
+    }
     title = f"Cross-modal place recognition, threshold {threshold_m:g} m" + (
         f", exclude-recent {exclude_recent_s:g} s" if exclude_recent_s else ""
     )
-    lines = [
-        f"### {title}",
-        "",
-        "| sequence | queries | viewpoints | " + " | ".join(f"{n} (%)" for n in ns) + " |",
-        "|---|---|---|" + "---|" * len(ns),
-    ]
-    for s, r in rows.items():
-        lines.append(
-            f"| {s} | {r['overall']['num_evaluated']} | {r['num_viewpoints']} | "
-            + " | ".join(f"{100 * r['overall'][n]:.2f}" for n in ns)
-            + " |"
-        )
-    mean = {n: sum(r["overall"][n] for r in rows.values()) / len(rows) for n in ns}
-    lines.append("| mean | | | " + " | ".join(f"{100 * mean[n]:.2f}" for n in ns) + " |")
-    table = "\n".join(lines)
+    table = _protocol_table(title, runs, means, ns)
+    report: dict[str, Any] = {"sequences": first, "mean": means[sources[0]]}
+    if comparing:
+        report["map_semantics"] = {source: {"sequences": runs[source], "mean": means[source]} for source in sources}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "protocol.md", table + "\n")
-    atomic_write_text(out / "protocol.json", json.dumps({"sequences": rows, "mean": mean}, indent=2, default=str))
+    atomic_write_text(out / "protocol.json", json.dumps(report, indent=2, default=str))
     return table
+
+
+def _protocol_table(title: str, runs: dict[str, dict[str, dict]], means: dict[str, dict], ns: list[str]) -> str:
+    """The markdown of ``run_protocol``: a row per sequence (and map-semantics source when there are
+    several), a mean row per source, then each later source's mean R@1 difference against the first."""
+    comparing = len(runs) > 1
+    labels = ["sequence", "map semantics"] if comparing else ["sequence"]
+    header = [*labels, "queries", "viewpoints", *(f"{n} (%)" for n in ns)]
+    lines = [f"### {title}", "", _markdown_row(header), "|" + "---|" * len(header)]
+    for s in next(iter(runs.values())):
+        for source, rows in runs.items():
+            r = rows[s]
+            figures = [
+                r["overall"]["num_evaluated"],
+                r["num_viewpoints"],
+                *(f"{100 * r['overall'][n]:.2f}" for n in ns),
+            ]
+            lines.append(_markdown_row([s, source][: len(labels)] + figures))
+    for source, mean in means.items():
+        lines.append(_markdown_row(["mean", source][: len(labels)] + ["", "", *(f"{100 * mean[n]:.2f}" for n in ns)]))
+    first, *others = means
+    if others:
+        lines.append("")
+    for source in others:
+        delta = 100 * (means[source]["R@1"] - means[first]["R@1"])
+        lines.append(f"{source} vs {first}: R@1 {delta:+.2f} points (mean over sequences)")
+    return "\n".join(lines)
+
+
+def _markdown_row(cells: Sequence[Any]) -> str:
+    """``| a | b |``; an empty cell as ``| |``."""
+    return "|" + "".join(f" {c} |" if str(c) else " |" for c in cells)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from scmpr_ros.config import LidarConfig
+from scmpr_ros.config import LidarConfig, default_models_dir
 from scmpr_ros.errors import DatasetError, InputError
 from scmpr_ros.lidar.range_image import RangeImage, RangeProjector
 from scmpr_ros.lidar.segmentation import (
@@ -100,6 +100,13 @@ class RangeSegNetSegmenter:
 
     def segment(self, sequence: Any, index: int, points: np.ndarray) -> np.ndarray:
         return self.segment_points(points)
+
+
+def default_segmenter_weights() -> Path:
+    """The shipped weights: models/range_segnet.pt (the CNN), else models/range_segmenter.npz (the MLP)."""
+    models = default_models_dir()
+    cnn = models / "range_segnet.pt"
+    return cnn if cnn.is_file() else models / "range_segmenter.npz"
 
 
 def load_segmenter(path: str | Path, cfg: LidarConfig) -> RangeImageSegmenter | RangeSegNetSegmenter:
