@@ -5,7 +5,8 @@ One step = image tower + LiDAR tower forward, the losses of ``training.train.com
 L_sem, L_seg with the config's weights), backward, gradient clipping and an AdamW step.  The models
 are built from the ``model`` section of ``config/train_nano.yaml`` at each image size; the two SCM-PR
 candidates start from the same weights and differ only in ``scan_backend`` (auto = the fused SS2D
-core with its numba backward; torch = cross-scan -> chunked torch scan -> merge).  All candidates
+core with its numba backward) and the LiDAR tower's memory layout (channels-last with numba, NCHW
+with torch: the torch candidate is the step as it was before either change).  All candidates
 run interleaved, round by round, in one process on the same random batch (images, sparse image
 labels, camera-cropped range images and their labels).  ``OMP_WAIT_POLICY=PASSIVE`` is set before torch
 loads (when it is not loaded yet).  The load average is recorded at the start and end of each size:
@@ -22,7 +23,11 @@ from scmpr_ros.benchmarks.common import set_omp_wait_policy
 
 REFERENCE_SIZE = (64, 224)
 CANDIDATES = ("numba", "torch", "resnet18_netvlad")
-LABELS = {"numba": "SCM-PR (numba scan)", "torch": "SCM-PR (torch scan)", "resnet18_netvlad": "ResNet18+NetVLAD"}
+LABELS = {
+    "numba": "SCM-PR numba, NHWC",  # numba scan backward, channels-last LiDAR tower
+    "torch": "SCM-PR torch, NCHW",  # torch scan, NCHW LiDAR tower: the step before both changes
+    "resnet18_netvlad": "ResNet18+NetVLAD",
+}
 
 
 def _range_width(cfg: Any) -> int:
@@ -120,10 +125,12 @@ def _candidates(cfg: Any, size: tuple[int, int], numba_ok: bool) -> dict[str, An
     mcfg = dataclasses.replace(cfg.model, image_height=size[0], image_width=size[1], scan_backend="torch")
     torch.manual_seed(0)
     slow = SCMPRModel(mcfg, RANGE_CHANNELS).train()
+    slow.lidar.channels_last = False  # the baseline is the step as it was before the numba backward
     models = {"torch": slow}
     if numba_ok:
         fast = copy.deepcopy(slow)
         fast.set_scan_backend("auto")
+        fast.lidar.channels_last = True
         models = {"numba": fast, "torch": slow}
     out = {}
     for name, m in models.items():
