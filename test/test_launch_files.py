@@ -1,10 +1,19 @@
-"""Launch files (launch_ros is not installable here, so they are checked statically):
-every Node executable is one of our console scripts, every DeclareLaunchArgument has a description,
-every parameter set in a launch file or in the params file is one the node declares."""
+"""Launch files, run against stand-ins for launch and launch_ros (not installable here): every Node
+executable is one of our console scripts, every DeclareLaunchArgument has a description, every parameter
+set in a launch file or in the params file is one the node declares.
+
+generate_launch_description() of each file is called with the launch / launch_ros modules replaced by
+classes that keep what they are built with, so the checks see the description the file really builds,
+including what it takes from scmpr_ros.nodes.launch_common."""
 
 from __future__ import annotations
 
 import ast
+import importlib.machinery
+import importlib.util
+import sys
+import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,6 +22,100 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 PARAMS_FILE = REPO / "config" / "localization.params.yaml"
+HELPER = "scmpr_ros.nodes.launch_common"
+LAUNCH_MODULES = (
+    "launch",
+    "launch.actions",
+    "launch.conditions",
+    "launch.launch_description_sources",
+    "launch.substitutions",
+    "launch_ros",
+    "launch_ros.actions",
+    "launch_ros.descriptions",
+    "launch_ros.substitutions",
+)
+
+
+# ------------------------------------------------------------------ stand-ins for launch / launch_ros
+class StandIn:
+    """A launch or launch_ros class: keeps the arguments it was built with (CREATED lists every one)."""
+
+    CREATED: list[StandIn] = []
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+        StandIn.CREATED.append(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(*{self.args!r}, **{self.kwargs!r})"
+
+
+class LaunchConfigurationStandIn(StandIn):
+    def perform(self, context: dict) -> str:
+        return context[self.args[0]]  # the context: launch argument name -> value (KeyError: undeclared)
+
+
+def _stand_in_modules() -> dict[str, types.ModuleType]:
+    """Modules whose every capitalised name is a StandIn subclass of that name (one class per name)."""
+    classes: dict[str, type] = {"LaunchConfiguration": type("LaunchConfiguration", (LaunchConfigurationStandIn,), {})}
+
+    def class_named(name: str) -> type:
+        if not name[:1].isupper():
+            raise AttributeError(name)
+        return classes.setdefault(name, type(name, (StandIn,), {}))
+
+    modules = {}
+    for name in LAUNCH_MODULES:
+        module = types.ModuleType(name)
+        module.__getattr__ = class_named
+        modules[name] = module
+    return modules
+
+
+@dataclass
+class Described:
+    """A launch file's generate_launch_description() and every stand-in built while it ran."""
+
+    description: StandIn
+    created: list[StandIn]
+
+    @property
+    def actions(self) -> list:
+        return self.description.args[0]
+
+    def all(self, kind: str) -> list[StandIn]:
+        return [e for e in self.created if type(e).__name__ == kind]
+
+    def arguments(self) -> dict[str, StandIn]:
+        """The DeclareLaunchArgument actions of the description by name, in their order."""
+        declared = [a for a in self.actions if type(a).__name__ == "DeclareLaunchArgument"]
+        return {(a.args[0] if a.args else a.kwargs["name"]): a for a in declared}
+
+
+def describe(paths, monkeypatch: pytest.MonkeyPatch) -> dict[str, Described]:
+    """Load each launch file as ros2 launch does (by path) and call its generate_launch_description()."""
+    for name, module in _stand_in_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delitem(sys.modules, HELPER, raising=False)  # import it again, against the stand-ins
+    described = {}
+    try:
+        for path in paths:
+            loader = importlib.machinery.SourceFileLoader(path.name.replace(".", "_"), str(path))
+            module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+            StandIn.CREATED = []
+            loader.exec_module(module)
+            description = module.generate_launch_description()
+            described[path.name] = Described(description, StandIn.CREATED)
+    finally:
+        StandIn.CREATED = []
+        sys.modules.pop(HELPER, None)
+    return described
+
+
+@pytest.fixture(scope="module")
+def described() -> dict[str, Described]:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return describe(LAUNCH_FILES, monkeypatch)
 
 
 def _console_scripts() -> dict[str, str]:
@@ -58,22 +161,21 @@ def _flatten(params: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            f = node.func
-            fname = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
-            if fname == name:
-                out.append(node)
-    return out
+def _kind(entity) -> str:
+    return type(entity).__name__
 
 
-def _kw(call: ast.Call, key: str):
-    for k in call.keywords:
-        if k.arg == key:
-            return k.value
-    return None
+def _plain(value):
+    """A comparable form of a description: stand-ins as (class, args, kwargs), mappings as ordered pairs."""
+    if isinstance(value, StandIn):
+        return (_kind(value), _plain(value.args), _plain(value.kwargs))
+    if isinstance(value, dict | type({}.items())):
+        return [(key, _plain(item)) for key, item in dict(value).items()]
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, type) or callable(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    return value
 
 
 def test_the_launch_files_exist():
@@ -85,64 +187,66 @@ def test_the_launch_files_exist():
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_file_is_well_formed(path):
+def test_launch_file_is_well_formed(path, described):
     tree = ast.parse(path.read_text(), filename=str(path))
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert {"Node", "LaunchDescription"} <= imported
+    assert "LaunchDescription" in imported
+    launch = described[path.name]
+    assert _kind(launch.description) == "LaunchDescription" and isinstance(launch.actions, list)
 
     scripts = _console_scripts()
     declared = _declared_parameters()
-    nodes = _calls(tree, "Node")
+    nodes = launch.all("Node")
     assert nodes, f"{path.name} starts no Node"
-    for call in nodes:
-        package = _kw(call, "package")
-        exe = _kw(call, "executable")
-        assert isinstance(package, ast.Constant) and isinstance(exe, ast.Constant), f"{path.name}: use literals"
-        if package.value != "scmpr_ros":
-            known = FOREIGN_NODES.get((package.value, exe.value))
-            assert known is not None, f"{path.name}: unexpected node {package.value}/{exe.value}"
+    for node in nodes:
+        assert any(node is action for action in launch.actions), f"{path.name}: a Node is built but not launched"
+        package, exe = node.kwargs["package"], node.kwargs["executable"]
+        assert isinstance(package, str) and isinstance(exe, str), f"{path.name}: use literals"
+        if package != "scmpr_ros":
+            known = FOREIGN_NODES.get((package, exe))
+            assert known is not None, f"{path.name}: unexpected node {package}/{exe}"
         else:
-            assert exe.value in scripts, f"{path.name}: {exe.value!r} is not a console script {sorted(scripts)}"
-            module = scripts[exe.value].split(":")[0]
+            assert exe in scripts, f"{path.name}: {exe!r} is not a console script {sorted(scripts)}"
+            module = scripts[exe].split(":")[0]
             assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{module} does not exist"
-            known = declared[exe.value]
-        params = _kw(call, "parameters")
-        assert isinstance(params, ast.List)
-        for item in params.elts:
-            if isinstance(item, ast.Dict):
-                keys = {ast.literal_eval(k) for k in item.keys}
-                unknown = keys - known
-                assert not unknown, f"{path.name}: {exe.value} does not declare parameters {unknown}"
+            known = declared[exe]
+        params = node.kwargs["parameters"]
+        assert isinstance(params, list)
+        for item in params:
+            if isinstance(item, dict):
+                unknown = set(item) - known
+                assert not unknown, f"{path.name}: {exe} does not declare parameters {unknown}"
+            else:  # a parameters file: the params_file launch argument
+                assert _kind(item) == "LaunchConfiguration" and item.args == ("params_file",), f"{path.name}: {item}"
 
-    args = _calls(tree, "DeclareLaunchArgument")
+    args = launch.arguments()
     assert args
-    names = set()
-    for call in args:
-        name = call.args[0] if call.args else _kw(call, "name")
-        assert isinstance(name, ast.Constant)
-        names.add(name.value)
-        desc = _kw(call, "description")
-        assert isinstance(desc, ast.Constant) and isinstance(desc.value, str) and len(desc.value) > 10, (
-            f"{path.name}: launch argument {name.value!r} has no description"
-        )
-    used = {ast.literal_eval(c.args[0]) for c in _calls(tree, "LaunchConfiguration")}
-    assert used <= names, f"{path.name}: LaunchConfiguration of undeclared arguments {used - names}"
-    for include in _calls(tree, "PathJoinSubstitution"):
-        parts = [e.value for e in include.args[0].elts if isinstance(e, ast.Constant)]
+    assert len(args) == len(launch.all("DeclareLaunchArgument")), f"{path.name}: an argument declared twice"
+    for name, arg in args.items():
+        assert isinstance(name, str)
+        desc = arg.kwargs.get("description")
+        assert isinstance(desc, str) and len(desc) > 10, f"{path.name}: launch argument {name!r} has no description"
+    for opaque in launch.all("OpaqueFunction"):  # what they read when they run (KeyError: undeclared)
+        opaque.kwargs["function"](dict.fromkeys(args, ""))
+    used = {c.args[0] for c in launch.all("LaunchConfiguration")}
+    assert used <= set(args), f"{path.name}: LaunchConfiguration of undeclared arguments {used - set(args)}"
+    for include in launch.all("PathJoinSubstitution"):
+        parts = [e for e in include.args[0] if isinstance(e, str)]
         if parts and parts[0] == "launch":
             assert (REPO / "launch" / parts[-1]).is_file(), f"{path.name} includes missing {parts[-1]}"
         if parts and parts[0] == "config":
             assert (REPO / "config" / parts[-1]).is_file(), f"{path.name} refers to missing {parts[-1]}"
+        if parts and parts[0] == "models":
+            assert (REPO / "models" / parts[-1]).is_file(), f"{path.name} refers to missing {parts[-1]}"
 
 
-def test_localization_launch_declares_the_documented_arguments():
-    tree = ast.parse((REPO / "launch" / "localization.launch.py").read_text())
-    names = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
+def test_localization_launch_declares_the_documented_arguments(described):
+    names = set(described["localization.launch.py"].arguments())
     assert {"map_file", "model", "image_topic", "device", "use_sim_time"} <= names
-    replay = ast.parse((REPO / "launch" / "kitti_replay.launch.py").read_text())
-    assert "bag_player" in {_kw(c, "executable").value for c in _calls(replay, "Node")}
-    assert {"bag", "record"} <= {c.args[0].value for c in _calls(replay, "DeclareLaunchArgument")}
+    replay = described["kitti_replay.launch.py"]
+    assert "bag_player" in {n.kwargs["executable"] for n in replay.all("Node")}
+    assert {"bag", "record"} <= set(replay.arguments())
 
 
 def test_params_file_names_only_declared_parameters():
@@ -168,123 +272,111 @@ def test_params_file_defaults_equal_the_config_dataclasses():
             assert _default_of(key) == value, f"{node}.{key}: params file {value!r} != default {_default_of(key)!r}"
 
 
-def test_launch_argument_defaults_equal_the_config_dataclasses():
-    tree = ast.parse((REPO / "launch" / "localization.launch.py").read_text())
+def test_launch_argument_defaults_equal_the_config_dataclasses(described):
     checked = 0
-    for call in _calls(tree, "DeclareLaunchArgument"):
-        name, default = call.args[0].value, _kw(call, "default_value")
-        if isinstance(default, ast.Constant) and name in ("image_topic", "camera_info_topic", "odom_topic", "device"):
-            assert default.value == _default_of(name), f"launch argument {name}: {default.value!r}"
+    for name, arg in described["localization.launch.py"].arguments().items():
+        default = arg.kwargs.get("default_value")
+        if isinstance(default, str) and name in ("image_topic", "camera_info_topic", "odom_topic", "device"):
+            assert default == _default_of(name), f"launch argument {name}: {default!r}"
             checked += 1
-        elif isinstance(default, ast.Constant) and name == "publish_initialpose":
-            assert default.value == str(_default_of(name)).lower()
+        elif isinstance(default, str) and name == "publish_initialpose":
+            assert default == str(_default_of(name)).lower()
             checked += 1
     assert checked == 5, "the launch file's node arguments with literal defaults were not all found"
 
 
 # ------------------------------------------------------------------ Nav2 lifecycle bring-up
-def _dict_literal(node: ast.Dict) -> dict:
-    """The constant entries of a dict display (values that are calls are left out)."""
-    out = {}
-    for k, v in zip(node.keys, node.values):
-        try:
-            out[ast.literal_eval(k)] = ast.literal_eval(v)
-        except ValueError:
-            out[ast.literal_eval(k)] = v
-    return out
+def _node(launch: Described, executable: str) -> StandIn:
+    nodes = [n for n in launch.all("Node") if n.kwargs["executable"] == executable]
+    assert len(nodes) == 1, f"expected one {executable} node"
+    return nodes[0]
 
 
-def _node_call(tree: ast.AST, executable: str) -> ast.Call:
-    calls = [c for c in _calls(tree, "Node") if _kw(c, "executable").value == executable]
-    assert len(calls) == 1, f"expected one {executable} node"
-    return calls[0]
-
-
-def test_nav2_launch_brings_up_the_two_managed_nodes():
-    nav2 = ast.parse((REPO / "launch" / "nav2_localization.launch.py").read_text())
-    manager = _node_call(nav2, "lifecycle_manager")
-    assert _kw(manager, "package").value == "nav2_lifecycle_manager"
-    params = _dict_literal(_kw(manager, "parameters").elts[0])
+def test_nav2_launch_brings_up_the_two_managed_nodes(described):
+    nav2 = described["nav2_localization.launch.py"]
+    manager = _node(nav2, "lifecycle_manager")
+    assert manager.kwargs["package"] == "nav2_lifecycle_manager"
+    params = manager.kwargs["parameters"][0]
     assert params["node_names"] == ["map_server", "localizer"]  # map first: the localizer needs its map
     assert params["bond_timeout"] == 0.0  # rclpy nodes have no bond
     autostart = params["autostart"]
-    assert isinstance(autostart, ast.Call) and ast.literal_eval(autostart.args[0].args[0]) == "lifecycle_autostart"
-    defaults = {c.args[0].value: _kw(c, "default_value") for c in _calls(nav2, "DeclareLaunchArgument")}
-    assert defaults["lifecycle_autostart"].value == "true"
+    assert _kind(autostart) == "ParameterValue" and autostart.args[0].args[0] == "lifecycle_autostart"
+    assert autostart.kwargs["value_type"] is bool
+    defaults = {name: arg.kwargs.get("default_value") for name, arg in nav2.arguments().items()}
+    assert defaults["lifecycle_autostart"] == "true"
     # the nodes come from localization.launch.py, started with autostart false
-    (include,) = _calls(nav2, "IncludeLaunchDescription")
-    passed = _dict_literal(_kw(include, "launch_arguments").func.value)
+    (include,) = nav2.all("IncludeLaunchDescription")
+    passed = dict(include.kwargs["launch_arguments"])
     assert passed["autostart"] == "false"
     assert {"map_file", "model", "params_file", "fastdds_profile", "use_sim_time"} <= set(passed)
-    loc = ast.parse((REPO / "launch" / "localization.launch.py").read_text())
-    names = {_kw(c, "name").value for c in _calls(loc, "Node")}
+    loc = described["localization.launch.py"]
+    names = {n.kwargs["name"] for n in loc.all("Node")}
     assert names == set(params["node_names"]), "the manager must name the nodes as localization.launch.py does"
-    for call in _calls(loc, "Node"):
-        node_params = [e for e in _kw(call, "parameters").elts if isinstance(e, ast.Dict)]
-        assert "autostart" in _dict_literal(node_params[0]), f"{_kw(call, 'name').value} gets no autostart"
-    loc_defaults = {c.args[0].value: _kw(c, "default_value") for c in _calls(loc, "DeclareLaunchArgument")}
-    assert loc_defaults["autostart"].value == "true", "plain launches keep the self-starting nodes"
+    for node in loc.all("Node"):
+        node_params = [e for e in node.kwargs["parameters"] if isinstance(e, dict)]
+        assert "autostart" in node_params[0], f"{node.kwargs['name']} gets no autostart"
+    assert loc.arguments()["autostart"].kwargs["default_value"] == "true", "plain launches keep the self-starting nodes"
+
+
+def test_includes_pass_on_arguments_as_localization_launch_declares_them(described):
+    """An included file ignores an argument it does not declare; one declared again here says the same."""
+    loc = described["localization.launch.py"].arguments()
+    for name in ("kitti_replay.launch.py", "nav2_localization.launch.py"):
+        launch = described[name]
+        (include,) = launch.all("IncludeLaunchDescription")
+        (source,) = include.args
+        assert [e for e in source.args[0].args[0] if isinstance(e, str)] == ["launch", "localization.launch.py"]
+        passed = dict(include.kwargs["launch_arguments"])
+        assert set(passed) <= set(loc), f"{name} passes undeclared {set(passed) - set(loc)}"
+        for arg, value in passed.items():
+            if _kind(value) == "LaunchConfiguration":
+                assert value.args == (arg,), f"{name}: {arg} gets {value.args}"
+    nav2 = described["nav2_localization.launch.py"].arguments()
+    for arg in set(nav2) - {"lifecycle_autostart"}:
+        assert _plain(nav2[arg]) == _plain(loc[arg]), f"nav2_localization.launch.py declares {arg} differently"
 
 
 # ------------------------------------------------------------------------ Fast DDS profile
 @pytest.mark.parametrize("name", ["localization.launch.py", "kitti_replay.launch.py"])
-def test_launch_files_set_the_fastdds_profile_before_their_processes(name):
-    tree = ast.parse((REPO / "launch" / name).read_text())
-    (arg,) = [c for c in _calls(tree, "DeclareLaunchArgument") if c.args[0].value == "fastdds_profile"]
-    parts = [e.value for e in _kw(arg, "default_value").args[0].elts if isinstance(e, ast.Constant)]
-    assert parts == ["config", "fastdds_shm.xml"]
-    (opaque,) = _calls(tree, "OpaqueFunction")
-    assert _kw(opaque, "function").id == "_fastdds_profile"
-    ret = [n for n in ast.walk(tree) if isinstance(n, ast.Return) and isinstance(n.value, ast.Call)][-1]
-    actions = ret.value.args[0].right.elts  # LaunchDescription(args + [...]): the profile comes first
-    assert isinstance(actions[0], ast.Call) and actions[0].func.id == "OpaqueFunction"
+def test_launch_files_set_the_fastdds_profile_before_their_processes(name, described):
+    launch = described[name]
+    default = launch.arguments()["fastdds_profile"].kwargs["default_value"]
+    assert _kind(default) == "PathJoinSubstitution"
+    assert [e for e in default.args[0] if isinstance(e, str)] == ["config", "fastdds_shm.xml"]
+    (opaque,) = launch.all("OpaqueFunction")
+    function = opaque.kwargs["function"]
+    assert (function.__module__, function.__name__) == (HELPER, "_set_fastdds_profile")
+    first = len(launch.arguments())  # LaunchDescription(args + [...]): the profile comes first
+    assert all(_kind(a) == "DeclareLaunchArgument" for a in launch.actions[:first])
+    assert launch.actions[first] is opaque
 
 
-class _Recorded:
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-
-class _Config:
-    value = ""
-
-    def __init__(self, name):
-        assert name == "fastdds_profile"
-
-    def perform(self, context):
-        return _Config.value
-
-
-def _profile_actions(name: str, profile: str) -> list:
-    """Run the launch file's _fastdds_profile with stand-ins for the launch classes (no launch_ros here)."""
-    import os
-
-    tree = ast.parse((REPO / "launch" / name).read_text())
-    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_fastdds_profile")
-    namespace = {"os": os, "LaunchConfiguration": _Config, "SetEnvironmentVariable": _Recorded, "LogInfo": _Recorded}
-    exec(compile(ast.Module(body=[func], type_ignores=[]), name, "exec"), namespace)
-    _Config.value = profile
-    return namespace["_fastdds_profile"](None)
+def _profile_actions(launch: Described, profile: str) -> list:
+    """Run the launch file's Fast DDS OpaqueFunction with fastdds_profile:=profile."""
+    (opaque,) = launch.all("OpaqueFunction")
+    return opaque.kwargs["function"]({"fastdds_profile": profile})
 
 
 @pytest.mark.parametrize("name", ["localization.launch.py", "kitti_replay.launch.py"])
-def test_launch_profile_respects_the_user_and_the_rmw(name, monkeypatch):
+def test_launch_profile_respects_the_user_and_the_rmw(name, described, monkeypatch):
+    launch = described[name]
     profile = str(REPO / "config" / "fastdds_shm.xml")
     for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION"):
         monkeypatch.delenv(var, raising=False)
-    actions = _profile_actions(name, profile)
+    actions = _profile_actions(launch, profile)
+    assert _kind(actions[0]) == "SetEnvironmentVariable" and _kind(actions[1]) == "LogInfo"
     assert actions[0].args == ("FASTDDS_DEFAULT_PROFILES_FILE", profile)
     assert "shipped shared-memory profile" in actions[1].kwargs["msg"]
-    assert len(_profile_actions(name, "")) == 1  # '': Fast DDS defaults, nothing set
+    assert len(_profile_actions(launch, "")) == 1  # '': Fast DDS defaults, nothing set
     monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_dynamic_cpp")
-    assert _profile_actions(name, profile)[0].args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"
+    assert _profile_actions(launch, profile)[0].args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"
     monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
-    (log,) = _profile_actions(name, profile)
+    (log,) = _profile_actions(launch, profile)
     assert "rmw_cyclonedds_cpp" in log.kwargs["msg"]
     monkeypatch.delenv("RMW_IMPLEMENTATION")
     for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
         monkeypatch.setenv(var, "/etc/my_profile.xml")
-        (log,) = _profile_actions(name, profile)
+        (log,) = _profile_actions(launch, profile)
         assert f"{var}=/etc/my_profile.xml" in log.kwargs["msg"] and "user profile" in log.kwargs["msg"]
         monkeypatch.delenv(var)
 
