@@ -157,7 +157,7 @@ class TrainingConfig:
     log_every: int = 10  # steps between JSONL metric lines
     prototype_momentum: float = 0.9  # EMA of the LiDAR class prototypes fed to CSA while training
     time_budget_s: float = 0.0  # > 0: shorten the schedule to end within this wall time (shared machines)
-    # Near negatives (training/pairs.py place_batches): this share of each batch's places comes in
+    # Near negatives (training/batches.py place_batches): this share of each batch's places comes in
     # groups of near_negative_group places near_negative_min_m..near_negative_max_m from the group's
     # first place (any pass of the same town) and > near_negative_min_m from each other; the rest of
     # the batch stays > negative_radius_m apart.  0 = every place > negative_radius_m (before v4).

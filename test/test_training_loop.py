@@ -15,7 +15,8 @@ from tiny_models import TINY_IMAGE_HW, tiny_model_config
 
 from scmpr_ros.config import ScmprConfig
 from scmpr_ros.lidar.range_image import RANGE_CHANNELS
-from scmpr_ros.training.pairs import PairCache, make_batch
+from scmpr_ros.training.batches import make_batch
+from scmpr_ros.training.pairs import PairCache
 from scmpr_ros.training.train import LAST_MODEL, METRICS_LOG, STATE_FILE, compute_losses, lr_factor, read_metrics, train
 
 (H, W), HR, WR = TINY_IMAGE_HW, 16, 48

@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 
 from scmpr_ros.semantics import IGNORE_ID
-from scmpr_ros.training.pairs import (
-    PairCache,
-    PairsError,
-    choose_conditions,
-    photometric_augment,
-    place_batches,
-    project_labels_to_image,
-)
+from scmpr_ros.training.batches import choose_conditions, photometric_augment, place_batches
+from scmpr_ros.training.pairs import PairCache, PairsError, project_labels_to_image
 
 # KITTI-like camera: velo x forward -> cam z forward, velo y left -> cam -x, velo z up -> cam -y.
 T_CAM_VELO = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)

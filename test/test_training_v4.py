@@ -14,16 +14,13 @@ import pytest
 from tiny_models import TINY_IMAGE_HW, tiny_model_config
 
 from scmpr_ros.config import ConfigError, ScmprConfig, TrainingConfig
+from scmpr_ros.training.batches import NearNegatives, epoch_batches, make_batch, place_batches
 from scmpr_ros.training.pairs import (
     MapRenders,
-    NearNegatives,
     PairCache,
     PairsError,
     build_pair_cache,
-    epoch_batches,
     load_or_build_cache,
-    make_batch,
-    place_batches,
     plan_passes,
 )
 

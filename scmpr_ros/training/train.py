@@ -2,7 +2,7 @@
 
 L = L_con(D_RGB, D_LiDAR) + λ·L_sem + μ·L_seg with in-batch negatives (places > 25 m apart, and
 with ``training.near_negative_share`` > 0 small groups 6-15 m apart; with ``map_render_positives`` > 0
-the LiDAR side is sometimes the mapping-pass map rendered at the frame's pose: training/pairs.py);
+the LiDAR side is sometimes the mapping-pass map rendered at the frame's pose: training/batches.py);
 AdamW, linear warm-up then cosine decay to lr·min_lr_ratio; NetVLAD centroids from k-means over
 features before the first step; autocast (bf16/fp16) on CUDA only; CSA is fed an EMA of the LiDAR
 class prototypes (map-wide statistics, never the answer's).  One entry point for one process or
@@ -28,7 +28,8 @@ import numpy as np
 from scmpr_ros.config import ScmprConfig
 from scmpr_ros.errors import ScmprError
 from scmpr_ros.io_utils import atomic_write_bytes, atomic_write_text
-from scmpr_ros.training.pairs import NearNegatives, PairCache, epoch_batches, load_or_build_cache, make_batch
+from scmpr_ros.training.batches import NearNegatives, epoch_batches, make_batch
+from scmpr_ros.training.pairs import PairCache, load_or_build_cache
 
 STATE_FILE = "train_state.pt"
 LAST_MODEL = "last.pt"
