@@ -63,6 +63,31 @@ CLOTHES = [
     srgb(*c) for c in [(30, 30, 60), (150, 30, 30), (60, 60, 60), (200, 180, 140), (40, 90, 140), (220, 220, 220)]
 ]
 ROOFS = [srgb(*c) for c in [(140, 60, 45), (80, 80, 85), (110, 50, 40), (60, 60, 65), (150, 110, 80)]]
+# traffic signs 0-2: mesh method, size, face colour, SIGN param tail (face radius, rim: 1 red / 2 white, 0)
+SIGN_PLATES = (
+    ("disc", 0.35, srgb(240, 240, 240), (0.27, 1, 0)),  # round prohibitory: white face, red rim
+    ("disc", 0.35, srgb(30, 70, 170), (0.3, 2, 0)),  # blue mandatory
+    ("triangle_plate", 0.8, srgb(240, 240, 240), (0.16, 1, 0)),  # warning triangle
+)
+BOARD_COLORS = [srgb(30, 70, 170), srgb(20, 110, 50), srgb(230, 190, 40)]  # sign 3: rectangular information board
+# building style -> ranges of the four WALL window-pattern parameters, drawn in this order
+WINDOW_RANGES = {
+    "downtown": ((3.1, 3.6), (1.6, 3.0), (0.5, 0.8), (0.5, 0.7)),
+    "residential": ((2.7, 3.0), (2.4, 4.0), (0.3, 0.5), (0.4, 0.55)),
+    "industrial": ((4.0, 6.0), (4.0, 8.0), (0.25, 0.45), (0.15, 0.25)),
+}
+# district -> lot width range, lot kind, its probability (None: always), the kind otherwise
+LOT_KINDS = {
+    "downtown": ((10, 22), "building", 0.9, "plaza"),
+    "residential": ((12, 20), "house", 0.85, "garden"),
+    "industrial": ((20, 40), "warehouse", 0.75, "yard"),
+    "park": ((15, 30), "park", None, "park"),
+}
+
+
+def _look(sk: str, tex: Tex, color, refl: float, **extra) -> dict:
+    """Surface keywords of a mesh call: semantic class SK[sk], texture, colour, reflectance (and param, inst)."""
+    return {"sk": SK[sk], "tex": tex, "color": color, "refl": refl, **extra}
 
 
 @dataclass
@@ -247,9 +272,8 @@ class TownBuilder:
         L, mb = self.L, self.mb
         x0, x1 = L.xs[0] - L.hx[0], L.xs[-1] + L.hx[-1]
         y0, y1 = L.ys[0] - L.hy[0], L.ys[-1] + L.hy[-1]
-        asphalt = srgb(72, 72, 75)
-        mb.rect(x0, y0, x1, y1, 0.0, tile=12.0, sk=SK["road"], tex=Tex.ASPHALT, color=asphalt, refl=0.18)
-        grass = srgb(95, 120, 60)
+        mb.rect(x0, y0, x1, y1, 0.0, tile=12.0, **_look("road", Tex.ASPHALT, srgb(72, 72, 75), 0.18))
+        grass = _look("terrain", Tex.GRASS, srgb(95, 120, 60), 0.4)
         far = 350.0
         for rect in (
             (x0 - far, y0 - far, x1 + far, y0),
@@ -257,8 +281,11 @@ class TownBuilder:
             (x0 - far, y0, x0, y1),
             (x1, y0, x1 + far, y1),
         ):
-            mb.rect(*rect, 0.0, tile=25.0, sk=SK["terrain"], tex=Tex.GRASS, color=grass, refl=0.4)
-        # forest belt and distant hills around the grid
+            mb.rect(*rect, 0.0, tile=25.0, **grass)
+        self.forest_and_hills(x0, y0, x1, y1)
+
+    def forest_and_hills(self, x0, y0, x1, y1) -> None:
+        """A forest belt and distant hills around the grid."""
         for _ in range(int((x1 - x0 + y1 - y0) / 6)):
             side = self.rng.integers(4)
             d = self.rng.uniform(6, 45)
@@ -270,23 +297,12 @@ class TownBuilder:
                 x = x0 - d if side == 2 else x1 + d
             self.tree(x, y)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        hill = _look("terrain", Tex.GRASS, srgb(80, 105, 60), 0.35)
         for _ in range(10):
             a = self.rng.uniform(0, 2 * np.pi)
             r = max(x1 - x0, y1 - y0) / 2 + self.rng.uniform(120, 260)
-            self.mb.blob(
-                cx + r * np.cos(a),
-                cy + r * np.sin(a),
-                -10,
-                self.rng.uniform(60, 120),
-                self.rng.uniform(60, 120),
-                self.rng.uniform(25, 45),
-                self.rng,
-                jitter=0.25,
-                sk=SK["terrain"],
-                tex=Tex.GRASS,
-                color=srgb(80, 105, 60),
-                refl=0.35,
-            )
+            size = (self.rng.uniform(60, 120), self.rng.uniform(60, 120), self.rng.uniform(25, 45))
+            self.mb.blob(cx + r * np.cos(a), cy + r * np.sin(a), -10, *size, self.rng, jitter=0.25, **hill)
 
     def street_marks(self) -> None:
         """Centre lines, parking lines and zebra crossings on every street segment."""
@@ -304,30 +320,10 @@ class TownBuilder:
                     def mark(along0, along1, cross, width, colour):
                         if along1 - along0 < 0.1:
                             return
-                        if axis == "x":
-                            mb.rect(
-                                c + cross - width / 2,
-                                along0,
-                                c + cross + width / 2,
-                                along1,
-                                0.01,
-                                sk=SK["lane_marking"],
-                                tex=Tex.PAINT,
-                                color=colour,
-                                refl=0.65,
-                            )
-                        else:
-                            mb.rect(
-                                along0,
-                                c + cross - width / 2,
-                                along1,
-                                c + cross + width / 2,
-                                0.01,
-                                sk=SK["lane_marking"],
-                                tex=Tex.PAINT,
-                                color=colour,
-                                refl=0.65,
-                            )
+                        lo, hi = (c + cross - width / 2, along0), (c + cross + width / 2, along1)
+                        if axis == "y":
+                            lo, hi = lo[::-1], hi[::-1]
+                        mb.rect(*lo, *hi, 0.01, **_look("lane_marking", Tex.PAINT, colour, 0.65))
 
                     if props["double_line"]:
                         mark(a0 + 1, a1 - 1, -0.12, 0.12, yellow)
@@ -376,301 +372,90 @@ class TownBuilder:
         mb, inst = self.mb, self.mb.new_instance()
         colour = self.jitter_color(self.pick(CAR_COLORS), 0.08)
         width = 1.8 if not van else 2.0
-        sk = SK["car"] if not van else SK["truck"]
+        sk = "car" if not van else "truck"
         ca, sa = np.cos(yaw), np.sin(yaw)
+        body = _look(sk, Tex.CARPAINT, colour, 0.35, inst=inst)
         if van:
             length = max(length, 5.0)
-            mb.box(
-                x,
-                y,
-                z0 + 0.3,
-                length,
-                width,
-                1.9,
-                yaw,
-                sk=sk,
-                tex=Tex.CARPAINT,
-                color=colour,
-                param=(z0 + 1.35, z0 + 1.9, 0, 0, 0, 0),
-                refl=0.35,
-                inst=inst,
-            )
+            mb.box(x, y, z0 + 0.3, length, width, 1.9, yaw, param=(z0 + 1.35, z0 + 1.9, 0, 0, 0, 0), **body)
         else:
-            mb.box(
-                x,
-                y,
-                z0 + 0.3,
-                length,
-                width,
-                0.72,
-                yaw,
-                sk=sk,
-                tex=Tex.CARPAINT,
-                color=colour,
-                param=(0, 0),
-                refl=0.35,
-                inst=inst,
-            )
+            mb.box(x, y, z0 + 0.3, length, width, 0.72, yaw, param=(0, 0), **body)
             off = self.rng.uniform(-0.35, -0.1)
-            mb.box(
-                x + ca * off,
-                y + sa * off,
-                z0 + 1.02,
-                length * 0.55,
-                width - 0.12,
-                0.5,
-                yaw,
-                sk=sk,
-                tex=Tex.CARPAINT,
-                color=colour,
-                param=(z0 + 1.0, z0 + 1.45, 0, 0, 0, 0),
-                refl=0.3,
-                inst=inst,
-            )
+            cabin = (x + ca * off, y + sa * off, z0 + 1.02, length * 0.55, width - 0.12, 0.5, yaw)
+            mb.box(*cabin, **_look(sk, Tex.CARPAINT, colour, 0.3, param=(z0 + 1.0, z0 + 1.45, 0, 0, 0, 0), inst=inst))
+        tire = _look(sk, Tex.TIRE, srgb(25, 25, 25), 0.1, inst=inst)
         for fx in (-0.32, 0.32):
             for fy in (-0.5, 0.5):
                 wx = x + ca * fx * length - sa * fy * (width - 0.05)
                 wy = y + sa * fx * length + ca * fy * (width - 0.05)
-                mb.box(
-                    wx, wy, z0, 0.62, 0.2, 0.62, yaw, sk=sk, tex=Tex.TIRE, color=srgb(25, 25, 25), refl=0.1, inst=inst
-                )
+                mb.box(wx, wy, z0, 0.62, 0.2, 0.62, yaw, **tire)
 
     def person(self, x, y, yaw, z0=KERB_H) -> None:
         mb, inst = self.mb, self.mb.new_instance()
         h = self.rng.uniform(0.9, 1.1)
-        mb.box(
-            x,
-            y,
-            z0,
-            0.34,
-            0.22,
-            0.85 * h,
-            yaw,
-            sk=SK["person"],
-            tex=Tex.CLOTH,
-            color=self.pick(CLOTHES),
-            refl=0.25,
-            inst=inst,
-        )
-        mb.box(
-            x,
-            y,
-            z0 + 0.85 * h,
-            0.46,
-            0.26,
-            0.6 * h,
-            yaw,
-            sk=SK["person"],
-            tex=Tex.CLOTH,
-            color=self.pick(CLOTHES),
-            refl=0.25,
-            inst=inst,
-        )
-        mb.blob(
-            x,
-            y,
-            z0 + 1.58 * h,
-            0.11,
-            0.11,
-            0.13,
-            self.rng,
-            jitter=0.05,
-            sk=SK["person"],
-            tex=Tex.CLOTH,
-            color=srgb(200, 160, 130),
-            refl=0.25,
-            inst=inst,
-        )
+        for z, sx, sy, sz in ((z0, 0.34, 0.22, 0.85 * h), (z0 + 0.85 * h, 0.46, 0.26, 0.6 * h)):  # legs, torso
+            mb.box(x, y, z, sx, sy, sz, yaw, **_look("person", Tex.CLOTH, self.pick(CLOTHES), 0.25, inst=inst))
+        skin = _look("person", Tex.CLOTH, srgb(200, 160, 130), 0.25, inst=inst)
+        mb.blob(x, y, z0 + 1.58 * h, 0.11, 0.11, 0.13, self.rng, jitter=0.05, **skin)
 
     def tree(self, x, y, z0=0.0, big=1.0) -> None:
         mb = self.mb
         trunk_h = self.rng.uniform(2.6, 4.0) * big
-        mb.cylinder(
-            x,
-            y,
-            z0,
-            self.rng.uniform(0.14, 0.26) * big,
-            trunk_h + 0.5,
-            n=6,
-            cap=False,
-            sk=SK["trunk"],
-            tex=Tex.BARK,
-            color=srgb(90, 70, 50),
-            refl=0.3,
-        )
+        bark = _look("trunk", Tex.BARK, srgb(90, 70, 50), 0.3)
+        mb.cylinder(x, y, z0, self.rng.uniform(0.14, 0.26) * big, trunk_h + 0.5, n=6, cap=False, **bark)
         green = self.jitter_color(srgb(*self.pick([(70, 105, 40), (55, 90, 45), (95, 120, 45), (60, 80, 35)])), 0.15)
+        leaves = _look("vegetation", Tex.FOLIAGE, green, 0.4)
         if self.rng.random() < 0.25:  # conifer
             r = self.rng.uniform(1.4, 2.4) * big
             for k in range(3):
-                mb.cone(
-                    x,
-                    y,
-                    z0 + trunk_h * 0.6 + k * r * 0.9,
-                    r * (1 - 0.25 * k),
-                    r * 1.6,
-                    n=8,
-                    sk=SK["vegetation"],
-                    tex=Tex.FOLIAGE,
-                    color=green,
-                    refl=0.4,
-                )
+                mb.cone(x, y, z0 + trunk_h * 0.6 + k * r * 0.9, r * (1 - 0.25 * k), r * 1.6, n=8, **leaves)
             return
         r = self.rng.uniform(1.8, 3.2) * big
-        mb.blob(
-            x,
-            y,
-            z0 + trunk_h + r * 0.7,
-            r,
-            r,
-            r * self.rng.uniform(0.8, 1.1),
-            self.rng,
-            sk=SK["vegetation"],
-            tex=Tex.FOLIAGE,
-            color=green,
-            refl=0.4,
-        )
+        mb.blob(x, y, z0 + trunk_h + r * 0.7, r, r, r * self.rng.uniform(0.8, 1.1), self.rng, **leaves)
         if self.rng.random() < 0.5:
             dx, dy = self.rng.uniform(-0.8, 0.8, 2) * r
-            mb.blob(
-                x + dx,
-                y + dy,
-                z0 + trunk_h + r * 1.1,
-                r * 0.7,
-                r * 0.7,
-                r * 0.6,
-                self.rng,
-                sk=SK["vegetation"],
-                tex=Tex.FOLIAGE,
-                color=green,
-                refl=0.4,
-            )
+            mb.blob(x + dx, y + dy, z0 + trunk_h + r * 1.1, r * 0.7, r * 0.7, r * 0.6, self.rng, **leaves)
 
     def bush(self, x, y, z0=KERB_H) -> None:
         r = self.rng.uniform(0.5, 1.0)
-        self.mb.blob(
-            x,
-            y,
-            z0 + r * 0.6,
-            r,
-            r,
-            r * 0.7,
-            self.rng,
-            sk=SK["vegetation"],
-            tex=Tex.FOLIAGE,
-            color=self.jitter_color(srgb(60, 95, 40)),
-            refl=0.4,
-        )
+        leaves = _look("vegetation", Tex.FOLIAGE, self.jitter_color(srgb(60, 95, 40)), 0.4)
+        self.mb.blob(x, y, z0 + r * 0.6, r, r, r * 0.7, self.rng, **leaves)
 
     def lamp(self, base, toward_road) -> None:
         """Street lamp: pole, arm over the road, lamp head (light source at night)."""
         mb = self.mb
         h = self.rng.uniform(6.5, 8.0)
-        grey = srgb(110, 112, 115)
-        mb.cylinder(base[0], base[1], KERB_H, 0.09, h, n=6, sk=SK["pole"], tex=Tex.METAL, color=grey, refl=0.45)
+        metal = _look("pole", Tex.METAL, srgb(110, 112, 115), 0.45)
+        mb.cylinder(base[0], base[1], KERB_H, 0.09, h, n=6, **metal)
         head = base + toward_road * 1.6
         mid = (base + head) / 2
         yaw = float(np.arctan2(toward_road[1], toward_road[0]))
-        mb.box(
-            mid[0], mid[1], KERB_H + h - 0.08, 1.7, 0.08, 0.08, yaw, sk=SK["pole"], tex=Tex.METAL, color=grey, refl=0.45
-        )
-        mb.box(
-            head[0],
-            head[1],
-            KERB_H + h - 0.25,
-            0.6,
-            0.3,
-            0.2,
-            yaw,
-            sk=SK["pole"],
-            tex=Tex.LAMP,
-            color=srgb(220, 220, 210),
-            refl=0.5,
-        )
+        mb.box(mid[0], mid[1], KERB_H + h - 0.08, 1.7, 0.08, 0.08, yaw, **metal)
+        bulb = _look("pole", Tex.LAMP, srgb(220, 220, 210), 0.5)
+        mb.box(head[0], head[1], KERB_H + h - 0.25, 0.6, 0.3, 0.2, yaw, **bulb)
         self.lamps.append(np.array([head[0], head[1], KERB_H + h - 0.3]))
 
     def sign(self, pos, face_yaw) -> None:
         mb = self.mb
         h = self.rng.uniform(2.0, 2.6)
-        mb.cylinder(
-            pos[0], pos[1], KERB_H, 0.04, h, n=6, sk=SK["pole"], tex=Tex.METAL, color=srgb(150, 150, 155), refl=0.45
-        )
+        mb.cylinder(pos[0], pos[1], KERB_H, 0.04, h, n=6, **_look("pole", Tex.METAL, srgb(150, 150, 155), 0.45))
         kind = int(self.rng.integers(4))
         fx, fy = np.cos(face_yaw) * 0.05, np.sin(face_yaw) * 0.05
         cx, cy, cz = pos[0] + fx, pos[1] + fy, KERB_H + h + 0.35
-        if kind == 0:  # round prohibitory: white face, red rim
-            mb.disc(
-                cx,
-                cy,
-                cz,
-                0.35,
-                face_yaw,
-                sk=SK["traffic_sign"],
-                tex=Tex.SIGN,
-                color=srgb(240, 240, 240),
-                param=(cx, cy, cz, 0.27, 1, 0),
-                refl=0.9,
-            )
-        elif kind == 1:  # blue mandatory
-            mb.disc(
-                cx,
-                cy,
-                cz,
-                0.35,
-                face_yaw,
-                sk=SK["traffic_sign"],
-                tex=Tex.SIGN,
-                color=srgb(30, 70, 170),
-                param=(cx, cy, cz, 0.3, 2, 0),
-                refl=0.9,
-            )
-        elif kind == 2:  # warning triangle
-            mb.triangle_plate(
-                cx,
-                cy,
-                cz,
-                0.8,
-                face_yaw,
-                sk=SK["traffic_sign"],
-                tex=Tex.SIGN,
-                color=srgb(240, 240, 240),
-                param=(cx, cy, cz, 0.16, 1, 0),
-                refl=0.9,
-            )
+        if kind < len(SIGN_PLATES):
+            shape, size, colour, rim = SIGN_PLATES[kind]
+            face = _look("traffic_sign", Tex.SIGN, colour, 0.9, param=(cx, cy, cz) + rim)
+            getattr(mb, shape)(cx, cy, cz, size, face_yaw, **face)
         else:  # rectangular information board
-            mb.box(
-                cx,
-                cy,
-                cz - 0.35,
-                0.05,
-                0.9,
-                0.7,
-                face_yaw,
-                sk=SK["traffic_sign"],
-                tex=Tex.SIGN,
-                color=self.pick([srgb(30, 70, 170), srgb(20, 110, 50), srgb(230, 190, 40)]),
-                param=(cx, cy, cz, 9.0, 0, 0),
-                refl=0.9,
-            )
+            board = _look("traffic_sign", Tex.SIGN, self.pick(BOARD_COLORS), 0.9, param=(cx, cy, cz, 9.0, 0, 0))
+            mb.box(cx, cy, cz - 0.35, 0.05, 0.9, 0.7, face_yaw, **board)
 
     def traffic_light(self, pos, face_yaw) -> None:
         mb = self.mb
-        mb.cylinder(
-            pos[0], pos[1], KERB_H, 0.08, 4.2, n=6, sk=SK["pole"], tex=Tex.METAL, color=srgb(60, 62, 60), refl=0.4
-        )
+        mb.cylinder(pos[0], pos[1], KERB_H, 0.08, 4.2, n=6, **_look("pole", Tex.METAL, srgb(60, 62, 60), 0.4))
         fx, fy = np.cos(face_yaw) * 0.15, np.sin(face_yaw) * 0.15
-        mb.box(
-            pos[0] + fx,
-            pos[1] + fy,
-            KERB_H + 3.2,
-            0.25,
-            0.35,
-            1.0,
-            face_yaw,
-            sk=SK["traffic_sign"],
-            tex=Tex.METAL,
-            color=srgb(35, 35, 30),
-            refl=0.5,
-        )
+        housing = _look("traffic_sign", Tex.METAL, srgb(35, 35, 30), 0.5)
+        mb.box(pos[0] + fx, pos[1] + fy, KERB_H + 3.2, 0.25, 0.35, 1.0, face_yaw, **housing)
 
     def fence(self, p0, p1, height, kind) -> None:
         """kind: 'slats' (wood), 'metal' (bars), 'wall' (low wall), 'hedge'."""
@@ -682,172 +467,46 @@ class TownBuilder:
         yaw = float(np.arctan2(d[1], d[0]))
         mid = (p0 + p1) / 2
         if kind == "hedge":
-            mb.box(
-                mid[0],
-                mid[1],
-                KERB_H,
-                length,
-                0.8,
-                height,
-                yaw,
-                sk=SK["vegetation"],
-                tex=Tex.FOLIAGE,
-                color=self.jitter_color(srgb(50, 85, 35)),
-                refl=0.4,
-            )
+            leaves = _look("vegetation", Tex.FOLIAGE, self.jitter_color(srgb(50, 85, 35)), 0.4)
+            mb.box(mid[0], mid[1], KERB_H, length, 0.8, height, yaw, **leaves)
             return
         if kind == "wall":
-            mb.box(
-                mid[0],
-                mid[1],
-                KERB_H,
-                length,
-                0.3,
-                height,
-                yaw,
-                sk=SK["fence"],
-                tex=Tex.CONCRETE,
-                color=self.jitter_color(self.pick(FACADES)),
-                refl=0.35,
-            )
+            wall = _look("fence", Tex.CONCRETE, self.jitter_color(self.pick(FACADES)), 0.35)
+            mb.box(mid[0], mid[1], KERB_H, length, 0.3, height, yaw, **wall)
             return
-        colour = srgb(140, 100, 60) if kind == "slats" else srgb(70, 90, 75)
-        mb.box(
-            mid[0],
-            mid[1],
-            KERB_H,
-            length,
-            0.05,
-            height,
-            yaw,
-            sk=SK["fence"],
-            tex=Tex.FENCE,
-            color=colour,
-            param=(0.16 if kind == "slats" else 0.12, 0.25 if kind == "slats" else 0.7, 0, 0, 0, 0),
-            refl=0.3,
-        )
+        slats = kind == "slats"
+        colour = srgb(140, 100, 60) if slats else srgb(70, 90, 75)
+        param = (0.16 if slats else 0.12, 0.25 if slats else 0.7, 0, 0, 0, 0)
+        boards = _look("fence", Tex.FENCE, colour, 0.3, param=param)
+        mb.box(mid[0], mid[1], KERB_H, length, 0.05, height, yaw, **boards)
         for t in np.arange(0.0, length + 1e-6, 2.5):
             q = p0 + d / length * t
-            mb.box(
-                q[0], q[1], KERB_H, 0.1, 0.1, height + 0.1, yaw, sk=SK["fence"], tex=Tex.METAL, color=colour, refl=0.35
-            )
+            mb.box(q[0], q[1], KERB_H, 0.1, 0.1, height + 0.1, yaw, **_look("fence", Tex.METAL, colour, 0.35))
 
     def building(self, side: _Side, u0, u1, v0, depth, height, style) -> None:
         mb = self.mb
         width = u1 - u0
         c = side.p((u0 + u1) / 2, v0 + depth / 2)
         facade = self.jitter_color(self.pick(FACADES), 0.1)
-        if style == "downtown":
-            win = (
-                self.rng.uniform(3.1, 3.6),
-                self.rng.uniform(1.6, 3.0),
-                self.rng.uniform(0.5, 0.8),
-                self.rng.uniform(0.5, 0.7),
-            )
-        elif style == "residential":
-            win = (
-                self.rng.uniform(2.7, 3.0),
-                self.rng.uniform(2.4, 4.0),
-                self.rng.uniform(0.3, 0.5),
-                self.rng.uniform(0.4, 0.55),
-            )
-        else:
-            win = (
-                self.rng.uniform(4.0, 6.0),
-                self.rng.uniform(4.0, 8.0),
-                self.rng.uniform(0.25, 0.45),
-                self.rng.uniform(0.15, 0.25),
-            )
+        win = tuple(self.rng.uniform(lo, hi) for lo, hi in WINDOW_RANGES[style])
         if self.rng.random() < 0.08:
             win = (3.0, 3.0, 0.0, 0.0)  # blank wall
         bid = float(self.rng.integers(1, 1 << 20))
-        param = win + (bid, self.rng.uniform(0.15, 0.6))
-        mb.box(
-            c[0],
-            c[1],
-            KERB_H,
-            width,
-            depth,
-            height,
-            side.yaw,
-            sk=SK["building"],
-            tex=Tex.WALL,
-            color=facade,
-            param=param,
-            refl=0.3,
-        )
-        roof_col = self.jitter_color(self.pick(ROOFS), 0.1)
+        wall = _look("building", Tex.WALL, facade, 0.3, param=win + (bid, self.rng.uniform(0.15, 0.6)))
+        mb.box(c[0], c[1], KERB_H, width, depth, height, side.yaw, **wall)
+        roof = _look("building", Tex.ROOF, self.jitter_color(self.pick(ROOFS), 0.1), 0.3)
         if style == "residential" and self.rng.random() < 0.7:
-            mb.gable_roof(
-                c[0],
-                c[1],
-                KERB_H + height,
-                width + 0.4,
-                depth + 0.4,
-                self.rng.uniform(2.0, 3.5),
-                side.yaw,
-                sk=SK["building"],
-                tex=Tex.ROOF,
-                color=roof_col,
-                refl=0.3,
-            )
+            pitch = self.rng.uniform(2.0, 3.5)
+            mb.gable_roof(c[0], c[1], KERB_H + height, width + 0.4, depth + 0.4, pitch, side.yaw, **roof)
         elif self.rng.random() < 0.5:  # roof structure / parapet
             w2, d2 = width * self.rng.uniform(0.2, 0.5), depth * self.rng.uniform(0.2, 0.5)
-            mb.box(
-                c[0],
-                c[1],
-                KERB_H + height,
-                w2,
-                d2,
-                self.rng.uniform(1.5, 3.5),
-                side.yaw,
-                sk=SK["building"],
-                tex=Tex.ROOF,
-                color=roof_col,
-                refl=0.3,
-            )
+            mb.box(c[0], c[1], KERB_H + height, w2, d2, self.rng.uniform(1.5, 3.5), side.yaw, **roof)
 
     # ---- blocks ----
     def block(self, bx0, by0, bx1, by1, district, streets) -> None:
-        mb, rng = self.mb, self.rng
+        rng = self.rng
         sw = rng.uniform(2.5, 4.0)
-        paving = self.jitter_color(
-            srgb(*self.pick([(150, 148, 142), (170, 160, 150), (140, 120, 115), (120, 125, 130)])), 0.06
-        )
-        # kerbs
-        kerb_col = srgb(160, 160, 155)
-        corners = [(bx0, by0), (bx1, by0), (bx1, by1), (bx0, by1)]
-        for k in range(4):
-            (xa, ya), (xb, yb) = corners[k], corners[(k + 1) % 4]
-            mb.quad(
-                [[xa, ya, 0], [xb, yb, 0], [xb, yb, KERB_H], [xa, ya, KERB_H]],
-                sk=SK["sidewalk"],
-                tex=Tex.CONCRETE,
-                color=kerb_col,
-                refl=0.35,
-            )
-        for rect in (
-            (bx0, by0, bx1, by0 + sw),
-            (bx0, by1 - sw, bx1, by1),
-            (bx0, by0 + sw, bx0 + sw, by1 - sw),
-            (bx1 - sw, by0 + sw, bx1, by1 - sw),
-        ):
-            mb.rect(
-                *rect,
-                KERB_H,
-                tile=10.0,
-                sk=SK["sidewalk"],
-                tex=Tex.PAVING,
-                color=paving,
-                param=(rng.uniform(0.4, 0.8),),
-                refl=0.3,
-            )
-        inner = (bx0 + sw, by0 + sw, bx1 - sw, by1 - sw)
-        ground_col = srgb(95, 120, 60) if district != "industrial" else srgb(120, 115, 95)
-        mb.rect(
-            *inner, KERB_H, tile=10.0, sk=SK["terrain"], tex=Tex.GRASS, color=self.jitter_color(ground_col), refl=0.4
-        )
-
+        self.pavement(bx0, by0, bx1, by1, sw, district)
         lx, ly = bx1 - bx0, by1 - by0
         depth_max = float(np.clip(min(lx, ly) / 2 - sw - 1.0, 6.0, 20.0))
         sides = [
@@ -866,6 +525,29 @@ class TownBuilder:
         if cx1 > cx0 and cy1 > cy0:
             for _ in range(int(rng.integers(0, 4))):
                 self.tree(rng.uniform(cx0, cx1), rng.uniform(cy0, cy1), KERB_H)
+
+    def pavement(self, bx0, by0, bx1, by1, sw, district) -> None:
+        """Kerbs, a sidewalk ring ``sw`` wide and the block's inner ground."""
+        mb, rng = self.mb, self.rng
+        paving = self.jitter_color(
+            srgb(*self.pick([(150, 148, 142), (170, 160, 150), (140, 120, 115), (120, 125, 130)])), 0.06
+        )
+        kerb = _look("sidewalk", Tex.CONCRETE, srgb(160, 160, 155), 0.35)
+        corners = [(bx0, by0), (bx1, by0), (bx1, by1), (bx0, by1)]
+        for k in range(4):
+            (xa, ya), (xb, yb) = corners[k], corners[(k + 1) % 4]
+            mb.quad([[xa, ya, 0], [xb, yb, 0], [xb, yb, KERB_H], [xa, ya, KERB_H]], **kerb)
+        for rect in (
+            (bx0, by0, bx1, by0 + sw),
+            (bx0, by1 - sw, bx1, by1),
+            (bx0, by0 + sw, bx0 + sw, by1 - sw),
+            (bx1 - sw, by0 + sw, bx1, by1 - sw),
+        ):
+            tiles = _look("sidewalk", Tex.PAVING, paving, 0.3, param=(rng.uniform(0.4, 0.8),))
+            mb.rect(*rect, KERB_H, tile=10.0, **tiles)
+        inner = (bx0 + sw, by0 + sw, bx1 - sw, by1 - sw)
+        ground_col = srgb(95, 120, 60) if district != "industrial" else srgb(120, 115, 95)
+        mb.rect(*inner, KERB_H, tile=10.0, **_look("terrain", Tex.GRASS, self.jitter_color(ground_col), 0.4))
 
     def sidewalk(self, side: _Side, sw: float) -> None:
         rng, st = self.rng, side.street
@@ -892,70 +574,7 @@ class TownBuilder:
             elif rng.random() < 0.12 and side.free(end_u, 0.8):
                 self.traffic_light(side.p(end_u, 0.5), face)
                 side.taken.append((end_u, 0.5))
-        for _ in range(int(rng.integers(0, 3))):
-            u = self.uni(3, side.length - 3)
-            if side.free(u, 1.0):
-                q = side.p(u, sw - 0.6)
-                if rng.random() < 0.5:
-                    self.mb.cylinder(
-                        q[0],
-                        q[1],
-                        KERB_H,
-                        0.28,
-                        0.9,
-                        n=8,
-                        sk=SK["other_object"],
-                        tex=Tex.CONCRETE,
-                        color=srgb(*self.pick([(40, 90, 50), (90, 90, 95), (150, 120, 40)])),
-                        refl=0.3,
-                    )
-                else:
-                    self.mb.box(
-                        q[0],
-                        q[1],
-                        KERB_H + 0.4,
-                        1.6,
-                        0.45,
-                        0.08,
-                        side.yaw,
-                        sk=SK["other_object"],
-                        tex=Tex.FENCE,
-                        color=srgb(120, 85, 55),
-                        param=(0.12, 0.2),
-                        refl=0.3,
-                    )
-                    self.mb.box(
-                        q[0],
-                        q[1],
-                        KERB_H,
-                        1.4,
-                        0.35,
-                        0.4,
-                        side.yaw,
-                        sk=SK["other_object"],
-                        tex=Tex.METAL,
-                        color=srgb(60, 60, 60),
-                        refl=0.3,
-                    )
-                side.taken.append((u, 1.0))
-        if rng.random() < 0.35:  # bus shelter
-            u = self.uni(8, max(side.length - 8, 8.5))
-            if side.free(u, 2.5) and sw > 2.8:
-                q = side.p(u, sw - 0.9)
-                self.mb.box(
-                    q[0],
-                    q[1],
-                    KERB_H,
-                    3.0,
-                    1.2,
-                    2.4,
-                    side.yaw,
-                    sk=SK["other_structure"],
-                    tex=Tex.METAL,
-                    color=srgb(90, 110, 120),
-                    refl=0.3,
-                )
-                side.taken.append((u, 1.8))
+        self.furniture(side, sw)
         for _ in range(int(rng.poisson(0.6))):
             u = self.uni(2, side.length - 2)
             if side.free(u, 0.6):
@@ -963,98 +582,106 @@ class TownBuilder:
                 self.person(q[0], q[1], side.yaw + (0 if rng.random() < 0.5 else np.pi))
                 side.taken.append((u, 0.4))
 
+    def furniture(self, side: _Side, sw: float) -> None:
+        """Litter bins and benches at the back of the sidewalk, now and then a bus shelter."""
+        rng, mb = self.rng, self.mb
+        for _ in range(int(rng.integers(0, 3))):
+            u = self.uni(3, side.length - 3)
+            if side.free(u, 1.0):
+                q = side.p(u, sw - 0.6)
+                if rng.random() < 0.5:
+                    colour = srgb(*self.pick([(40, 90, 50), (90, 90, 95), (150, 120, 40)]))
+                    mb.cylinder(q[0], q[1], KERB_H, 0.28, 0.9, n=8, **_look("other_object", Tex.CONCRETE, colour, 0.3))
+                else:
+                    seat = _look("other_object", Tex.FENCE, srgb(120, 85, 55), 0.3, param=(0.12, 0.2))
+                    mb.box(q[0], q[1], KERB_H + 0.4, 1.6, 0.45, 0.08, side.yaw, **seat)
+                    frame = _look("other_object", Tex.METAL, srgb(60, 60, 60), 0.3)
+                    mb.box(q[0], q[1], KERB_H, 1.4, 0.35, 0.4, side.yaw, **frame)
+                side.taken.append((u, 1.0))
+        if rng.random() < 0.35:  # bus shelter
+            u = self.uni(8, max(side.length - 8, 8.5))
+            if side.free(u, 2.5) and sw > 2.8:
+                q = side.p(u, sw - 0.9)
+                shelter = _look("other_structure", Tex.METAL, srgb(90, 110, 120), 0.3)
+                mb.box(q[0], q[1], KERB_H, 3.0, 1.2, 2.4, side.yaw, **shelter)
+                side.taken.append((u, 1.8))
+
     def lots(self, side: _Side, u_lo, u_hi, sw, depth_max, district) -> None:
         rng = self.rng
         u = u_lo
         while u < u_hi - 4:
-            if district == "downtown":
-                width = rng.uniform(10, 22)
-                kind = "building" if rng.random() < 0.9 else "plaza"
-            elif district == "residential":
-                width = rng.uniform(12, 20)
-                kind = "house" if rng.random() < 0.85 else "garden"
-            elif district == "industrial":
-                width = rng.uniform(20, 40)
-                kind = "warehouse" if rng.random() < 0.75 else "yard"
-            else:
-                width = rng.uniform(15, 30)
-                kind = "park"
+            (w_lo, w_hi), kind, p_kind, other_kind = LOT_KINDS[district]
+            width = rng.uniform(w_lo, w_hi)
+            if p_kind is not None and not rng.random() < p_kind:
+                kind = other_kind
             width = min(width, u_hi - u)
             u1 = u + width
-            front = sw + 0.3
             if kind == "building":
-                self.building(
-                    side,
-                    u + 0.1,
-                    u1 - 0.1,
-                    sw + rng.uniform(0, 0.6),
-                    depth_max * rng.uniform(0.75, 1.0),
-                    rng.uniform(12, 32),
-                    "downtown",
-                )
+                v0, depth = sw + rng.uniform(0, 0.6), depth_max * rng.uniform(0.75, 1.0)
+                self.building(side, u + 0.1, u1 - 0.1, v0, depth, rng.uniform(12, 32), "downtown")
             elif kind == "house":
-                gap = rng.uniform(1.5, 3.0)
-                setback = rng.uniform(3.0, 6.0)
-                depth = min(rng.uniform(8, 12), depth_max - setback)
-                if depth > 5 and width - 2 * gap > 6:
-                    self.building(side, u + gap, u1 - gap, sw + setback, depth, rng.uniform(5, 8.5), "residential")
-                f = rng.random()
-                if f < 0.55:
-                    self.fence(
-                        side.p(u + 0.2, front),
-                        side.p(u1 - 0.2, front),
-                        rng.uniform(0.9, 1.5),
-                        self.pick(["slats", "hedge", "wall", "metal"]),
-                    )
-                if rng.random() < 0.5:
-                    q = side.p(u + self.uni(1, max(width - 1, 1.5)), sw + setback / 2 + 0.3)
-                    (self.tree if rng.random() < 0.5 else self.bush)(q[0], q[1], KERB_H)
+                self.house_lot(side, u, width, sw, depth_max)
             elif kind == "warehouse":
-                setback = rng.uniform(4, 9)
-                depth = depth_max - setback
-                if depth > 6:
-                    self.building(side, u + 1, u1 - 1, sw + setback, depth, rng.uniform(6, 11), "industrial")
-                self.fence(side.p(u + 0.2, front), side.p(u1 - 0.2, front), rng.uniform(1.6, 2.2), "metal")
-                if rng.random() < 0.5 and setback > 6.5:
-                    q = side.p(u + width / 2, sw + setback / 2 + 0.2)
-                    self.car(q[0], q[1], side.yaw, 6.0, van=True, z0=KERB_H)
+                self.warehouse_lot(side, u, width, sw, depth_max)
             elif kind == "yard":
-                self.fence(
-                    side.p(u + 0.2, front), side.p(u1 - 0.2, front), rng.uniform(1.8, 2.4), self.pick(["metal", "wall"])
-                )
-                for _ in range(int(rng.integers(1, 4))):
-                    q = side.p(self.uni(u + 3, u1 - 3), sw + self.uni(4, depth_max - 2))
-                    self.mb.box(
-                        q[0],
-                        q[1],
-                        KERB_H,
-                        rng.uniform(2, 6),
-                        rng.uniform(2, 3),
-                        rng.uniform(1.5, 2.6),
-                        rng.uniform(0, np.pi),
-                        sk=SK["other_structure"],
-                        tex=Tex.METAL,
-                        color=srgb(*self.pick([(150, 60, 40), (40, 80, 140), (120, 120, 110)])),
-                        refl=0.4,
-                    )
-            elif kind in ("park", "garden", "plaza"):
-                if kind == "park" and rng.random() < 0.5:
-                    self.fence(
-                        side.p(u + 0.2, front),
-                        side.p(u1 - 0.2, front),
-                        rng.uniform(0.6, 1.0),
-                        self.pick(["hedge", "metal"]),
-                    )
-                for _ in range(int(rng.integers(1, 5))):
-                    q = side.p(self.uni(u + 1.5, u1 - 1.5), sw + self.uni(2, depth_max))
-                    self.tree(q[0], q[1], KERB_H, big=rng.uniform(0.9, 1.3))
-                for _ in range(int(rng.integers(0, 4))):
-                    q = side.p(self.uni(u + 1, u1 - 1), sw + self.uni(1.5, depth_max))
-                    self.bush(q[0], q[1])
-                if rng.random() < 0.3:
-                    q = side.p(self.uni(u + 1, u1 - 1), sw + self.uni(1.5, depth_max))
-                    self.person(q[0], q[1], rng.uniform(0, 2 * np.pi))
+                self.yard_lot(side, u, width, sw, depth_max)
+            else:
+                self.green_lot(side, u, width, sw, depth_max, kind)
             u = u1
+
+    def front_fence(self, side: _Side, u, u1, sw, heights, kinds) -> None:
+        """Fence along a lot's street edge: height uniform in ``heights``; kind ``kinds`` or one picked from it."""
+        front = sw + 0.3
+        p0, p1, height = side.p(u + 0.2, front), side.p(u1 - 0.2, front), self.rng.uniform(*heights)
+        self.fence(p0, p1, height, kinds if isinstance(kinds, str) else self.pick(kinds))
+
+    def house_lot(self, side: _Side, u, width, sw, depth_max) -> None:
+        rng, u1 = self.rng, u + width
+        gap = rng.uniform(1.5, 3.0)
+        setback = rng.uniform(3.0, 6.0)
+        depth = min(rng.uniform(8, 12), depth_max - setback)
+        if depth > 5 and width - 2 * gap > 6:
+            self.building(side, u + gap, u1 - gap, sw + setback, depth, rng.uniform(5, 8.5), "residential")
+        if rng.random() < 0.55:
+            self.front_fence(side, u, u1, sw, (0.9, 1.5), ["slats", "hedge", "wall", "metal"])
+        if rng.random() < 0.5:
+            q = side.p(u + self.uni(1, max(width - 1, 1.5)), sw + setback / 2 + 0.3)
+            (self.tree if rng.random() < 0.5 else self.bush)(q[0], q[1], KERB_H)
+
+    def warehouse_lot(self, side: _Side, u, width, sw, depth_max) -> None:
+        rng, u1 = self.rng, u + width
+        setback = rng.uniform(4, 9)
+        depth = depth_max - setback
+        if depth > 6:
+            self.building(side, u + 1, u1 - 1, sw + setback, depth, rng.uniform(6, 11), "industrial")
+        self.front_fence(side, u, u1, sw, (1.6, 2.2), "metal")
+        if rng.random() < 0.5 and setback > 6.5:
+            q = side.p(u + width / 2, sw + setback / 2 + 0.2)
+            self.car(q[0], q[1], side.yaw, 6.0, van=True, z0=KERB_H)
+
+    def yard_lot(self, side: _Side, u, width, sw, depth_max) -> None:
+        rng, u1 = self.rng, u + width
+        self.front_fence(side, u, u1, sw, (1.8, 2.4), ["metal", "wall"])
+        for _ in range(int(rng.integers(1, 4))):
+            q = side.p(self.uni(u + 3, u1 - 3), sw + self.uni(4, depth_max - 2))
+            size = (rng.uniform(2, 6), rng.uniform(2, 3), rng.uniform(1.5, 2.6), rng.uniform(0, np.pi))
+            colour = srgb(*self.pick([(150, 60, 40), (40, 80, 140), (120, 120, 110)]))
+            self.mb.box(q[0], q[1], KERB_H, *size, **_look("other_structure", Tex.METAL, colour, 0.4))
+
+    def green_lot(self, side: _Side, u, width, sw, depth_max, kind) -> None:
+        """A park, garden or plaza: trees, bushes, now and then a person."""
+        rng, u1 = self.rng, u + width
+        if kind == "park" and rng.random() < 0.5:
+            self.front_fence(side, u, u1, sw, (0.6, 1.0), ["hedge", "metal"])
+        for _ in range(int(rng.integers(1, 5))):
+            q = side.p(self.uni(u + 1.5, u1 - 1.5), sw + self.uni(2, depth_max))
+            self.tree(q[0], q[1], KERB_H, big=rng.uniform(0.9, 1.3))
+        for _ in range(int(rng.integers(0, 4))):
+            q = side.p(self.uni(u + 1, u1 - 1), sw + self.uni(1.5, depth_max))
+            self.bush(q[0], q[1])
+        if rng.random() < 0.3:
+            q = side.p(self.uni(u + 1, u1 - 1), sw + self.uni(1.5, depth_max))
+            self.person(q[0], q[1], rng.uniform(0, 2 * np.pi))
 
     def populate(self) -> None:
         L, rng = self.L, self.rng
