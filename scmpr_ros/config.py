@@ -223,14 +223,15 @@ class FilterConfig:
 
     temperature, the likelihood floors, the recovery shares and converge_* were chosen on validation towns
     302, 303 and 306-309 with the shipped model (``scmpr evaluate --filter mcl``; docs/PROTOCOL.md), never on
-    a test town."""
+    a test town; likelihood_floor and converge_frames (odometry) last in session 5 with model v5 on the
+    HDL-64E validation towns 302, 303, 306 and 307."""
 
     num_particles: int = 2000  # particles P
     temperature: float = 0.5  # T: score -> relative likelihood exp((score - best score) / T)
     match_radius_m: float = 6.0  # a particle is near a candidate viewpoint within this distance (m)
     match_sigma_m: float = 3.0  # Gaussian fall-off of a candidate's likelihood with distance (m)
     heading_gate_deg: float = 45.0  # ... and with heading within this many degrees of the viewpoint's
-    likelihood_floor: float = 0.5  # relative likelihood of a particle near no candidate (after an odometry update)
+    likelihood_floor: float = 0.2  # relative likelihood of a particle near no candidate (after an odometry update)
     likelihood_floor_image_only: float = 0.3  # ... after an image-only (road-graph) motion update
     recovery_share: float = 0.003  # share of particles redrawn around the top hypotheses each frame
     recovery_share_image_only: float = 0.01  # ... when converged with image-only motion
@@ -258,7 +259,8 @@ class FilterConfig:
     graph_lost_yaw_std_deg: float = 20.0  # image-only: ... and of their heading, per sqrt(s) (deg)
     converge_radius_m: float = 3.0  # converged needs the mode's weighted RMS radius within this (m)
     converge_mode_weight: float = 0.95  # ... and at least this share of the weight in the mode
-    converge_frames: int = 8  # ... for this many consecutive frames, on the same cluster
+    converge_frames: int = 5  # ... for this many consecutive frames, on the same cluster (after an odometry update)
+    converge_frames_image_only: int = 8  # ... after an image-only (road-graph) motion update
     converge_support_frames: int = 3  # ... and a hypothesis near the mode within the last this many frames
     cluster_radius_m: float = 5.0  # the mode is the heaviest cluster of this radius (m)
     seed: int = 0  # seed of the filter's random generator

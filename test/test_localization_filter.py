@@ -42,6 +42,7 @@ SIM_SETTINGS = {
     "recovery_share_image_only": 0.03,
     "recovery_share_unconverged": 0.15,
     "converge_frames": 3,
+    "converge_frames_image_only": 3,
     "converge_mode_weight": 0.6,
 }
 
@@ -299,6 +300,24 @@ def test_heading_gate_separates_the_two_driving_directions():
     # ... but the particles drive east, so only the eastbound candidates (within the heading gate) fit
     assert abs(est.pose[1] - (-1.5)) < 1.0 and abs(wrap_angle(est.pose[2])) < np.radians(10)
     assert est.converged
+
+
+def test_odometry_and_image_only_motion_have_their_own_convergence_streaks():
+    """The same steady evidence converges after converge_frames frames behind odometry updates and after
+    converge_frames_image_only frames behind road-graph ones (no motion here: zero increments, dt 0)."""
+    road = _two_lane_road()
+    cfg = sim_config(num_particles=1000, seed=3, converge_frames=2, converge_frames_image_only=6)
+    first_converged = {}
+    for image_only in (False, True):
+        filt = MapLocalizationFilter(road, cfg)
+        filt.reset([50], [0.9])
+        for frame in range(1, 12):
+            filt.predict_graph(0.0) if image_only else filt.predict_odometry([0.0, 0.0, 0.0])
+            est = filt.update([50, 150], [0.9, 0.2])
+            if est.converged:
+                first_converged[image_only] = est.frames_converged
+                break
+    assert first_converged == {False: 2, True: 6}
 
 
 def test_covariance_is_symmetric_psd_and_yaw_wrapped():

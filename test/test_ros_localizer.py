@@ -435,6 +435,7 @@ def test_filter_with_odometry_publishes_filtered_pose_and_initialpose_once(world
         # from the hypotheses, here (the filter.* parameters at work)
         filter_params = {
             "filter.converge_frames": 3,
+            "filter.converge_frames_image_only": 3,
             "filter.converge_mode_weight": 0.6,
             "filter.likelihood_floor": 0.3,
             "filter.recovery_share_unconverged": 0.02,

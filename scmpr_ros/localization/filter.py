@@ -54,10 +54,11 @@ Estimate.  Particles are binned on a grid of cell ``R`` (cluster_radius_m); arou
 the few heaviest cells the weight within ``R`` is summed, and the heaviest is the mode.  The pose is the
 weighted mean of the mode's particles (circular mean for yaw), the covariance their weighted covariance;
 ``mode_weight`` is their share of the weight, ``spread_m`` the weighted RMS distance of all particles to
-the pose.  ``converged`` holds when, for converge_frames consecutive frames, the mode was tight (RMS
-radius <= converge_radius_m), heavy (mode_weight >= converge_mode_weight) and the same cluster (half its
-weight was in the previous mode), and a hypothesis supported it (likelihood above the floor for half its
-weight) within the last converge_support_frames frames.
+the pose.  ``converged`` holds when, for converge_frames consecutive frames (converge_frames_image_only
+after a road-graph update), the mode was tight (RMS radius <= converge_radius_m), heavy (mode_weight >=
+converge_mode_weight) and the same cluster (half its weight was in the previous mode), and a hypothesis
+supported it (likelihood above the floor for half its weight) within the last converge_support_frames
+frames.
 
 Pure numpy: no rclpy, no torch.  Settings: :class:`scmpr_ros.config.FilterConfig` (section ``filter``).
 """
@@ -428,6 +429,11 @@ class MapLocalizationFilter:
         """Odometry keeps a lock through frames that support nothing near it, so its particles may lose less."""
         return self.cfg.likelihood_floor_image_only if self._image_only else self.cfg.likelihood_floor
 
+    def _converge_frames(self) -> int:
+        """Odometry makes a heavy mode trustworthy sooner; image-only motion needs a longer streak."""
+        cfg = self.cfg
+        return cfg.converge_frames_image_only if self._image_only else cfg.converge_frames
+
     def _converged_share(self) -> float:
         cfg = self.cfg
         return cfg.recovery_share_image_only if self._image_only else cfg.recovery_share
@@ -583,7 +589,7 @@ class MapLocalizationFilter:
         mode_supported = member_weight @ supported >= 0.5 * mode_weight
         self._frames_unsupported = 0 if mode_supported else self._frames_unsupported + 1
         converged = (
-            self._frames_converged >= cfg.converge_frames and self._frames_unsupported < cfg.converge_support_frames
+            self._frames_converged >= self._converge_frames() and self._frames_unsupported < cfg.converge_support_frames
         )
         self._in_mode = members
         self._z = self._viewpoint_height(pose[:2])
