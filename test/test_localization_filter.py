@@ -311,8 +311,11 @@ def test_odometry_and_image_only_motion_have_their_own_convergence_streaks():
     for image_only in (False, True):
         filt = MapLocalizationFilter(road, cfg)
         filt.reset([50], [0.9])
-        for frame in range(1, 12):
-            filt.predict_graph(0.0) if image_only else filt.predict_odometry([0.0, 0.0, 0.0])
+        for _ in range(11):
+            if image_only:
+                filt.predict_graph(0.0)
+            else:
+                filt.predict_odometry([0.0, 0.0, 0.0])
             est = filt.update([50, 150], [0.9, 0.2])
             if est.converged:
                 first_converged[image_only] = est.frames_converged
