@@ -17,7 +17,7 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_helpers import Spinner, build_test_world, call_service, ros_context, unique_namespace, wait_for  # noqa: E402
-from test_ros_localizer import Sink, _start_localizer  # noqa: E402
+from test_ros_localizer import Sink, start_localizer  # noqa: E402
 
 from scmpr_ros.errors import ScmprError  # noqa: E402
 from scmpr_ros.msgs.conversions import read_hypotheses, rgb_to_image_msg  # noqa: E402
@@ -91,7 +91,7 @@ def test_nav2_style_bringup_and_all_transitions(world):
                     parameter_overrides=[Parameter("map_file", value=str(map_path)), off],
                 )
             )
-            loc = spin.add(_start_localizer(ctx, ns, ckpt, autostart=False))
+            loc = spin.add(start_localizer(ctx, ns, ckpt, autostart=False))
             sink = Sink(ctx, ns)
             spin.add(sink.node)
             mgr = Manager(sink.node, ns)
@@ -149,7 +149,7 @@ def test_failed_configure_stays_unconfigured_with_the_reason_then_succeeds(world
                     parameter_overrides=[Parameter("map_file", value=str(tmp_path / "missing.scmpr-map")), off],
                 )
             )
-            loc = spin.add(_start_localizer(ctx, ns, missing_model, autostart=False))
+            loc = spin.add(start_localizer(ctx, ns, missing_model, autostart=False))
             sink = Sink(ctx, ns)
             logs = _rosout(sink)
             spin.add(sink.node)
@@ -194,7 +194,7 @@ def test_unexpected_error_goes_through_on_error_back_to_unconfigured(world, monk
     with ros_context() as ctx:
         spin = Spinner(ctx)
         try:
-            loc = spin.add(_start_localizer(ctx, ns, ckpt, autostart=False))
+            loc = spin.add(start_localizer(ctx, ns, ckpt, autostart=False))
             sink = Sink(ctx, ns)
             logs = _rosout(sink)
             spin.add(sink.node)
@@ -227,7 +227,7 @@ def test_autostart_failure_raises_like_a_plain_node(world, tmp_path):
     ns = unique_namespace()
     with ros_context() as ctx:
         with pytest.raises(ScmprError, match="configure failed: .*no_model"):
-            _start_localizer(ctx, ns, tmp_path / "no_model.pt")
+            start_localizer(ctx, ns, tmp_path / "no_model.pt")
         with pytest.raises(ScmprError, match="does not exist"):
             MapServer(context=ctx, namespace=ns, parameter_overrides=[Parameter("map_file", value="/nonexistent.map")])
         loc = Localizer(

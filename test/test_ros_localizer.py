@@ -82,6 +82,23 @@ class Sink:
         return False
 
 
+def start_localizer(ctx, ns, ckpt, **params) -> Localizer:
+    """A localizer on ``ckpt`` reading camera/image_raw in ``ns``, /initialpose remapped into the namespace."""
+    over = [
+        Parameter("model", value=str(ckpt)),
+        Parameter("image_topic", value="camera/image_raw"),
+        Parameter("camera_info_topic", value="camera/camera_info"),
+        Parameter("threads", value=1),
+    ]
+    over += [Parameter(k, value=v) for k, v in params.items()]
+    return Localizer(
+        context=ctx,
+        namespace=ns,
+        parameter_overrides=over,
+        cli_args=["--ros-args", "-r", f"/initialpose:={ns}/initialpose"],
+    )
+
+
 class Session:
     """A fresh context and namespace, spun by ``spin``, with a map_server serving the world's map."""
 
@@ -91,21 +108,8 @@ class Session:
         self.server = start_map_server(spin, ctx, self.ns, map_path)
 
     def localizer(self, **params) -> Localizer:
-        """A localizer on the world's model reading camera/image_raw, /initialpose remapped into the namespace."""
-        over = [
-            Parameter("model", value=str(self.ckpt)),
-            Parameter("image_topic", value="camera/image_raw"),
-            Parameter("camera_info_topic", value="camera/camera_info"),
-            Parameter("threads", value=1),
-        ]
-        over += [Parameter(k, value=v) for k, v in params.items()]
-        loc = Localizer(
-            context=self.ctx,
-            namespace=self.ns,
-            parameter_overrides=over,
-            cli_args=["--ros-args", "-r", f"/initialpose:={self.ns}/initialpose"],
-        )
-        return self.spin.add(loc)
+        """A localizer on the world's model (see start_localizer), spun."""
+        return self.spin.add(start_localizer(self.ctx, self.ns, self.ckpt, **params))
 
     def sink(self, **kwargs) -> Sink:
         sink = Sink(self.ctx, self.ns, **kwargs)
