@@ -229,7 +229,8 @@ def test_burst_of_100_images_stays_bounded(world):
         assert wait_for(lambda: loc.idle() and len(sink.poses) == loc.processed, 5.0)
         stats = loc.stats()
         loc_last_received = stamp_to_ns(loc.last_image_stamp)
-    assert burst_s < 5.0
+    # (no bound on burst_s itself: wall time on a loaded CI machine is not behaviour; the drop count below
+    # shows the images came faster than the localizer could take them)
     assert 50 <= stats["received"] <= 100, stats
     assert stats["received"] == stats["processed"] + stats["dropped"] + stats["rejected"] + stats["skipped_no_map"]
     # newest-only, not a queue: most of the burst is dropped, and only while busy (processed stays small)
