@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import TINY_IMAGE_HW, tiny_model_config
+from tiny_models import TINY_IMAGE_HW, tiny_config
 
 from scmpr_ros.config import ScmprConfig
 from scmpr_ros.lidar.range_image import RANGE_CHANNELS
@@ -23,21 +23,7 @@ from scmpr_ros.training.train import LAST_MODEL, METRICS_LOG, STATE_FILE, comput
 
 
 def small_cfg(**training) -> ScmprConfig:
-    cfg = ScmprConfig()
-    model = tiny_model_config(cfg.model)
-    t = {
-        "epochs": 2,
-        "batch_size": 4,
-        "lr": 2e-3,
-        "warmup_steps": 2,
-        "threads": 1,
-        "kmeans_batches": 1,
-        "log_every": 1,
-        "val_max_queries": 0,
-        "seed": 3,
-    }
-    t.update(training)
-    return dataclasses.replace(cfg, model=model, training=dataclasses.replace(cfg.training, **t))
+    return tiny_config(**({"epochs": 2, "warmup_steps": 2, "seed": 3} | training))
 
 
 def structured_cache(n_places: int = 24, seed: int = 0) -> PairCache:

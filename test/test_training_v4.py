@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import TINY_IMAGE_HW, tiny_model_config
+from tiny_models import TINY_IMAGE_HW, tiny_config
 
 from scmpr_ros.config import ConfigError, ScmprConfig, TrainingConfig
 from scmpr_ros.training.batches import NearNegatives, epoch_batches, make_batch, place_batches
@@ -110,17 +110,9 @@ H, W = TINY_IMAGE_HW
 
 
 def tiny_cfg(**training) -> ScmprConfig:
-    cfg = ScmprConfig()
-    model = tiny_model_config(cfg.model)
     t = {
         "epochs": 1,
-        "batch_size": 4,
-        "lr": 2e-3,
         "warmup_steps": 1,
-        "threads": 1,
-        "kmeans_batches": 1,
-        "log_every": 1,
-        "val_max_queries": 0,
         "seed": 1,
         "augment": False,
         "negative_radius_m": 10.0,
@@ -129,9 +121,8 @@ def tiny_cfg(**training) -> ScmprConfig:
         "near_negative_max_m": 8.0,
         "map_render_positives": 0.5,
     }
-    t.update(training)
-    lidar = dataclasses.replace(cfg.lidar, range_width=512)  # the town's 512 LiDAR columns
-    return dataclasses.replace(cfg, model=model, lidar=lidar, training=dataclasses.replace(cfg.training, **t))
+    cfg = tiny_config(**(t | training))
+    return dataclasses.replace(cfg, lidar=dataclasses.replace(cfg.lidar, range_width=512))  # the town's 512 columns
 
 
 @pytest.fixture(scope="module")
