@@ -246,3 +246,36 @@ def test_preprocess_images():
         preprocess_images([], cfg)
     with pytest.raises(InputError):
         preprocess_images([rgb[:, :, :2]], cfg)
+
+
+@pytest.mark.parametrize("label_dim", [8, 0])
+def test_lidar_fast_cpu_path_computes_the_plain_function_and_gradients(label_dim):
+    """The folded one-hot stem, the subsampled strided shortcuts and channels-last layout change only
+    how the LiDAR tower computes, not what: outputs and every parameter's gradient match the plain path."""
+    import copy
+
+    from scmpr_ros.model.lidar_encoder import LidarEncoder
+
+    torch.manual_seed(0)
+    fast = LidarEncoder(7, dims=(16, 32), feature_dim=24, label_embedding_dim=label_dim).train()
+    plain = copy.deepcopy(fast)
+    plain.fast_cpu_path = False
+    assert fast.fast_cpu_path and all(b.subsample_shortcut for b in fast.stages)
+    assert not any(b.subsample_shortcut for b in plain.stages)
+    x = torch.randn(3, 7, 16, 61)  # odd width: the strided shortcut's output size must still match
+    labels = torch.randint(0, NUM_CLASSES, (3, 16, 61))
+    labels[torch.rand(labels.shape) < 0.3] = IGNORE_ID
+    out_fast, frac_fast = fast(x, labels)
+    out_plain, frac_plain = plain(x, labels)
+    assert out_fast.shape == out_plain.shape
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(frac_fast, frac_plain)
+    weights = torch.randn_like(out_plain)
+    (out_fast * weights).sum().backward()
+    (out_plain * weights).sum().backward()
+    for (name, p_fast), (_, p_plain) in zip(fast.named_parameters(), plain.named_parameters()):
+        assert p_fast.grad is not None, name
+        scale = float(p_plain.grad.abs().max())  # float sums in another order: compare to the gradient's size
+        assert float((p_fast.grad - p_plain.grad).abs().max()) <= 1e-5 * scale + 1e-7, name
+    if label_dim:  # the table's rows of labels present in the batch received a gradient
+        assert fast.label_embed.weight.grad.abs().sum(1).gt(0).sum() >= NUM_CLASSES

@@ -125,12 +125,12 @@ def _candidates(cfg: Any, size: tuple[int, int], numba_ok: bool) -> dict[str, An
     mcfg = dataclasses.replace(cfg.model, image_height=size[0], image_width=size[1], scan_backend="torch")
     torch.manual_seed(0)
     slow = SCMPRModel(mcfg, RANGE_CHANNELS).train()
-    slow.lidar.channels_last = False  # the baseline is the step as it was before the numba backward
+    slow.lidar.fast_cpu_path = False  # the baseline is the step as it was before the numba backward
     models = {"torch": slow}
     if numba_ok:
         fast = copy.deepcopy(slow)
         fast.set_scan_backend("auto")
-        fast.lidar.channels_last = True
+        fast.lidar.fast_cpu_path = True
         models = {"numba": fast, "torch": slow}
     out = {}
     for name, m in models.items():

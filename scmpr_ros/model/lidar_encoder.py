@@ -5,10 +5,18 @@ concatenated with a learned embedding of the per-pixel semantic label (IGNORE_ID
 embedding).  Stem conv (stride 1x2) + residual stages (stride 2 each) + 1x1 to the feature dim,
 output stride (2^S, 2^(S+1)).  Per-class weights = fraction of each cell's pixels with that label.
 
-The convolutions run on channels-last (NHWC) tensors: on a CPU the backward of the strided stem and
-first stage convolutions is 2-4x faster that way (``scmpr benchmark train``); the outputs are the same
-up to float rounding.  ``channels_last = False`` restores the plain NCHW layout (the benchmark's
-baseline).
+``fast_cpu_path`` (on by default) computes the same function in a form whose training step is cheaper
+on a CPU (``scmpr benchmark train``); the outputs are the same up to float rounding and the parameters
+are the same, so checkpoints load either way:
+
+- the convolutions run on channels-last (NHWC) tensors: the backward of the strided stem and first
+  stage convolutions is 2-4x faster that way;
+- the stem convolves the range channels and the one-hot labels, with the label part of its weight
+  folded with the embedding table (conv(embed(l)) = conv(onehot(l), W_e * E)): no input of the stem
+  needs a gradient, so its backward computes the weight gradient only and no embedding backward runs;
+- a strided 1x1 shortcut convolves the subsampled input x[..., ::s, ::s] (a plain matrix product).
+
+``fast_cpu_path = False`` restores the plain form (the benchmark's baseline).
 """
 
 from __future__ import annotations
@@ -31,9 +39,19 @@ class BasicBlock(nn.Module):
         self.conv2 = ConvBNAct(cout, cout, 3, act=False)
         self.short = None if (cin == cout and stride == 1) else ConvBNAct(cin, cout, 1, stride=stride, act=False)
 
+        self.subsample_shortcut = True  # see the module docstring (LidarEncoder.fast_cpu_path)
+
     def forward(self, x: Tensor) -> Tensor:
-        s = x if self.short is None else self.short(x)
-        return F.relu(self.conv2(self.conv1(x)) + s)
+        return F.relu(self.conv2(self.conv1(x)) + self._shortcut(x))
+
+    def _shortcut(self, x: Tensor) -> Tensor:
+        if self.short is None:
+            return x
+        conv = self.short[0]
+        if not self.subsample_shortcut or conv.stride == (1, 1):
+            return self.short(x)
+        sub = x[:, :, :: conv.stride[0], :: conv.stride[1]]  # a 1x1 kernel without padding reads only these
+        return self.short[1](F.conv2d(sub, conv.weight))
 
 
 def label_fractions(labels: Tensor, num_classes: int, size: tuple[int, int]) -> Tensor:
@@ -79,7 +97,17 @@ class LidarEncoder(nn.Module):
             prev = d
         self.stages = nn.Sequential(*blocks)
         self.head = nn.Conv2d(prev, feature_dim, 1)
-        self.channels_last = True  # memory layout of the convolutions (see the module docstring)
+        self.fast_cpu_path = True  # see the module docstring
+
+    @property
+    def fast_cpu_path(self) -> bool:
+        return self._fast_cpu_path
+
+    @fast_cpu_path.setter
+    def fast_cpu_path(self, on: bool) -> None:
+        self._fast_cpu_path = bool(on)
+        for block in self.stages:
+            block.subsample_shortcut = bool(on)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """x (B, C_in, H, W), labels (B, H, W) -> (features (B, C, h, w), class fractions (B, N_S, h, w) or None)."""
@@ -88,14 +116,38 @@ class LidarEncoder(nn.Module):
         if labels is not None:
             check_labels(labels, x.shape[0], tuple(x.shape[2:]), self.num_classes)
             labels = labels.long()
-        if self.label_embed is not None:
-            if labels is None:
-                raise InputError("this LiDAR encoder uses semantic labels (model.use_semantics); pass range labels")
-            idx = torch.where(labels == IGNORE_ID, self.num_classes, labels)
-            emb = self.label_embed(idx).permute(0, 3, 1, 2).to(x.dtype)
-            x = torch.cat([x, emb], dim=1)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.head(self.stages(self.stem(x)))
+        if self.label_embed is not None and labels is None:
+            raise InputError("this LiDAR encoder uses semantic labels (model.use_semantics); pass range labels")
+        stem_out = self._stem_folded(x, labels) if self.fast_cpu_path else self._stem_plain(x, labels)
+        feats = self.head(self.stages(stem_out))
         fractions = None if labels is None else label_fractions(labels, self.num_classes, tuple(feats.shape[-2:]))
         return feats, fractions
+
+    def _label_ids(self, labels: Tensor) -> Tensor:
+        return torch.where(labels == IGNORE_ID, self.num_classes, labels)
+
+    def _stem_plain(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """The stem over the range channels and the label embeddings, NCHW."""
+        if self.label_embed is not None:
+            emb = self.label_embed(self._label_ids(labels)).permute(0, 3, 1, 2).to(x.dtype)
+            x = torch.cat([x, emb], dim=1)
+        return self.stem(x)
+
+    def _stem_folded(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """The same stem as one channels-last convolution over the range channels and one-hot labels.
+
+        The label part of the weight is folded with the embedding table, so the gradient reaches the
+        stem weight and the table through the (tiny) folded weight, never through the inputs."""
+        conv = self.stem[0]
+        weight = conv.weight
+        if self.label_embed is not None:
+            w_range, w_label = weight[:, : self.in_channels], weight[:, self.in_channels :]
+            folded = torch.einsum("odhw,cd->ochw", w_label, self.label_embed.weight.to(weight.dtype))
+            weight = torch.cat([w_range, folded], dim=1)
+            onehot = F.one_hot(self._label_ids(labels), self.num_classes + 1).to(x.dtype)
+            x = torch.cat([x.permute(0, 2, 3, 1), onehot], dim=3).permute(0, 3, 1, 2)  # channels-last view
+        x = x.contiguous(memory_format=torch.channels_last)
+        out = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        for layer in list(self.stem)[1:]:  # batch norm, ReLU
+            out = layer(out)
+        return out
