@@ -224,9 +224,11 @@ class FilterConfig:
     temperature, the likelihood floors, the recovery shares and converge_* were chosen on validation towns
     302, 303 and 306-309 with the shipped model (``scmpr evaluate --filter mcl``; docs/PROTOCOL.md), never on
     a test town; likelihood_floor and converge_frames (odometry) last in session 5 with model v5 on the
-    HDL-64E validation towns 302, 303, 306 and 307."""
+    HDL-64E validation towns 302, 303, 306 and 307, hypotheses_image_only in session 6 with v6 on the same towns."""
 
     num_particles: int = 2000  # particles P
+    hypotheses: int = 10  # re-ranked hypotheses per frame the filter weighs (best first), with odometry
+    hypotheses_image_only: int = 50  # ... with image-only (road-graph) motion; the recognizer returns this many
     temperature: float = 0.5  # T: score -> relative likelihood exp((score - best score) / T)
     match_radius_m: float = 6.0  # a particle is near a candidate viewpoint within this distance (m)
     match_sigma_m: float = 3.0  # Gaussian fall-off of a candidate's likelihood with distance (m)
@@ -294,6 +296,15 @@ class FilterConfig:
             )
         if self.recovery_top_k < 1 or self.cluster_radius_m <= 0 or self.graph_snap_radius_m <= 0:
             raise ConfigError("filter: needs recovery_top_k >= 1, cluster_radius_m > 0 and graph_snap_radius_m > 0")
+        if min(self.hypotheses, self.hypotheses_image_only) < 1:
+            raise ConfigError(
+                f"filter: needs hypotheses >= 1 and hypotheses_image_only >= 1, got {self.hypotheses} "
+                f"and {self.hypotheses_image_only}"
+            )
+
+    def hypothesis_count(self, image_only: bool) -> int:
+        """How many of a frame's hypotheses (best first) the filter weighs, with odometry or image only."""
+        return int(self.hypotheses_image_only if image_only else self.hypotheses)
 
 
 #: Allowed values of the settings that have limits: (section, key) -> (minimum, maximum) or a tuple of choices.

@@ -480,3 +480,33 @@ def test_graph_motion_turns_the_expected_share_around_onto_the_other_lane(town):
     assert abs(against.mean() - expected) < 4 * np.sqrt(expected * (1 - expected) / len(after))
     # the turned ones were put onto the westbound lane (y = +1.5), the others stay eastbound (y = -1.5)
     assert np.median(after[against, 1]) > 0.5 and np.median(after[~against, 1]) < -0.5
+
+
+def test_measurement_kernel_agrees_with_the_dense_formula():
+    """The numba loop of the measurement update against the (P, k) formula written out in numpy."""
+    from scmpr_ros.localization.filter import _best_log_likelihood
+
+    rng = np.random.default_rng(8)
+    px, py, pyaw = rng.uniform(0, 40, 500), rng.uniform(0, 40, 500), rng.uniform(-np.pi, np.pi, 500)
+    cx, cy, cyaw = rng.uniform(0, 40, 50), rng.uniform(0, 40, 50), rng.uniform(-np.pi, np.pi, 50)
+    clog = rng.uniform(-3, 0, 50)
+    radius, gate, sigma = 6.0, np.radians(45.0), 3.0
+    dist2 = (px[:, None] - cx) ** 2 + (py[:, None] - cy) ** 2
+    near = (dist2 <= radius**2) & (np.cos(pyaw[:, None] - cyaw) >= np.cos(gate))
+    expected = np.where(near, clog - dist2 / (2 * sigma**2), -np.inf).max(axis=1)
+    got = _best_log_likelihood(
+        px,
+        py,
+        np.cos(pyaw),
+        np.sin(pyaw),
+        cx,
+        cy,
+        np.cos(cyaw),
+        np.sin(cyaw),
+        clog,
+        radius**2,
+        np.cos(gate),
+        1.0 / (2 * sigma**2),
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert np.isinf(expected).any() and np.isfinite(expected).any()  # both cases occur

@@ -98,3 +98,19 @@ def test_reset_starts_again_from_the_next_frame():
     assert not tracker.filter.initialized
     est = tracker.on_frame(11 * FRAME_NS, np.array([30]), np.array([1.5]))
     assert est is not None and abs(est.pose[0] - 60.0) < 5.0
+
+
+@pytest.mark.parametrize("use_odometry", [True, False])
+def test_tracker_weighs_the_configured_number_of_hypotheses(use_odometry):
+    """The node hands over all the recognizer's hypotheses; the filter sees the first hypothesis_count."""
+    cfg = FilterConfig(seed=6, hypotheses=3, hypotheses_image_only=7)
+    tracker = DriveTracker(_road(), cfg, use_odometry=use_odometry)
+    seen = []
+    update = tracker.filter.update
+    tracker.filter.update = lambda ids, scores: seen.append(len(ids)) or update(ids, scores)
+    ids, scores = np.arange(20), np.linspace(1.6, 1.2, 20)
+    for f in range(3):
+        tracker.add_odometry(f * FRAME_NS, 2.0 * f, 0.0, 0.0)
+        tracker.on_frame(f * FRAME_NS + 1, ids + f, scores)
+    assert seen == [3 if use_odometry else 7] * 3
+    assert cfg.hypothesis_count(image_only=not use_odometry) == seen[0]

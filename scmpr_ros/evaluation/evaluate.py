@@ -109,7 +109,8 @@ def evaluate(
     queries_dir = Path(queries_dir)
     model = load_model(model_path, device, threads, warm_up=False)
     cfg = model.config(load_config(*config_paths))  # retrieval: defaults + --config; model: the checkpoint's
-    k = max(max(ns), cfg.retrieval.top_k) + (EXTRA_CANDIDATES_EXCLUDE if exclude_recent_s else 0)
+    filter_k = cfg.filter.hypothesis_count(image_only=odometry == "none") if filter_mode == "mcl" else 0
+    k = max(max(ns), cfg.retrieval.top_k, filter_k) + (EXTRA_CANDIDATES_EXCLUDE if exclude_recent_s else 0)
     cfg = dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, top_k=k))
     recognizer = open_recognizer(model, map_path, cfg)
     map_data = recognizer.map

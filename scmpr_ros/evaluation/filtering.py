@@ -58,11 +58,12 @@ def filter_sequence(
     flt = MapLocalizationFilter(map_poses7, cfg)
     xyyaw = np.column_stack([truth_T[:, 0, 3], truth_T[:, 1, 3], heading_of(truth_T, 0)])
     deltas = DriftOdometry(seed=seed).deltas(xyyaw) if odometry == "drift" else None
+    count = cfg.hypothesis_count(image_only=deltas is None)  # the first this many of each frame's, as the node
     xy = np.full((len(ranked), 2), np.nan)
     converged = np.zeros(len(ranked), dtype=bool)
     for q in range(len(ranked)):
         ok = ranked[q] >= 0
-        ids, frame_scores = ranked[q][ok], scores[q][ok]
+        ids, frame_scores = ranked[q][ok][:count], scores[q][ok][:count]
         if q > 0 and flt.initialized:
             if deltas is not None:
                 flt.predict_odometry(deltas[q])

@@ -60,7 +60,8 @@ converge_mode_weight) and the same cluster (half its weight was in the previous 
 supported it (likelihood above the floor for half its weight) within the last converge_support_frames
 frames.
 
-Pure numpy: no rclpy, no torch.  Settings: :class:`scmpr_ros.config.FilterConfig` (section ``filter``).
+numpy, and one numba kernel for the (P, k') measurement loop; no rclpy, no torch.  Settings:
+:class:`scmpr_ros.config.FilterConfig` (section ``filter``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from scmpr_ros.config import FilterConfig
 from scmpr_ros.errors import InputError
@@ -82,6 +84,27 @@ _SAME_MODE_SHARE = 0.5  # share of the mode's weight that must have been in the 
 _CELL_BIAS = 1 << 20  # cell coordinates in [-2^20, 2^20) get distinct keys (5000 km at 5 m cells)
 _CELL_STRIDE = 2 * _CELL_BIAS  # key = (cx + bias) * stride + (cy + bias)
 _TWO_PI = 2.0 * np.pi
+
+
+@njit(cache=True, nogil=True)
+def _best_log_likelihood(px, py, pcos, psin, cx, cy, ccos, csin, clog, radius2, cos_gate, inv_two_sigma2):
+    """(P,) max over candidates j within radius and heading gate of clog_j - d_ij^2 / (2 sigma^2); -inf: none.
+
+    The heading test is cos(yaw_i - yaw_j) = cos_i cos_j + sin_i sin_j >= cos(gate).  One pass over the
+    (P, k) pairs without temporaries (the measurement update's inner loop)."""
+    out = np.full(px.shape[0], -np.inf)
+    for i in range(px.shape[0]):
+        best = -np.inf
+        for j in range(cx.shape[0]):
+            dx = px[i] - cx[j]
+            dy = py[i] - cy[j]
+            dist2 = dx * dx + dy * dy
+            if dist2 <= radius2 and pcos[i] * ccos[j] + psin[i] * csin[j] >= cos_gate:
+                score = clog[j] - dist2 * inv_two_sigma2
+                if score > best:
+                    best = score
+        out[i] = best
+    return out
 
 
 def _finite_array(value, name: str, shape_text: str) -> np.ndarray:
@@ -518,14 +541,22 @@ class MapLocalizationFilter:
         cfg = self.cfg
         if ids.size == 0:  # every particle at the floor: the weights do not change
             return np.zeros(len(self._x), dtype=bool)
-        dx = self._x[:, None] - self.index.xy[ids, 0]
-        dy = self._y[:, None] - self.index.xy[ids, 1]
-        dist2 = dx * dx + dy * dy
-        cos_yaw, sin_yaw = np.cos(self._yaw)[:, None], np.sin(self._yaw)[:, None]
-        aligned = cos_yaw * self.index.cos_yaw[ids] + sin_yaw * self.index.sin_yaw[ids]  # cos(yaw_i - yaw_j)
-        near = (dist2 <= cfg.match_radius_m**2) & (aligned >= self._cos_match_gate)
-        score = np.where(near, log_lik - dist2 / (2.0 * cfg.match_sigma_m**2), -np.inf)
-        likelihood = np.exp(score.max(axis=1))
+        index = self.index
+        best = _best_log_likelihood(
+            self._x,
+            self._y,
+            np.cos(self._yaw),
+            np.sin(self._yaw),
+            np.ascontiguousarray(index.xy[ids, 0]),
+            np.ascontiguousarray(index.xy[ids, 1]),
+            index.cos_yaw[ids],
+            index.sin_yaw[ids],
+            np.ascontiguousarray(log_lik, dtype=np.float64),
+            cfg.match_radius_m**2,
+            self._cos_match_gate,
+            1.0 / (2.0 * cfg.match_sigma_m**2),
+        )
+        likelihood = np.exp(best)
         floor = self._floor()
         weight = self._weight * np.maximum(likelihood, floor)
         self._weight = weight / weight.sum()

@@ -2,7 +2,7 @@
 
 D_RGB = model.encode_image(image, map prototypes) (CSA context from the map file); the query grid is
 grid_from_labels(argmax of the segmentation logits); top ``rerank_k`` by cosine from the vector
-index, then Sim = alpha * cos + beta * psi (rerank.py), best ``top_k`` returned.
+index, then Sim = alpha * cos + beta * psi (rerank.py), best ``num_hypotheses`` (default ``top_k``) returned.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class PlaceRecognizer:
         self.model = model
         self.map = map_data
         self.cfg = cfg
+        self.num_hypotheses = r.top_k  # hypotheses returned per image (open_recognizer may raise it to rerank_k)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.index = DescriptorIndex(map_data.descriptors, r)
         self.prototypes = None
@@ -87,7 +88,7 @@ class PlaceRecognizer:
             self.map.semantic_grids,
             alpha,
             beta,
-            self.cfg.retrieval.top_k,
+            max(self.num_hypotheses, 1),
             poses=self.map.poses,
             viewpoint_ids=self.map.viewpoint_ids,
         )
@@ -115,7 +116,7 @@ class PlaceRecognizer:
             grids = [grid_from_labels(lab, self.grid_rows, self.grid_cols, mf) for lab in labels]
         t3 = time.perf_counter()
         r = self.cfg.retrieval
-        k = min(max(r.rerank_k, r.top_k), max(self.map.num_viewpoints, 1))
+        k = min(max(r.rerank_k, r.top_k, self.num_hypotheses), max(self.map.num_viewpoints, 1))
         scores, ids = self.index.search(desc, k)
         t4 = time.perf_counter()
         out = []

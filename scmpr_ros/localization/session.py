@@ -68,12 +68,14 @@ def load_model(path: str | Path, device: str = "auto", threads: int = 0, warm_up
 
 
 def open_recognizer(
-    model: LoadedModel, map_path: str | Path, cfg: ScmprConfig, verify_checksum: bool = True
+    model: LoadedModel, map_path: str | Path, cfg: ScmprConfig, verify_checksum: bool = True, min_hypotheses: int = 0
 ) -> PlaceRecognizer:
     """Read a map built with ``model`` and return the recognizer over it.
 
     ``top_k`` is clamped to the map size (and to at least two: the score margin needs the runner-up),
-    ``rerank_k`` to [top_k, map size]."""
+    ``rerank_k`` to [top_k, map size].  ``min_hypotheses``: return at least this many re-ranked
+    hypotheses per image (e.g. the filter's ``hypothesis_count``; at most ``rerank_k``), of which the
+    first ``top_k`` are the published ones."""
     data = read_map(
         map_path,
         expected_dim=model.network.descriptor_dim,
@@ -83,4 +85,6 @@ def open_recognizer(
     n = data.num_viewpoints
     k = min(max(2, cfg.retrieval.top_k), n)
     retrieval = dataclasses.replace(cfg.retrieval, top_k=k, rerank_k=min(max(cfg.retrieval.rerank_k, k), n))
-    return PlaceRecognizer(model.network, data, dataclasses.replace(cfg, retrieval=retrieval))
+    recognizer = PlaceRecognizer(model.network, data, dataclasses.replace(cfg, retrieval=retrieval))
+    recognizer.num_hypotheses = min(max(k, int(min_hypotheses)), retrieval.rerank_k)
+    return recognizer

@@ -79,8 +79,10 @@ class DriveTracker:
             self.filter.reset()
 
     def on_frame(self, stamp_ns: int, hyp_ids: np.ndarray, hyp_scores: np.ndarray) -> FilterEstimate | None:
-        """Motion up to ``stamp_ns``, then the measurement; None when the frame is refused or has nothing
-        to start the filter from."""
+        """Motion up to ``stamp_ns``, then the measurement with the first ``filter.hypothesis_count`` of the
+        hypotheses (best first); None when the frame is refused or has nothing to start the filter from."""
+        count = self.filter.cfg.hypothesis_count(image_only=not self.use_odometry)
+        hyp_ids, hyp_scores = np.asarray(hyp_ids)[:count], np.asarray(hyp_scores)[:count]
         with self._lock:
             if self._last_frame_ns is not None and stamp_ns <= self._last_frame_ns:
                 self.counts.frames_refused += 1

@@ -278,7 +278,9 @@ class Localizer(ReleasingLifecycleNode):
                     f"runs {self.model.checksum[:12]}…; rebuild the map with this model"
                 )
             ann.check_file()
-            recognizer = open_recognizer(self.model, ann.path, self.cfg, self.cfg.nodes.verify_map_checksum)
+            recognizer = open_recognizer(
+                self.model, ann.path, self.cfg, self.cfg.nodes.verify_map_checksum, self._filter_hypotheses()
+            )
         except (ScmprError, OSError, ValueError) as exc:
             self.map_error = str(exc)
             keep = f"keeping map v{self.active.announcement.version}" if self.active else "no map active"
@@ -295,6 +297,11 @@ class Localizer(ReleasingLifecycleNode):
         self.map_error = ""
         self.map_status = f"v{ann.version} {ann.path} ({ann.num_viewpoints} viewpoints)"
         self.get_logger().info(f"map {self.map_status} active after {time.perf_counter() - t0:.2f} s")
+
+    def _filter_hypotheses(self) -> int:
+        """How many hypotheses per image the filter weighs (0 without the filter)."""
+        n = self.cfg.nodes
+        return self.cfg.filter.hypothesis_count(image_only=not n.odom_topic) if n.filter_enabled else 0
 
     # ------------------------------------------------------------------------------ callbacks
     def _on_map(self, msg: String) -> None:
@@ -426,7 +433,7 @@ class Localizer(ReleasingLifecycleNode):
         pub["best"].publish(best)
         tracker = self.active.tracker if self.active is not None else None
         if tracker is not None:
-            self._publish_filtered(tracker, stamp, top)
+            self._publish_filtered(tracker, stamp, hyps)  # the tracker takes the filter's share of them
         pub["hyp"].publish(pose_array_msg(poses, stamp, n.frame_id))
         if tracker is None and self.gate.update(poses[0, :3], margin) and n.publish_initialpose:
             pub["init"].publish(best)
