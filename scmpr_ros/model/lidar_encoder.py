@@ -32,6 +32,27 @@ from scmpr_ros.model.saff import ConvBNAct
 from scmpr_ros.semantics import IGNORE_ID, NUM_CLASSES
 
 
+class _Subsample(torch.autograd.Function):
+    """x[..., ::sh, ::sw] whose gradient keeps x's memory layout (a plain slice's gradient is NCHW; added to
+    the channels-last gradient of the block's other branch it turns every gradient below it into NCHW,
+    which makes the element-wise backward ops several times slower)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, step_h: int, step_w: int) -> Tensor:
+        ctx.shape, ctx.steps = x.shape, (step_h, step_w)
+        ctx.layout = (
+            torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        )
+        return x[:, :, ::step_h, ::step_w]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        step_h, step_w = ctx.steps
+        full = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.layout).zero_()
+        full[:, :, ::step_h, ::step_w] = grad
+        return full, None, None
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int | tuple[int, int] = 1):
         super().__init__()
@@ -50,7 +71,7 @@ class BasicBlock(nn.Module):
         conv = self.short[0]
         if not self.subsample_shortcut or conv.stride == (1, 1):
             return self.short(x)
-        sub = x[:, :, :: conv.stride[0], :: conv.stride[1]]  # a 1x1 kernel without padding reads only these
+        sub = _Subsample.apply(x, *conv.stride)  # a 1x1 kernel without padding reads only these pixels
         return self.short[1](F.conv2d(sub, conv.weight))
 
 
