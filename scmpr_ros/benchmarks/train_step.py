@@ -120,6 +120,7 @@ def _candidates(cfg: Any, size: tuple[int, int], numba_ok: bool) -> dict[str, An
 
     from scmpr_ros.lidar.range_image import RANGE_CHANNELS
     from scmpr_ros.model import SCMPRModel
+    from scmpr_ros.training.train import make_adamw
 
     t = cfg.training
     mcfg = dataclasses.replace(cfg.model, image_height=size[0], image_width=size[1], scan_backend="torch")
@@ -133,10 +134,13 @@ def _candidates(cfg: Any, size: tuple[int, int], numba_ok: bool) -> dict[str, An
         fast.lidar.fast_cpu_path = True
         models = {"numba": fast, "torch": slow}
     out = {}
-    for name, m in models.items():
-        out[name] = partial(
-            _scmpr_step, m, torch.optim.AdamW(m.parameters(), lr=t.lr, weight_decay=t.weight_decay), cfg
+    for name, m in models.items():  # today's step uses the trainer's optimizer, the baseline the plain AdamW
+        opt = (
+            make_adamw(m.parameters(), t.lr, t.weight_decay)
+            if name == "numba"
+            else torch.optim.AdamW(m.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         )
+        out[name] = partial(_scmpr_step, m, opt, cfg)
     towers = (_Tower(cfg.model, 3).net.train(), _Tower(cfg.model, RANGE_CHANNELS).net.train())
     ropt = torch.optim.AdamW([p for tw in towers for p in tw.parameters()], lr=t.lr, weight_decay=t.weight_decay)
     out["resnet18_netvlad"] = partial(_resnet_step, towers, ropt, cfg)
