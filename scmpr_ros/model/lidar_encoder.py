@@ -78,8 +78,8 @@ class BasicBlock(nn.Module):
 def label_fractions(labels: Tensor, num_classes: int, size: tuple[int, int]) -> Tensor:
     """(B, H, W) long labels (IGNORE_ID allowed) -> (B, N_S, h, w) fraction of each cell per class."""
     valid = labels != IGNORE_ID
-    onehot = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2).float()
-    onehot = onehot * valid.unsqueeze(1)
+    onehot = torch.zeros((labels.shape[0], num_classes, *labels.shape[1:]), device=labels.device)
+    onehot.scatter_(1, torch.where(valid, labels, 0).long().unsqueeze(1), valid.unsqueeze(1).float())
     return F.adaptive_avg_pool2d(onehot, size)
 
 
@@ -165,8 +165,11 @@ class LidarEncoder(nn.Module):
             w_range, w_label = weight[:, : self.in_channels], weight[:, self.in_channels :]
             folded = torch.einsum("odhw,cd->ochw", w_label, self.label_embed.weight.to(weight.dtype))
             weight = torch.cat([w_range, folded], dim=1)
-            onehot = F.one_hot(self._label_ids(labels), self.num_classes + 1).to(x.dtype)
-            x = torch.cat([x.permute(0, 2, 3, 1), onehot], dim=3).permute(0, 3, 1, 2)  # channels-last view
+            batch, channels, height, width = x.shape
+            stacked = x.new_zeros((batch, height, width, channels + self.num_classes + 1))  # NHWC memory
+            stacked[..., :channels] = x.permute(0, 2, 3, 1)
+            stacked.scatter_(3, (channels + self._label_ids(labels)).unsqueeze(3), 1.0)  # one-hot labels
+            x = stacked.permute(0, 3, 1, 2)  # a channels-last view
         x = x.contiguous(memory_format=torch.channels_last)
         out = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
         for layer in list(self.stem)[1:]:  # batch norm, ReLU
