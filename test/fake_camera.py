@@ -4,9 +4,10 @@ sensor-data QoS, as a real camera driver does.  Set FASTDDS_DEFAULT_PROFILES_FIL
 
     python test/fake_camera.py --namespace /ns --sizes 1241x376,1920x1200 --rate 10 --warmup 10 --count 40
 
-Waits for a subscriber, then per size: ``warmup`` images, a 1 s pause, ``count`` measured images, a
+Waits for a subscriber, then per size: ``warmup`` images, a ``gap`` (2 s), ``count`` measured images, a
 pause.  Header stamps: sec = 100 * (size index + 1) + (0 warm-up | 1 measured), nanosec = image index.
-Prints one JSON line per size (monotonic times of the measured images: CLOCK_MONOTONIC is host-wide).
+Prints one JSON line per size (monotonic times of the warm-up's end and of the measured images:
+CLOCK_MONOTONIC is host-wide).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--count", type=int, default=40)
+    ap.add_argument("--gap", type=float, default=2.0)
     ap.add_argument("--pause", type=float, default=1.5)
     ap.add_argument("--wait", type=float, default=60.0)
     args = ap.parse_args(argv)
@@ -68,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     for k, size in enumerate(args.sizes.split(",")):
         width, height = (int(v) for v in size.split("x"))
         msg = _image(width, height)
-        _send(pub, msg, 100 * (k + 1), args.warmup, period)
-        time.sleep(1.0)
+        _, warm_end = _send(pub, msg, 100 * (k + 1), args.warmup, period)
+        time.sleep(args.gap)
         t0, t1 = _send(pub, msg, 100 * (k + 1) + 1, args.count, period)
-        print(json.dumps({"size": size, "sec": 100 * (k + 1) + 1, "sent": args.count, "t0": t0, "t1": t1}), flush=True)
+        phase = {"size": size, "sec": 100 * (k + 1) + 1, "sent": args.count, "warm_end": warm_end, "t0": t0, "t1": t1}
+        print(json.dumps(phase), flush=True)
         time.sleep(args.pause)
     node.destroy_node()
     rclpy.shutdown()

@@ -66,12 +66,16 @@ class Watcher:
                 kv = {k.key: k.value for k in st.values}
                 self.samples.append((now, int(kv["received"]), int(kv["processed"]), kv["map_status"], int(kv["lost"])))
 
-    def received_between(self, t0: float, t1: float, settle: float = 0.5) -> int:
-        """Images the localizer received from t0 to t1 (+ settle): the counter just before and after."""
-        before = [s for s in self.samples if s[0] < t0]
+    def received_between(self, warm_end: float, t0: float, t1: float, settle: float = 0.5) -> int:
+        """Images the localizer received from t0 to t1 (+ settle): the counter just before and after.
+
+        The counter before must come from the gap between the warm-up and the measured images, at least
+        ``settle`` after the warm-up's last image (else late warm-up images would count as measured);
+        the camera's 2 s gap leaves room for a diagnostics period stretched by a loaded machine."""
+        before = [s for s in self.samples if warm_end + settle < s[0] < t0]
         after = [s for s in self.samples if s[0] > t1 + settle]
-        assert before and after, "no diagnostics around the measured images"
-        assert before[-1][0] > t0 - 1.0, "no diagnostics in the pause before the measured images"
+        assert before, f"no diagnostics sample in the gap before the measured images ({t0 - warm_end:.2f} s)"
+        assert after, "no diagnostics sample after the measured images"
         return after[0][1] - before[-1][1]
 
 
@@ -138,7 +142,7 @@ def measure_delivery(
             for line in cam.stdout.splitlines():
                 phase = json.loads(line)
                 answered = sum(1 for sec, _ in watcher.answered if sec == phase["sec"])
-                received = watcher.received_between(phase["t0"], phase["t1"])
+                received = watcher.received_between(phase["warm_end"], phase["t0"], phase["t1"])
                 results[phase["size"]] = {"sent": phase["sent"], "received": received, "answered": answered}
             results["lost_in_dds"] = watcher.samples[-1][4]  # the localizer's message_lost count
         finally:
