@@ -228,7 +228,7 @@ class FilterConfig:
 
     num_particles: int = 2000  # particles P
     hypotheses: int = 10  # re-ranked hypotheses per frame the filter weighs (best first), with odometry
-    hypotheses_image_only: int = 50  # ... with image-only (road-graph) motion; the recognizer returns this many
+    hypotheses_image_only: int = 50  # ... with image-only (road-graph) motion (both at most retrieval.rerank_k)
     temperature: float = 0.5  # T: score -> relative likelihood exp((score - best score) / T)
     match_radius_m: float = 6.0  # a particle is near a candidate viewpoint within this distance (m)
     match_sigma_m: float = 3.0  # Gaussian fall-off of a candidate's likelihood with distance (m)
