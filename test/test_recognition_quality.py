@@ -4,9 +4,9 @@ Town seed 8 (never trained on, used by no other test), 100 frames, day / night /
 queries pooled), map with the default viewpoints (both ways, 1.5 m to either side).  The shipped model must
   - beat a random ranking by a wide margin (chance computed here from the map and the ground truth), and
   - beat the same pipeline without the semantic re-rank (beta = 0: same candidates, one encoder pass).
-The R@1 floor comes from the shipped model (v8) on towns 302 and 303 (HDL-64E, 606 and 591 queries; not
-used here), default map: pooled R@1 0.848 / 0.863; on the held-out towns 200 and 500 it reaches 0.863 /
-0.745 (town-to-town spread is larger than the ~0.02 standard error of ~300 queries), so the floor sits at
+The R@1 floor comes from the shipped model (v9) on towns 302 and 303 (HDL-64E, 606 and 591 queries; not
+used here), default map: pooled R@1 0.876 / 0.890; on the held-out towns 200 and 500 it reaches 0.844 /
+0.768 (town-to-town spread is larger than the ~0.02 standard error of ~300 queries), so the floor sits at
 0.70, over 6 standard errors below the validation figures (session 3, with v3: 0.55).  The semantic gain is noisy
 from town to town (+0.110 and +0.029 there; per condition between -0.03 and +0.17 over towns 301-303
 and this town's day pass with the earlier forward/backward-only map), so the test asks only that the
