@@ -32,9 +32,14 @@ class RecognitionResult:
 
 
 class PlaceRecognizer:
-    """``PlaceRecognizer(model, map_data, cfg)``; ``recognize(rgb) -> RecognitionResult``."""
+    """``PlaceRecognizer(model, map_data, cfg)``; ``recognize(rgb) -> RecognitionResult``.
 
-    def __init__(self, model: Any, map_data: MapData, cfg: ScmprConfig, device: Any = None):
+    ``num_hypotheses``: re-ranked hypotheses returned per image (default ``top_k``, at most ``rerank_k``;
+    the filter may weigh more than are published)."""
+
+    def __init__(
+        self, model: Any, map_data: MapData, cfg: ScmprConfig, device: Any = None, num_hypotheses: int | None = None
+    ):
         import torch
 
         if int(model.descriptor_dim) != map_data.descriptor_dim:
@@ -48,7 +53,8 @@ class PlaceRecognizer:
         self.model = model
         self.map = map_data
         self.cfg = cfg
-        self.num_hypotheses = r.top_k  # hypotheses returned per image (open_recognizer may raise it to rerank_k)
+        wanted = r.top_k if num_hypotheses is None else int(num_hypotheses)
+        self.num_hypotheses = max(r.top_k, min(wanted, r.rerank_k))  # never fewer than the published top_k
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.index = DescriptorIndex(map_data.descriptors, r)
         self.prototypes = None
@@ -88,7 +94,7 @@ class PlaceRecognizer:
             self.map.semantic_grids,
             alpha,
             beta,
-            max(self.num_hypotheses, 1),
+            self.num_hypotheses,
             poses=self.map.poses,
             viewpoint_ids=self.map.viewpoint_ids,
         )
@@ -116,7 +122,7 @@ class PlaceRecognizer:
             grids = [grid_from_labels(lab, self.grid_rows, self.grid_cols, mf) for lab in labels]
         t3 = time.perf_counter()
         r = self.cfg.retrieval
-        k = min(max(r.rerank_k, r.top_k, self.num_hypotheses), max(self.map.num_viewpoints, 1))
+        k = min(max(r.rerank_k, r.top_k), max(self.map.num_viewpoints, 1))
         scores, ids = self.index.search(desc, k)
         t4 = time.perf_counter()
         out = []

@@ -85,6 +85,6 @@ def open_recognizer(
     n = data.num_viewpoints
     k = min(max(2, cfg.retrieval.top_k), n)
     retrieval = dataclasses.replace(cfg.retrieval, top_k=k, rerank_k=min(max(cfg.retrieval.rerank_k, k), n))
-    recognizer = PlaceRecognizer(model.network, data, dataclasses.replace(cfg, retrieval=retrieval))
-    recognizer.num_hypotheses = min(max(k, int(min_hypotheses)), retrieval.rerank_k)
-    return recognizer
+    return PlaceRecognizer(
+        model.network, data, dataclasses.replace(cfg, retrieval=retrieval), num_hypotheses=min_hypotheses
+    )
